@@ -1,0 +1,3 @@
+from cub.cli.main import main
+
+main()

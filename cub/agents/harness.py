@@ -1,0 +1,66 @@
+"""What every agent adapter provides: a command line, and a parser for its output stream.
+
+Adapters only build the invocation and read events; running and stopping the process is the
+supervisor's job (cub/agents/supervisor.py).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cub.records.schemas import Usage
+
+STUCK = re.compile(r"<stuck>(.*?)</stuck>", re.DOTALL)
+PROMISE_COMPLETE = "<promise>COMPLETE</promise>"
+# The system prompt names the signal with this placeholder; an agent echoing its prompt is not
+# stuck.
+_PLACEHOLDER_REASONS = {"REASON", "", "` + a one-sentence reason + `"}
+
+
+@dataclass(frozen=True)
+class Invocation:
+    argv: tuple[str, ...]
+    stdin: bytes | None
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StreamState:
+    """What an adapter has learned from the output so far."""
+
+    usage: Usage = field(default_factory=Usage)
+    is_error: bool = False
+    error_message: str | None = None
+    result_seen: bool = False  # the agent reported its final result; output is over
+    stuck_reason: str | None = None
+    promise_complete: bool = False
+
+    def scan_signals(self, line: str) -> None:
+        """The `<stuck>` and `<promise>` signals, whatever the adapter's format."""
+        if "<stuck>" in line and self.stuck_reason is None:
+            match = STUCK.search(line)
+            if match and match.group(1).strip() not in _PLACEHOLDER_REASONS:
+                self.stuck_reason = match.group(1).strip()
+        if PROMISE_COMPLETE in line:
+            self.promise_complete = True
+
+
+class OutputParser(Protocol):
+    state: StreamState
+
+    def feed(self, line: str) -> bool:
+        """Take one output line; return True when it changed the usage totals."""
+        ...
+
+
+class Harness(Protocol):
+    name: str
+
+    def invocation(
+        self, *, system: str, task: str, prompt_file: Path, model: str | None
+    ) -> Invocation: ...
+
+    def parser(self) -> OutputParser: ...

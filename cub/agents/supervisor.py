@@ -1,0 +1,838 @@
+"""The one place that owns an agent's process tree (Linux).
+
+An agent is an arbitrary program that may fork, ``setsid()`` its children out of its process
+group, ignore signals, or exit while a grandchild still holds its stdout. This module starts it
+in its own session, streams its output (redacted) to harness.log as it arrives, hands complete
+lines to the caller, stops it with a grace ladder, kills the whole tree at once, and reaps it.
+
+How the tree is found, and why three ways:
+
+* **Parent links**: every ~100 ms (and on each ``read_lines``) /proc is scanned and every
+  descendant of a known member is added to the known set. Members are remembered by
+  (pid, start time), the same identity psutil uses, so a reused pid is never signalled.
+* **Session / process group**: the agent leads its own session, so anything still in that
+  session or group belongs to it, even after its parent died and it was re-parented to init.
+  The agent is deliberately *not reaped* until we are done with the tree (its exit is observed
+  with ``waitid(WNOWAIT)``): while its zombie exists the kernel cannot hand its pid, and so its
+  session and group ids, to anyone else.
+* **Environment marker**: the child gets ``CUB_AGENT_TREE=<token>`` in its environment, which
+  descendants inherit even after ``setsid()``. A full sweep for that marker runs before every
+  signal and kill, so an escapee that was never seen by the sampler is still found (the same
+  trick as Jenkins' ProcessTreeKiller).
+
+Subreaper: ``become_subreaper()`` makes the calling process a child subreaper, so orphaned
+descendants are re-parented to cub instead of init and stay visible as cub's children. It is
+process-wide, so it is the CLI's decision at start-up, and this module works with or without it.
+When it is on, adopted members die as zombies of *this* process; they are reaped here with
+``os.waitpid(pid, WNOHANG)`` on their exact pid, and only for pids known to be in the agent's
+tree and not the agent itself (which its ``Popen`` reaps). ``waitpid(-1)`` is never used: it
+would steal the exit status of other ``subprocess`` children of cub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, NamedTuple
+
+import psutil
+
+__all__ = [
+    "TREE_MARKER_VAR",
+    "AgentProcess",
+    "AgentRequest",
+    "StopReport",
+    "become_subreaper",
+    "kill_process_tree",
+    "process_matches",
+]
+
+logger = logging.getLogger("cub.agents")
+
+TREE_MARKER_VAR = "CUB_AGENT_TREE"
+"""Environment variable that marks every process of one agent's tree (see module docstring)."""
+
+_PR_SET_CHILD_SUBREAPER = 36
+_SAMPLE_INTERVAL = 0.1  # how often the background sampler looks for new descendants
+_READ_POLL_MS = 200  # the reader wakes at least this often to flush partial lines
+_READ_SIZE = 65536
+_PARTIAL_LINE_AFTER = 1.0  # a line without newline reaches the log after this long
+_MAX_LINE_BYTES = 1 << 20  # longer "lines" are cut so memory and redaction stay bounded
+_ORPHAN_PIPE_WAIT = 2.0  # agent exited, pipe still held open: finished after this long
+_KILL_DEADLINE = 3.0  # give up (and log) if SIGKILL cannot clear the tree in this long
+_CREATE_TIME_TOLERANCE = 0.01
+_JOIN_TIMEOUT = 2.0
+
+
+def _no_redaction(text: str) -> str:
+    return text
+
+
+@dataclass(frozen=True, repr=False)
+class AgentRequest:
+    """Everything needed to start one agent; immutable, and safe to print."""
+
+    argv: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str]
+    stdin: bytes | None
+    log_path: Path
+    redact: Callable[[str], str] = _no_redaction
+
+    def __repr__(self) -> str:
+        # env holds API keys and the stdin is the prompt: show their size, never their content.
+        stdin = "None" if self.stdin is None else f"<{len(self.stdin)} bytes>"
+        return (
+            f"AgentRequest(argv={self.argv!r}, cwd={str(self.cwd)!r}, "
+            f"env=<{len(self.env)} variables, values hidden>, stdin={stdin}, "
+            f"log_path={str(self.log_path)!r})"
+        )
+
+
+@dataclass(frozen=True)
+class StopReport:
+    """What ``AgentProcess.stop`` had to do."""
+
+    first_signal: int
+    signals_sent: tuple[int, ...]  # in order; empty if the tree was already gone
+    escalated_to: int | None  # SIGTERM or SIGKILL when the first signal was not enough
+    returncode: int | None
+    elapsed: float
+
+
+# --------------------------------------------------------------------------------- /proc
+
+
+class _Stat(NamedTuple):
+    state: str
+    ppid: int
+    pgrp: int
+    session: int
+    starttime: int  # clock ticks since boot: with the pid, a process's identity
+
+    @property
+    def alive(self) -> bool:
+        return self.state not in ("Z", "X")
+
+
+def _read_stat(pid: int) -> _Stat | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses: fields start after the last ')'.
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return _Stat(
+            fields[0].decode(), int(fields[1]), int(fields[2]), int(fields[3]), int(fields[19])
+        )
+    except (IndexError, ValueError):
+        return None
+
+
+def _scan_proc() -> dict[int, _Stat]:
+    procs: dict[int, _Stat] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (st := _read_stat(int(name))) is not None:
+            procs[int(name)] = st
+    return procs
+
+
+def _environ_has(pid: int, marker: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in f.read().split(b"\0")
+    except OSError:  # gone, or another user's process
+        return False
+
+
+def _read_marker(pid: int) -> bytes | None:
+    prefix = TREE_MARKER_VAR.encode() + b"="
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:
+        return None
+    return next((e for e in entries if e.startswith(prefix)), None)
+
+
+def _ancestors_and_self(procs: Mapping[int, _Stat]) -> set[int]:
+    found, pid = set(), os.getpid()
+    while pid > 0 and pid not in found:
+        found.add(pid)
+        pid = procs[pid].ppid if pid in procs else 0
+    return found
+
+
+def _signal_if_same(pid: int, starttime: int, sig: int) -> bool:
+    """Signal pid only if it is still the process we identified (pid + start time)."""
+    st = _read_stat(pid)
+    if st is None or st.starttime != starttime:
+        return False
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class _TreeTracker:
+    """The known members of one agent's tree, by (pid, start time)."""
+
+    def __init__(self, root: int, root_start: int, marker: bytes | None) -> None:
+        self.root = root
+        self.root_start = root_start
+        self.marker = marker
+        # Set once the root is reaped: from then on its pid, hence its session and group ids,
+        # may belong to someone else, so they no longer identify members.
+        self.root_reaped = False
+        self.known: dict[int, int] = {root: root_start}
+
+    def refresh(self, full: bool) -> dict[int, _Stat]:
+        """Rescan /proc; returns every member (zombies included) with its current stat.
+
+        ``full`` also reads the environment of every process to find escapees; otherwise only
+        this process's own children (adopted orphans, when we are a subreaper) are checked.
+        """
+        procs = _scan_proc()
+        me = os.getpid()
+        members = {pid for pid, start in self.known.items() if _same(procs, pid, start)}
+        for pid, st in procs.items():
+            if pid in members:
+                continue
+            if self._in_root_session(st) or self._marked(pid, st, me, full):
+                members.add(pid)
+        _add_descendants(members, procs)
+        # Never ourselves or an ancestor (cub could run inside an agent's session).
+        members -= _ancestors_and_self(procs)
+        self.known = {pid: procs[pid].starttime for pid in members}
+        return {pid: procs[pid] for pid in members}
+
+    def _in_root_session(self, st: _Stat) -> bool:
+        if self.root_reaped:
+            return False
+        return (st.session == self.root or st.pgrp == self.root) and st.starttime >= self.root_start
+
+    def _marked(self, pid: int, st: _Stat, me: int, full: bool) -> bool:
+        if self.marker is None or not (full or st.ppid == me):
+            return False
+        return _environ_has(pid, self.marker)
+
+
+def _same(procs: Mapping[int, _Stat], pid: int, starttime: int) -> bool:
+    st = procs.get(pid)
+    return st is not None and st.starttime == starttime
+
+
+def _add_descendants(members: set[int], procs: Mapping[int, _Stat]) -> None:
+    children: dict[int, list[int]] = {}
+    for pid, st in procs.items():
+        children.setdefault(st.ppid, []).append(pid)
+    stack = list(members)
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in members:
+                members.add(child)
+                stack.append(child)
+
+
+# ------------------------------------------------------------------------------- output
+
+
+def _utf8_cut(buf: bytes | bytearray, end: int) -> int:
+    """The largest cut <= end that does not split a UTF-8 sequence."""
+    for back in range(1, min(4, end) + 1):
+        byte = buf[end - back]
+        if byte & 0xC0 == 0x80:  # continuation byte: keep looking for the lead byte
+            continue
+        if byte < 0x80:
+            return end
+        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else 4
+        return end if back >= need else end - back
+    return end
+
+
+def _decode(data: bytes | bytearray) -> str:
+    return bytes(data).decode("utf-8", "replace")
+
+
+class _LineAssembler:
+    """Turns output chunks into redacted lines for the caller and redacted text for the log.
+
+    Redaction works on whole lines, so a secret split across reads is still masked: the log is
+    written per complete line. A line that stays incomplete for ``partial_after`` seconds (a
+    progress bar) is written anyway so the log shows it, in two ways:
+
+    * while output keeps coming, only up to the last whitespace (a secret is one token, so the
+      token being written is held back until it is finished);
+    * once output has been quiet that long, all of it.
+
+    Each partial write redacts the whole line so far and appends only what is new; if redacting
+    with more context changes what was already written (``Bearer`` then its token), the whole
+    line is written again, redacted, on a new line rather than leak the rest of the secret.
+    """
+
+    def __init__(self, redact: Callable[[str], str], partial_after: float) -> None:
+        self._redact = redact
+        self._partial_after = partial_after
+        self._buf = bytearray()  # the current incomplete line
+        self._logged = 0  # bytes of _buf already written to the log...
+        self._written = ""  # ...as this redacted text
+        self._pending_since: float | None = None
+        self._last_data = 0.0
+
+    def feed(self, chunk: bytes, now: float) -> tuple[list[str], str]:
+        self._last_data = now
+        lines: list[str] = []
+        log: list[str] = []
+        *complete, rest = chunk.split(b"\n")
+        for part in complete:
+            self._buf += part
+            self._end_line(lines, log, terminator="\n")
+        self._buf += rest
+        if len(self._buf) >= _MAX_LINE_BYTES:
+            self._end_line(lines, log, terminator="\n")
+        if self._buf and self._pending_since is None:
+            self._pending_since = now
+        return lines, "".join(log)
+
+    def tick(self, now: float) -> str:
+        """Log text for a partial line that has waited long enough ("" if none)."""
+        if self._pending_since is None or now - self._pending_since < self._partial_after:
+            return ""
+        if now - self._last_data >= self._partial_after:
+            cut = _utf8_cut(self._buf, len(self._buf))
+        else:
+            cut = max(self._buf.rfind(b" "), self._buf.rfind(b"\t"), self._buf.rfind(b"\r")) + 1
+        if cut <= self._logged:
+            return ""
+        text = self._redact(_decode(self._buf[:cut]))
+        piece = self._continuation(text)
+        self._logged, self._written, self._pending_since = cut, text, now
+        return piece
+
+    def finish(self) -> tuple[list[str], str]:
+        """At end of output: the final line without newline, if any, and its log text."""
+        lines: list[str] = []
+        log: list[str] = []
+        if self._buf:
+            self._end_line(lines, log, terminator="")
+        return lines, "".join(log)
+
+    def _end_line(self, lines: list[str], log: list[str], terminator: str) -> None:
+        text = _decode(self._buf)
+        if text.endswith("\r"):  # a CRLF line: the caller gets it without its line ending
+            text, terminator = text[:-1], "\r" + terminator
+        line = self._redact(text)
+        lines.append(line)
+        log.append(self._continuation(line + terminator))
+        self._buf.clear()
+        self._logged, self._written, self._pending_since = 0, "", None
+
+    def _continuation(self, redacted: str) -> str:
+        if redacted.startswith(self._written):
+            return redacted[len(self._written) :]
+        return "\n" + redacted
+
+
+# ------------------------------------------------------------------------------ process
+
+
+class AgentProcess:
+    """A running agent and its whole process tree. Create with ``AgentProcess.start``.
+
+    Typical use::
+
+        with AgentProcess.start(request) as agent:
+            while not agent.finished():
+                for line in agent.read_lines(timeout=0.5):
+                    ...
+            lines = agent.read_lines(0)  # whatever arrived with the end of output
+
+    Lines already queued stay readable after ``finished()`` and after ``close()``.
+    """
+
+    pid: int
+    create_time: float
+    started_at: float
+    last_output_at: float
+
+    @classmethod
+    def start(cls, request: AgentRequest) -> AgentProcess:
+        request.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(request.log_path, "ab")  # noqa: SIM115 - owned by the AgentProcess, closed in close()
+        token = f"{os.getpid()}-{uuid.uuid4().hex}"  # unique per agent, even across runners
+        env = {**request.env, TREE_MARKER_VAR: token}
+        try:
+            popen = subprocess.Popen(
+                list(request.argv),
+                cwd=request.cwd,
+                env=env,
+                stdin=subprocess.DEVNULL if request.stdin is None else subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # own session and process group, away from our tty
+                close_fds=True,
+            )
+        except BaseException:
+            log.close()
+            raise
+        try:
+            return cls(request, popen, log, f"{TREE_MARKER_VAR}={token}".encode())
+        except BaseException:
+            _kill_and_reap(popen)
+            log.close()
+            raise
+
+    def __init__(
+        self, request: AgentRequest, popen: subprocess.Popen[bytes], log: IO[bytes], marker: bytes
+    ) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.started_at = time.monotonic()
+        self.last_output_at = self.started_at
+        # The child is not reaped before we say so, so both lookups see it even if it has exited.
+        try:
+            self.create_time = psutil.Process(self.pid).create_time()
+        except psutil.Error:
+            self.create_time = time.time()
+        root = _read_stat(self.pid)
+        self._tree = _TreeTracker(self.pid, root.starttime if root else 0, marker)
+        self._lock = threading.RLock()  # guards the tree tracker and the exit status
+        self._members: dict[int, _Stat] = {}
+        self._last_refresh = 0.0
+        self._exit_status: int | None = None
+        self._exited_at: float | None = None
+
+        self._log = log
+        self._log_lock = threading.Lock()
+        self._log_failed = False
+        self._assembler = _LineAssembler(request.redact, _PARTIAL_LINE_AFTER)
+        self._cond = threading.Condition()
+        self._lines: deque[str] = deque()
+        self._output_closed = False
+        self._reader_waiting = False
+        assert popen.stdout is not None
+        self._stdout = popen.stdout
+        self._stopping = threading.Event()
+        self._closed = False
+
+        self._threads = [
+            threading.Thread(target=self._drain_output, name=f"cub-agent-{self.pid}-output"),
+            threading.Thread(target=self._sample, name=f"cub-agent-{self.pid}-sampler"),
+        ]
+        if request.stdin is not None:
+            assert popen.stdin is not None
+            # A thread, so a child that never reads its stdin cannot block us on a full pipe.
+            self._threads.append(
+                threading.Thread(
+                    target=_feed_stdin,
+                    args=(popen.stdin, request.stdin),
+                    name=f"cub-agent-{self.pid}-stdin",
+                )
+            )
+        for thread in self._threads:
+            thread.daemon = True  # never keep cub alive; close() joins them with a bound
+            thread.start()
+
+    # ---------------------------------------------------------------- caller-facing API
+
+    @property
+    def returncode(self) -> int | None:
+        return self._poll_exit()
+
+    def read_lines(self, timeout: float) -> list[str]:
+        """Complete lines that have arrived; waits up to ``timeout`` for one (or for the end)."""
+        self._refresh_if_stale()
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while not self._lines:
+                remaining = deadline - time.monotonic()
+                if self._output_closed or remaining <= 0 or self.finished():
+                    return []
+                # The end can come without a notification (agent exited, pipe held open),
+                # so wake up regularly to re-check it.
+                self._cond.wait(min(remaining, _SAMPLE_INTERVAL))
+            lines = list(self._lines)
+            self._lines.clear()
+            return lines
+
+    def finished(self) -> bool:
+        """The agent exited and its output is drained (or can no longer be waited for)."""
+        if self._poll_exit() is None:
+            return False
+        if self._output_closed:
+            return True
+        exited_at = self._exited_at if self._exited_at is not None else time.monotonic()
+        if time.monotonic() - exited_at >= _ORPHAN_PIPE_WAIT:
+            return True  # a leftover holds the pipe open; close() will kill it
+        self._refresh_if_stale()
+        with self._lock:
+            members_alive = any(st.alive for st in self._members.values())
+        # Nothing we know of is alive, yet the pipe is open: an unknown holder. Finished once
+        # the reader has handled everything the pipe had (it is idle and nothing is pending).
+        return not members_alive and not self._pipe_readable() and self._reader_waiting
+
+    def signal_tree(self, sig: int) -> None:
+        """Send ``sig`` to the agent's process group and to every known member of its tree."""
+        with self._lock:
+            members = self._refresh(full=True)
+            by_group = not self._tree.root_reaped
+            if by_group:
+                # Safe: the agent is unreaped, so its pid (= its group id) is still ours.
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, sig)
+            for pid, st in members.items():
+                # Group members got it from killpg already; a second SIGINT would read as
+                # "press Ctrl+C again to force quit" to many agents.
+                if st.alive and not (by_group and st.pgrp == self.pid):
+                    _signal_if_same(pid, st.starttime, sig)
+
+    def stop(self, first_signal: int, grace: float, term_wait: float = 2.0) -> StopReport:
+        """The stop ladder: ``first_signal``, wait ``grace``; SIGTERM, wait ``term_wait``;
+        SIGKILL. Each step waits for the *whole tree* to be gone, not just the agent."""
+        begin = time.monotonic()
+        steps = [(first_signal, grace)]
+        if first_signal not in (signal.SIGTERM, signal.SIGKILL):
+            steps.append((signal.SIGTERM, term_wait))
+        sent: list[int] = []
+        gone = self._tree_gone(full=True)
+        for sig, wait in steps:
+            if gone:
+                break
+            logger.info(
+                "agent pid=%d: sending %s to its process tree, waiting up to %.1fs",
+                self.pid,
+                _signame(sig),
+                wait,
+            )
+            self.signal_tree(sig)
+            sent.append(sig)
+            gone = self._wait_tree_gone(wait) and self._tree_gone(full=True)
+        if not gone:
+            logger.warning(
+                "agent pid=%d: process tree still alive after %s; sending SIGKILL (up to %.1fs)",
+                self.pid,
+                _signame(sent[-1]),
+                _KILL_DEADLINE,
+            )
+            self._kill_everything()
+            sent.append(signal.SIGKILL)
+        self._reap()
+        escalated = sent[-1] if sent and sent[-1] != first_signal else None
+        return StopReport(
+            first_signal, tuple(sent), escalated, self.returncode, time.monotonic() - begin
+        )
+
+    def kill_tree(self) -> None:
+        """SIGKILL the whole tree at once, no grace, and reap it."""
+        logger.warning(
+            "agent pid=%d: killing its process tree with SIGKILL (up to %.1fs)",
+            self.pid,
+            _KILL_DEADLINE,
+        )
+        self._kill_everything()
+        self._reap()
+
+    def close(self) -> None:
+        """Make sure the tree is dead, stop the threads, close the log. Idempotent."""
+        if self._closed:
+            return
+        try:
+            if not self._tree_gone(full=True):
+                logger.warning("agent pid=%d: closing with processes left; killing them", self.pid)
+                self._kill_everything()
+            self._reap()
+        finally:
+            self._stopping.set()
+            for thread in self._threads:
+                thread.join(_JOIN_TIMEOUT)
+            with self._log_lock:
+                self._log.close()
+            if not self._threads[0].is_alive():  # never close an fd a live thread may read
+                self._stdout.close()
+        # Only now: if the kill above was interrupted (Ctrl+C), calling close() again retries it.
+        self._closed = True
+
+    def __enter__(self) -> AgentProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<AgentProcess pid={self.pid} returncode={self.returncode}>"
+
+    # ------------------------------------------------------------------- the tree
+
+    def _poll_exit(self) -> int | None:
+        """The agent's exit status, observed without reaping it (see module docstring)."""
+        with self._lock:
+            if self._exit_status is not None:
+                return self._exit_status
+            status = self._popen.returncode
+            if status is None:
+                try:
+                    result = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                except ChildProcessError:
+                    result = None  # reaped through the Popen just now: read it next time
+                if result is None:
+                    return None
+                signalled = result.si_code != os.CLD_EXITED
+                status = -result.si_status if signalled else result.si_status
+            self._exit_status = status
+            self._exited_at = time.monotonic()
+            return status
+
+    def _refresh(self, full: bool = False) -> dict[int, _Stat]:
+        with self._lock:
+            self._members = self._tree.refresh(full)
+            self._last_refresh = time.monotonic()
+            self._reap_adopted()
+            return self._members
+
+    def _refresh_if_stale(self) -> None:
+        if time.monotonic() - self._last_refresh >= _SAMPLE_INTERVAL / 2:
+            self._refresh()
+
+    def _reap_adopted(self) -> None:
+        """Reap dead members that were re-parented to us (only when we are a subreaper)."""
+        me = os.getpid()
+        for pid, st in self._members.items():
+            if not st.alive and st.ppid == me and pid != self.pid:
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+
+    def _tree_gone(self, full: bool = False) -> bool:
+        if self._poll_exit() is None:
+            return False
+        return not any(st.alive for st in self._refresh(full).values())
+
+    def _wait_tree_gone(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not self._tree_gone():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(0.02, remaining))
+        return True
+
+    def _kill_everything(self) -> None:
+        """SIGKILL rounds until a full sweep finds nobody alive (bounded)."""
+        deadline = time.monotonic() + _KILL_DEADLINE
+        while not self._tree_gone(full=True):
+            if time.monotonic() >= deadline:
+                with self._lock:
+                    left = sorted(pid for pid, st in self._members.items() if st.alive)
+                logger.error("agent pid=%d: processes survived SIGKILL: %s", self.pid, left)
+                return
+            self.signal_tree(signal.SIGKILL)
+            self._wait_tree_gone(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def _reap(self) -> None:
+        """Reap the agent once it has exited; after this its pid no longer identifies the tree."""
+        if self._poll_exit() is None:
+            return
+        with self._lock:
+            if not self._tree.root_reaped:
+                try:
+                    self._popen.wait(timeout=1.0)
+                except subprocess.TimeoutExpired:  # cannot happen once waitid saw the exit
+                    logger.error("agent pid=%d: could not be reaped", self.pid)
+                    return
+                self._tree.root_reaped = True
+            self._refresh()  # also reaps adopted members
+
+    # ----------------------------------------------------------------- threads
+
+    def _sample(self) -> None:
+        """Background: notice the exit, find new descendants, reap adopted zombies."""
+        try:
+            while not self._stopping.wait(_SAMPLE_INTERVAL):
+                exited = self._poll_exit() is not None
+                members = self._refresh()
+                if exited and self._output_closed and not any(st.alive for st in members.values()):
+                    return  # nothing left to watch; on-demand refreshes still work
+        except Exception:  # a bug here must not take the run down; tracking goes on on demand
+            logger.exception("agent pid=%d: process sampler failed", self.pid)
+
+    def _drain_output(self) -> None:
+        """Background: read the merged stdout/stderr until EOF, so the child never blocks."""
+        fd = self._stdout.fileno()
+        try:
+            self._read_until_closed(fd)
+        except Exception:
+            logger.exception("agent pid=%d: output reader failed; discarding output", self.pid)
+            _discard_until_closed(fd, self._stopping)
+        finally:
+            with self._cond:
+                self._output_closed = True
+                self._cond.notify_all()
+
+    def _read_until_closed(self, fd: int) -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP | select.POLLERR)
+        stop_seen: float | None = None
+        while True:
+            self._reader_waiting = True
+            ready = poller.poll(_READ_POLL_MS)
+            self._reader_waiting = False
+            now = time.monotonic()
+            if ready:
+                chunk = os.read(fd, _READ_SIZE)
+                if not chunk:
+                    break
+                self.last_output_at = now
+                self._emit(*self._assembler.feed(chunk, now))
+            if self._stopping.is_set():
+                # close() has killed the tree; an unknown holder may keep the pipe open, so
+                # drain what is there and leave.
+                stop_seen = now if stop_seen is None else stop_seen
+                if not ready or now - stop_seen > 1.0:
+                    break
+            self._emit([], self._assembler.tick(now))
+        self._emit(*self._assembler.finish())
+
+    def _emit(self, lines: list[str], log_text: str) -> None:
+        if log_text:
+            self._write_log(log_text)
+        if lines:
+            with self._cond:
+                self._lines.extend(lines)
+                self._cond.notify_all()
+
+    def _write_log(self, text: str) -> None:
+        with self._log_lock:
+            if self._log.closed or self._log_failed:
+                return
+            try:
+                self._log.write(text.encode("utf-8", "replace"))
+                self._log.flush()  # streamed: the log shows output while the agent runs
+            except OSError as exc:  # disk full etc.: keep draining the agent, stop logging
+                self._log_failed = True
+                logger.warning("agent pid=%d: cannot write harness.log: %s", self.pid, exc)
+
+    def _pipe_readable(self) -> bool:
+        if self._stdout.closed:
+            return False
+        readable, _, _ = select.select([self._stdout.fileno()], [], [], 0)
+        return bool(readable)
+
+
+def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
+    try:
+        pipe.write(data)
+    except OSError:  # the agent exited or closed its stdin early: its business, not an error
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            pipe.close()
+
+
+def _discard_until_closed(fd: int, stopping: threading.Event) -> None:
+    while not stopping.is_set():
+        ready, _, _ = select.select([fd], [], [], _READ_POLL_MS / 1000)
+        if ready and not os.read(fd, _READ_SIZE):
+            return
+
+
+def _kill_and_reap(popen: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(popen.pid, signal.SIGKILL)
+    popen.wait()
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
+
+
+# ------------------------------------------------------------- crash recovery, subreaper
+
+
+def process_matches(pid: int, create_time: float | None) -> bool:
+    """Whether ``pid`` is alive (not a zombie) and, if given, was created at ``create_time``."""
+    if pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if create_time is not None and abs(proc.create_time() - create_time) > (
+            _CREATE_TIME_TOLERANCE
+        ):
+            return False
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def kill_process_tree(pid: int, create_time: float | None, sig: int = signal.SIGKILL) -> list[int]:
+    """Kill a process (only if its create_time matches, so a reused pid is never hit) and all
+    its descendants; returns the pids signalled. Used by crash recovery on processes a dead
+    runner left behind.
+
+    Besides descendants, this finds the members of the process's session/group and, if it was
+    started by ``AgentProcess``, every process carrying its tree marker (setsid escapees).
+    """
+    if pid <= 1 or pid == os.getpid() or not process_matches(pid, create_time):
+        return []
+    root = _read_stat(pid)
+    if root is None:
+        return []
+    marker = _read_marker(pid)
+    tracker = _TreeTracker(pid, root.starttime, marker)
+    members = tracker.refresh(full=marker is not None)
+    signalled = [
+        member
+        for member, st in members.items()
+        if st.alive and _signal_if_same(member, st.starttime, sig)
+    ]
+    if sig == signal.SIGKILL:
+        _wait_dead([(p, members[p].starttime) for p in signalled], timeout=1.0)
+    return signalled
+
+
+def _wait_dead(procs: Iterable[tuple[int, int]], timeout: float) -> None:
+    """Wait (without reaping: they are not ours) until each process is gone or a zombie."""
+    pending = list(procs)
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        pending = [
+            (pid, start)
+            for pid, start in pending
+            if (st := _read_stat(pid)) is not None and st.starttime == start and st.alive
+        ]
+        if pending:
+            time.sleep(0.01)
+
+
+def become_subreaper(enabled: bool = True) -> bool:
+    """Make this process a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``).
+
+    Orphaned descendants are then re-parented to this process rather than to init, so an
+    agent's grandchildren stay findable after their parent dies. Returns whether it worked.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return False
+    zero = ctypes.c_ulong(0)
+    return prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(int(enabled)), zero, zero, zero) == 0

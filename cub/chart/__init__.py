@@ -1,0 +1,1 @@
+"""The run's state chart: its definition as data, its checks, and its renderings."""

@@ -1,0 +1,92 @@
+"""`cub`'s entry point, and the only place the process exits.
+
+Commands return an exit code; for `cub run` that code comes from the run's terminal record.
+Click runs in non-standalone mode so that its usage errors come back here too: for `cub run`
+they become validation_rejected runs with a record, like any other bad input.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, NoReturn
+
+import click
+
+from cub import __version__
+
+# Subcommands are imported only when used, so `cub --version` stays fast.
+_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "run": ("cub.cli.run", "run_command", "Run an agent through the task backlog."),
+    "runs": ("cub.cli.runs", "runs_group", "List and inspect recorded runs."),
+    "status": ("cub.cli.runs", "status_command", "Show the live (or last) run."),
+    "statechart": (
+        "cub.cli.statechart",
+        "statechart_command",
+        "Print or export the run state chart.",
+    ),
+    "tasks": ("cub.cli.tasks", "tasks_group", "List, show, add and close backlog tasks."),
+    "init": ("cub.cli.init", "init_command", "Set up .cub/ in this project."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        spec = _COMMANDS.get(cmd_name)
+        if spec is None:
+            return None
+        module, attr, _ = spec
+        command: click.Command = getattr(importlib.import_module(module), attr)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Descriptions come from the table above so `cub --help` imports no subcommand.
+        rows = [(name, spec[2]) for name, spec in _COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="cub")
+def cli() -> None:
+    """cub drives AI coding agents through a task backlog, unattended, and leaves a durable
+    record of every run under .cub/runs/."""
+
+
+def _is_run(args: list[str]) -> bool:
+    return bool(args) and args[0] == "run"
+
+
+def _exit_code(result: Any) -> int:
+    if isinstance(result, bool) or result is None:
+        return 0
+    return result if isinstance(result, int) else 0
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _exit_code(cli.main(args=args, prog_name="cub", standalone_mode=False))
+    except click.UsageError as exc:
+        if _is_run(args):
+            from cub.cli.run import reject_usage
+
+            code = reject_usage(args, exc)
+        else:
+            exc.show()
+            code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        if _is_run(args):
+            from cub.cli.run import record_early_interrupt
+
+            code = record_early_interrupt(args)
+        else:
+            print("cub: interrupted", file=sys.stderr)
+            code = 130
+    sys.exit(code)

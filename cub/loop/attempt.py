@@ -1,0 +1,313 @@
+"""One attempt at one task: write the prompt, start the agent, watch it, record the outcome.
+
+While the agent runs, this is where cub reacts to the world: output (usage, stuck signals),
+budgets, the circuit breaker, and interrupts. Whatever ends the attempt, task.json is written.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cub.agents.harness import Harness, OutputParser
+from cub.loop import prompts
+from cub.loop.budget import exhausted_while_running
+from cub.records.schemas import CurrentTask, ErrorInfo, TaskAttempt, Usage
+from cub.records.store import utc_now
+
+if TYPE_CHECKING:
+    from cub.agents.supervisor import AgentProcess
+    from cub.loop.settings import LoopSettings
+    from cub.run.driver import Run
+    from cub.tasks.model import Task
+
+_STATUS_EVERY_S = 1.0
+_POLL_S = 0.1
+
+
+@dataclass
+class AttemptResult:
+    record: TaskAttempt
+    # Why cub ended the attempt itself: "interrupt", a budget reason_code, or None.
+    stopped_by: str | None = None
+    stopped_reason: str | None = None
+    promise_complete: bool = False
+
+
+@dataclass
+class _Watch:
+    """The attempt's live bookkeeping."""
+
+    agent: AgentProcess
+    parser: OutputParser
+    base_tokens: int
+    base_cost: float
+    status_written_at: float = 0.0
+
+
+def run_attempt(
+    run: Run,
+    task: Task,
+    attempt: int,
+    harness: Harness,
+    settings: LoopSettings,
+    work_dir: Path,
+    backlog: list[Task],
+) -> AttemptResult:
+    from cub.agents.supervisor import AgentProcess, AgentRequest
+
+    ctx, store = run.ctx, run.ctx.store
+    assert store is not None
+    previous_log = None
+    if attempt > 1 and (store.task_dir(task.id) / "task.json").exists():
+        store.archive_attempt(task.id)
+        previous_log = store.task_dir(task.id) / f"attempt-{attempt - 1}" / "harness.log"
+    system = prompts.system_prompt(ctx.project_dir or work_dir)
+    task_text = prompts.task_prompt(task, backlog, previous_log)
+    prompt_file = store.write_prompt(task.id, prompts.combined(system, task_text))
+    invocation = harness.invocation(
+        system=system, task=task_text, prompt_file=prompt_file, model=settings.model
+    )
+    env = settings.agent_env(os.environ, run_id=ctx.run_id, task=task)
+    env.update(invocation.env)
+
+    started_at, t0 = utc_now(), time.monotonic()
+    run.observer.task_started(task, attempt)
+    ctx.current_task = CurrentTask(
+        id=task.id, title=task.title, attempt=attempt, started_at=started_at
+    )
+    try:
+        agent = AgentProcess.start(
+            AgentRequest(
+                argv=invocation.argv,
+                cwd=work_dir,
+                env=env,
+                stdin=invocation.stdin,
+                log_path=store.harness_log_path(task.id),
+                redact=store.redact,
+            )
+        )
+    except OSError as exc:
+        record = _attempt_record(
+            task,
+            attempt,
+            "failed",
+            started_at,
+            t0,
+            Usage(),
+            error=ErrorInfo(type=type(exc).__name__, message=f"the agent could not start: {exc}"),
+        )
+        store.write_attempt(record)
+        return AttemptResult(record=record)
+
+    ctx.current_task = CurrentTask(
+        id=task.id,
+        title=task.title,
+        attempt=attempt,
+        started_at=started_at,
+        harness_pid=agent.pid,
+        harness_pid_create_time=agent.create_time,
+    )
+    run.machine.note(
+        "agent_started",
+        task_id=task.id,
+        data={"pid": agent.pid, "argv": list(invocation.argv), "attempt": attempt},
+    )
+    run.machine.write_status()
+    watch = _Watch(
+        agent=agent,
+        parser=harness.parser(),
+        base_tokens=ctx.budget.tokens_used,
+        base_cost=ctx.budget.cost_usd,
+    )
+    try:
+        result = _supervise(run, watch, settings)
+    except BaseException:
+        # A forced kill (second signal) or a crash: the tree goes at once, the attempt is
+        # still recorded, then the exception carries on to the driver.
+        agent.kill_tree()
+        record = _attempt_record(
+            task,
+            attempt,
+            "killed",
+            started_at,
+            t0,
+            watch.parser.state.usage,
+            returncode=agent.returncode,
+        )
+        store.write_attempt(record)
+        raise
+    finally:
+        agent.close()
+    outcome, error = _outcome(result, watch)
+    state = watch.parser.state
+    record = _attempt_record(
+        task,
+        attempt,
+        outcome,
+        started_at,
+        t0,
+        state.usage,
+        returncode=agent.returncode,
+        stuck_reason=state.stuck_reason,
+        error=error,
+    )
+    store.write_attempt(record)
+    run.observer.task_finished(record)
+    return AttemptResult(
+        record=record,
+        stopped_by=result[0],
+        stopped_reason=result[1],
+        promise_complete=state.promise_complete,
+    )
+
+
+def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | None, str | None]:
+    """Wait for the agent, reacting to output, limits and signals.
+
+    Returns (stopped_by, reason): stopped_by is None when the agent ended by itself."""
+    agent, state = watch.agent, watch.parser.state
+    finish_deadline: float | None = None
+    while not agent.finished():
+        for line in agent.read_lines(_POLL_S):
+            run.observer.agent_output(line)
+            if watch.parser.feed(line):
+                _account(run, watch, settings)
+        now = time.monotonic()
+        if state.result_seen and agent.returncode is None:
+            # The agent reported its result; give it a moment to exit on its own.
+            finish_deadline = finish_deadline or now + settings.exit_after_result
+            if now > finish_deadline:
+                agent.stop(signal.SIGTERM, grace=settings.kill_after)
+                return None, None
+        if run.watch.requested:
+            stopped = _on_interrupt(run, agent, settings)
+            if stopped:
+                return "interrupt", None
+        budget = exhausted_while_running(run.ctx.budget, run.ctx.elapsed(), settings.run_timeout)
+        if budget is not None:
+            agent.stop(signal.SIGINT, grace=settings.grace)
+            return budget
+        breaker = _circuit_breaker(agent, settings, now)
+        if breaker is not None:
+            agent.stop(signal.SIGTERM, grace=settings.kill_after)
+            return "timed_out", breaker
+        if now - watch.status_written_at > _STATUS_EVERY_S:
+            watch.status_written_at = now
+            run.machine.write_status()
+    return None, None
+
+
+def _on_interrupt(run: Run, agent: AgentProcess, settings: LoopSettings) -> bool:
+    """First signal while the agent runs. Returns True once the agent has been stopped."""
+    machine = run.machine
+    signum = run.watch.first
+    assert signum is not None
+    if machine.state != "stopping":
+        machine.interrupt(signal=signum)
+        if settings.on_interrupt == "finish":
+            run.observer.message(
+                f"interrupt: letting the current attempt finish "
+                f"(up to {settings.grace:g}s; interrupt again to kill it)"
+            )
+            run.watch.finish_deadline = time.monotonic() + settings.grace
+            return False
+    if settings.on_interrupt == "finish":
+        deadline = run.watch.finish_deadline
+        if deadline is not None and time.monotonic() > deadline:
+            from cub.errors import ForceKillRequested
+
+            raise ForceKillRequested(signum)  # the grace ran out: treated as a second signal
+        return False
+    first = signal.SIGTERM if signum in (signal.SIGTERM, signal.SIGHUP) else signal.SIGINT
+    run.observer.message(
+        f"interrupt: stopping the agent (grace {settings.grace:g}s; interrupt again to kill it now)"
+    )
+    agent.stop(first, grace=settings.grace)
+    return True
+
+
+def _circuit_breaker(agent: AgentProcess, settings: LoopSettings, now: float) -> str | None:
+    if not settings.circuit_breaker:
+        return None
+    if settings.task_timeout is not None and now - agent.started_at > settings.task_timeout:
+        return f"task timeout: the attempt ran longer than {settings.task_timeout:g}s"
+    if settings.idle_timeout is not None and now - agent.last_output_at > settings.idle_timeout:
+        return f"idle timeout: no output for {settings.idle_timeout:g}s"
+    return None
+
+
+def _account(run: Run, watch: _Watch, settings: LoopSettings) -> None:
+    """Usage changed: update the run's live totals and fire the budget warning once."""
+    usage, budget = watch.parser.state.usage, run.ctx.budget
+    budget.tokens_used = watch.base_tokens + usage.total_tokens
+    budget.cost_usd = round(watch.base_cost + (usage.cost_usd or 0.0), 6)
+    if not run.budget_warned and settings.crossed_warning(budget):
+        run.budget_warned = True
+        if run.hooks is not None:
+            run.hooks.fire("on-budget-warning")
+
+
+def _outcome(
+    result: tuple[str | None, str | None],
+    watch: _Watch,
+) -> tuple[str, ErrorInfo | None]:
+    stopped_by, reason = result
+    state, code = watch.parser.state, watch.agent.returncode
+    if stopped_by == "timed_out":
+        return "timed_out", ErrorInfo(type="CircuitBreaker", message=reason or "timed out")
+    if stopped_by is not None:
+        message = reason or "stopped by an interrupt"
+        return "interrupted", ErrorInfo(type="Stopped", message=message)
+    if state.stuck_reason is not None:
+        return "stuck", None
+    if state.is_error:
+        return "failed", ErrorInfo(
+            type="AgentError", message=state.error_message or "the agent reported an error"
+        )
+    if code == 0:
+        return "succeeded", None
+    return "failed", ErrorInfo(type="AgentExit", message=_exit_text(code))
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "the agent did not exit"
+    if code < 0:
+        return f"the agent was killed by {signal.Signals(-code).name}"
+    return f"the agent exited with code {code}"
+
+
+def _attempt_record(
+    task: Task,
+    attempt: int,
+    outcome: str,
+    started_at: str,
+    t0: float,
+    usage: Usage,
+    *,
+    returncode: int | None = None,
+    stuck_reason: str | None = None,
+    error: ErrorInfo | None = None,
+) -> TaskAttempt:
+    exit_code, sig = (
+        (None, -returncode) if returncode is not None and returncode < 0 else (returncode, None)
+    )
+    return TaskAttempt(
+        task_id=task.id,
+        title=task.title,
+        attempt=attempt,
+        outcome=outcome,  # type: ignore[arg-type]
+        exit_code=exit_code,
+        signal=sig,
+        started_at=started_at,
+        ended_at=utc_now(),
+        duration_s=round(time.monotonic() - t0, 3),
+        usage=usage,
+        stuck_reason=stuck_reason,
+        error=error,
+    )

@@ -1,0 +1,108 @@
+"""Preparing a validated run: the adapter, the branch, the pre-loop hooks."""
+
+from __future__ import annotations
+
+import subprocess
+from typing import TYPE_CHECKING
+
+from cub.errors import SetupFailed
+
+if TYPE_CHECKING:
+    from cub.agents.harness import Harness
+    from cub.agents.registry import HarnessChoice
+    from cub.run.driver import Run
+    from cub.run.validation import RunPlan
+
+# Modes whose own preparation is not part of this build yet; they fail in the open.
+_UNAVAILABLE_MODES = {
+    "direct": "--direct",
+    "gh-issue": "--gh-issue",
+    "parallel": "--parallel",
+    "sandbox": "--sandbox",
+}
+
+
+def harness_for(choice: HarnessChoice) -> Harness:
+    from cub.agents.adapters import adapter_for
+
+    return adapter_for(choice)
+
+
+def harness_version(choice: HarnessChoice) -> str | None:
+    if choice.name == "command":
+        return None
+    try:
+        out = subprocess.run(
+            [choice.program, "--version"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0][:200] if out.returncode == 0 and text else None
+
+
+def prepare_run(run: Run, plan: RunPlan) -> None:
+    from cub.loop.branches import branch_name_for, prepare_branch
+    from cub.loop.run_hooks import RunHooks
+    from cub.loop.settings import LoopSettings
+
+    request = plan.request
+    if request.mode in _UNAVAILABLE_MODES or request.worktree:
+        flag = _UNAVAILABLE_MODES.get(request.mode, "--worktree")
+        raise SetupFailed(
+            "mode_unavailable", f"{flag} is not available in cub {run.ctx.cub_version}"
+        )
+    ctx = run.ctx
+    assert plan.harness is not None
+    run.harness = harness_for(plan.harness)
+    if ctx.harness is not None:
+        ctx.harness.version = harness_version(plan.harness)
+
+    if plan.git_root is not None:
+        wanted = branch_name_for(
+            ctx.run_id,
+            task_id=request.task,
+            epic=request.epic,
+            gh_issue=None,
+            issue_slug=None,
+            prefix=plan.config.branch.prefix,
+        )
+        setup = prepare_branch(
+            plan.git_root,
+            run_id=ctx.run_id,
+            protected=list(plan.config.branch.protected),
+            use_current_branch=request.use_current_branch,
+            from_branch=request.from_branch,
+            wanted=wanted,
+        )
+        ctx.branch = setup.branch
+        run.machine.note(
+            "branch",
+            data={
+                "branch": setup.branch,
+                "created": setup.created,
+                "base_commit": setup.base_commit,
+            },
+        )
+
+    settings = LoopSettings.from_config(plan.config)
+    run.settings = settings
+    run.hooks = RunHooks(
+        run,
+        enabled=settings.hooks_enabled,
+        timeout=settings.hook_timeout,
+        work_dir=plan.project_dir,
+    )
+    result = run.hooks.fire("pre-loop", stop_on_failure=settings.hooks_fail_fast)
+    if result is not None and result.failed and settings.hooks_fail_fast:
+        failure = result.first_failure
+        raise SetupFailed(
+            "hook_failed",
+            f"pre-loop hook {failure.path.name} failed "
+            f"(exit {failure.exit_code}{', timed out' if failure.timed_out else ''})"
+            " and hooks.fail_fast is set",
+        )

@@ -1,0 +1,76 @@
+"""Hooks as a run sees them: fired with the run's environment, journaled in events.jsonl."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cub.loop.hooks import HookRunResult
+    from cub.run.driver import Run
+    from cub.tasks.model import Task
+
+
+class RunHooks:
+    def __init__(self, run: Run, *, enabled: bool, timeout: float, work_dir: Path) -> None:
+        self.run = run
+        self.enabled = enabled
+        self.timeout = timeout
+        self.work_dir = work_dir
+
+    def fire(
+        self,
+        point: str,
+        *,
+        task: Task | None = None,
+        outcome: str | None = None,
+        exit_code: int | None = None,
+        run_state: str | None = None,
+        stop_on_failure: bool = False,
+    ) -> HookRunResult | None:
+        if not self.enabled:
+            return None
+        from cub.loop.hooks import hook_env, run_hooks
+
+        ctx = self.run.ctx
+        store = ctx.store
+        project_dir = ctx.project_dir or self.work_dir
+        env = hook_env(
+            run_id=ctx.run_id,
+            run_dir=store.run_dir if store else project_dir,
+            project_dir=project_dir,
+            harness=ctx.harness.name if ctx.harness else "",
+            task_id=task.id if task else None,
+            task_title=task.title if task else None,
+            outcome=outcome,
+            exit_code=exit_code,
+            run_state=run_state,
+        )
+        result = run_hooks(
+            point,
+            project_dir=project_dir,
+            env=env,
+            timeout=self.timeout,
+            cwd=self.work_dir,
+            log_dir=store.run_dir if store else None,
+            redact=store.redact if store else (lambda s: s),
+            stop_on_failure=stop_on_failure,
+        )
+        if result.outcomes:
+            self.run.machine.note(
+                "hook",
+                task_id=task.id if task else None,
+                data={
+                    "point": point,
+                    "hooks": [
+                        {
+                            "path": str(o.path),
+                            "exit_code": o.exit_code,
+                            "timed_out": o.timed_out,
+                            "duration_s": o.duration_s,
+                        }
+                        for o in result.outcomes
+                    ],
+                },
+            )
+        return result

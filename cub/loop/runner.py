@@ -1,0 +1,319 @@
+"""The task loop: claim the next ready task, run an attempt, settle it, until the run ends.
+
+Each pass ends in exactly one machine trigger. Endings go through `_end`, which runs the
+post-loop hooks (they see the state the run is about to enter) and then fires the trigger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cub.loop.attempt import AttemptResult, run_attempt
+from cub.loop.budget import exhausted_before_task
+from cub.run.machine import signal_word
+from cub.run.signals import StopRequested
+
+if TYPE_CHECKING:
+    from cub.agents.harness import Harness
+    from cub.loop.settings import LoopSettings
+    from cub.records.schemas import TaskAttempt
+    from cub.run.driver import Run
+    from cub.run.validation import RunPlan
+    from cub.tasks.backend import TaskBackend
+    from cub.tasks.model import Task
+
+# (trigger, reason_code, reason): how the loop decided to end.
+Ending = tuple[str, str, str]
+
+
+def run_loop(run: Run) -> None:
+    assert run.plan is not None and run.harness is not None and run.settings is not None
+    TaskLoop(run, run.harness, run.settings).execute()
+
+
+@dataclass
+class TaskLoop:
+    run: Run
+    harness: Harness
+    settings: LoopSettings
+    # Tasks this run will not pick again (stuck, or failed under `continue`).
+    skip: set[str] = field(default_factory=set)
+    failures: list[str] = field(default_factory=list)
+    attempts_run: int = 0
+
+    @property
+    def plan(self) -> RunPlan:
+        assert self.run.plan is not None
+        return self.run.plan
+
+    @property
+    def backend(self) -> TaskBackend:
+        assert self.plan.backend is not None
+        return self.plan.backend
+
+    def execute(self) -> None:
+        try:
+            while True:
+                self.run.watch.checkpoint()
+                ending = self._pass()
+                if ending is not None:
+                    self._end(*ending)
+                    return
+        except StopRequested as stop:
+            self._stop(stop.signum)
+        except BaseException:
+            # A forced kill or a crash: give back what this run holds before the driver
+            # records the ending.
+            self._release_all("the run ended before this task finished")
+            raise
+
+    # -- one pass: select, attempt, settle --------------------------------------------------
+
+    def _pass(self) -> Ending | None:
+        run, ctx = self.run, self.run.ctx
+        budget = exhausted_before_task(ctx.budget, ctx.elapsed(), self.settings.run_timeout)
+        if budget is not None:
+            return ("exhaust_budget", *budget)
+        request = self.plan.request
+        if request.once and self.attempts_run:
+            return ("finish", "all_tasks_done", "--once: one task attempted")
+        task = self.backend.claim_next(
+            ctx.run_id,
+            epic=request.epic,
+            label=request.label,
+            task_id=request.task,
+            exclude=self.skip,
+        )
+        if task is None:
+            return self._nothing_left()
+        ctx.claimed_tasks.append(task.id)
+        if task.id not in ctx.tasks.attempted:
+            ctx.tasks.attempted.append(task.id)
+            ctx.tasks.selected += 1
+            ctx.budget.tasks_used += 1
+        run.machine.note("task_claimed", task_id=task.id, data={"attempt": task.attempts})
+        run.machine.start_task(task_id=task.id)
+        return self._attempt(task)
+
+    def _attempt(self, task: Task) -> Ending | None:
+        run, ctx = self.run, self.run.ctx
+        hooks = run.hooks
+        pre = (
+            hooks.fire("pre-task", task=task, stop_on_failure=self.settings.hooks_fail_fast)
+            if hooks
+            else None
+        )
+        if pre is not None and pre.failed and self.settings.hooks_fail_fast:
+            self._release(task, "a pre-task hook failed")
+            failure = pre.first_failure
+            self._post_loop("failed")
+            run.machine.hook_failed(
+                reason=f"pre-task hook {failure.path.name} failed for "
+                f"{task.id} and hooks.fail_fast is set",
+                reason_code="hook_failed",
+            )
+            return None
+        from cub.git import head_commit
+
+        base = head_commit(self._work_dir()) if self.plan.git_root else None
+        backlog = self.backend.load()
+        result = run_attempt(
+            run, task, task.attempts, self.harness, self.settings, self._work_dir(), backlog
+        )
+        self.attempts_run += 1
+        ctx.budget.iterations += 1
+        if result.stopped_by == "interrupt":
+            self._settle_interrupted(task, result)
+            raise StopRequested(run.watch.first or 2)
+        run.machine.attempt_ended(outcome=result.record.outcome)
+        return self._settle(task, result, base)
+
+    def _settle(self, task: Task, result: AttemptResult, base: str | None) -> Ending | None:
+        run, ctx, record = self.run, self.run.ctx, result.record
+        if record.outcome == "succeeded" and self.settings.verify:
+            record = self._verify(task, record)
+        if result.stopped_by not in (None, "timed_out"):
+            # A budget ran out mid-attempt: the task goes back to the backlog untouched.
+            self._release(task, "the run's budget ran out during this attempt")
+            ctx.tasks.interrupted += 1
+            self._post_task(task, record)
+            return ("exhaust_budget", result.stopped_by, result.stopped_reason or "")
+        self._post_task(task, record)
+        ctx.current_task = None
+        if record.outcome == "succeeded":
+            self._close(task, base)
+            run.machine.task_succeeded()
+            if result.promise_complete and not self._anything_left():
+                return (
+                    "finish",
+                    "promise_complete",
+                    "the agent reported the backlog complete, and nothing is left",
+                )
+            return None
+        return self._after_failure(task, record.outcome, record)
+
+    def _after_failure(self, task: Task, outcome: str, record: TaskAttempt) -> Ending | None:
+        run, ctx, settings = self.run, self.run.ctx, self.settings
+        if run.hooks is not None:
+            run.hooks.fire("on-error", task=task, outcome=outcome, exit_code=record.exit_code)
+        ctx.claimed_tasks.remove(task.id)
+        if outcome == "stuck":
+            reason = record.stuck_reason or "no reason given"
+            self.backend.release(task.id, ctx.run_id, note=f"stuck: {reason}")
+            ctx.tasks.failed += 1
+            self.failures.append(task.id)
+            self.skip.add(task.id)
+            if settings.on_failure == "stop" or self.plan.request.once:
+                return (
+                    "stop_on_failure",
+                    "agent_stuck",
+                    f"the agent is stuck on {task.id}: {reason}",
+                )
+            run.machine.continue_loop()
+            return None
+        exhausted = task.attempts >= settings.max_attempts
+        note = f"attempt {task.attempts} {outcome}"
+        if exhausted:
+            self.backend.mark_failed(task.id, ctx.run_id, reason=f"{note}; attempts exhausted")
+        else:
+            self.backend.mark_retry(task.id, ctx.run_id, note=note)
+        failed_for_good = exhausted or settings.on_failure != "retry"
+        if failed_for_good:
+            ctx.tasks.failed += 1
+            self.failures.append(task.id)
+            self.skip.add(task.id)
+        if settings.on_failure == "retry" and exhausted:
+            return (
+                "stop_on_failure",
+                "retries_exhausted",
+                f"{task.id} failed {task.attempts} time(s) and has no attempts left",
+            )
+        if settings.on_failure == "stop" or self.plan.request.once:
+            verify_failed = record.error is not None and record.error.type == "VerifyFailed"
+            code = "verify_failed" if verify_failed else "task_failed"
+            return ("stop_on_failure", code, f"{task.id} {outcome} (attempt {task.attempts})")
+        run.machine.continue_loop()
+        return None
+
+    # -- endings ------------------------------------------------------------------------------
+
+    def _nothing_left(self) -> Ending:
+        from cub.tasks.selection import explain_empty
+
+        request = self.plan.request
+        tasks = self.backend.load()
+        if request.task is not None:
+            target = next((t for t in tasks if t.id == request.task), None)
+            if target is not None and target.status == "closed":
+                return ("finish", "task_done", f"task {target.id} is closed")
+            if target is not None and target.id in self.failures:
+                return ("finish_failed", "tasks_failed", f"task {target.id} failed")
+        if self.failures:
+            return (
+                "finish_failed",
+                "tasks_failed",
+                f"nothing left to run; {len(self.failures)} task(s) failed: "
+                f"{', '.join(self.failures)}",
+            )
+        code, sentence = explain_empty(tasks, epic=request.epic, label=request.label)
+        if code == "filtered_out":
+            code = "no_ready_tasks"
+        return ("finish", code, sentence)
+
+    def _anything_left(self) -> bool:
+        from cub.tasks.selection import ready_tasks
+
+        request = self.plan.request
+        return bool(ready_tasks(self.backend.load(), epic=request.epic, label=request.label))
+
+    def _end(self, trigger: str, reason_code: str, reason: str) -> None:
+        dest = next(
+            e.dest
+            for e in self.run.machine.chart.edges
+            if e.trigger == trigger and e.source == self.run.machine.state
+        )
+        self._post_loop(dest)
+        getattr(self.run.machine, trigger)(reason=reason, reason_code=reason_code)
+
+    def _stop(self, signum: int) -> None:
+        """The orderly stop after a first signal: nothing runs any more; hooks, then record."""
+        machine = self.run.machine
+        if machine.state != "stopping":
+            machine.interrupt(signal=signum)
+        self._release_all("the run was interrupted")
+        self._post_loop("interrupted")
+        word = signal_word(signum) or "sigint"
+        machine.stopped(reason=f"stopped on {word.upper()}", reason_code=word)
+
+    def _post_loop(self, state: str) -> None:
+        if self.run.hooks is not None:
+            self.run.hooks.fire("post-loop", run_state=state)
+
+    # -- task bookkeeping ---------------------------------------------------------------------
+
+    def _settle_interrupted(self, task: Task, result: AttemptResult) -> None:
+        self._release(task, "interrupted; released for the next run")
+        self.run.ctx.tasks.interrupted += 1
+        self._post_task(task, result.record)
+
+    def _post_task(self, task: Task, record: TaskAttempt) -> None:
+        if self.run.hooks is not None:
+            self.run.hooks.fire(
+                "post-task", task=task, outcome=record.outcome, exit_code=record.exit_code
+            )
+
+    def _close(self, task: Task, base: str | None) -> None:
+        from cub.loop.branches import commit_range
+
+        ctx = self.run.ctx
+        commits = commit_range(self._work_dir(), base) if base else None
+        reason = f"done in cub run {ctx.run_id}" + (f"; commits {commits}" if commits else "")
+        self.backend.close(task.id, ctx.run_id, reason=reason)
+        ctx.claimed_tasks.remove(task.id)
+        ctx.tasks.succeeded += 1
+        self.run.machine.note("task_closed", task_id=task.id, data={"commits": commits})
+
+    def _release(self, task: Task, note: str) -> None:
+        ctx = self.run.ctx
+        self.backend.release(task.id, ctx.run_id, note=note)
+        if task.id in ctx.claimed_tasks:
+            ctx.claimed_tasks.remove(task.id)
+        ctx.current_task = None
+
+    def _release_all(self, note: str) -> None:
+        ctx = self.run.ctx
+        for task_id in list(ctx.claimed_tasks):
+            try:
+                self.backend.release(task_id, ctx.run_id, note=note)
+            except Exception:  # recovery releases it later; the ending must still be recorded
+                continue
+            ctx.claimed_tasks.remove(task_id)
+        ctx.current_task = None
+
+    def _verify(self, task: Task, record: TaskAttempt) -> TaskAttempt:
+        import msgspec
+
+        from cub.loop.verify import run_verify
+        from cub.records.schemas import ErrorInfo
+
+        store = self.run.ctx.store
+        assert store is not None
+        failure = run_verify(
+            self.settings.verify,
+            self._work_dir(),
+            store.task_dir(task.id) / "verify.log",
+            timeout=self.settings.task_timeout or 1800,
+            redact=store.redact,
+        )
+        if failure is None:
+            return record
+        record = msgspec.structs.replace(
+            record, outcome="failed", error=ErrorInfo(type="VerifyFailed", message=failure)
+        )
+        store.write_attempt(record)
+        return record
+
+    def _work_dir(self) -> Path:
+        return self.plan.project_dir

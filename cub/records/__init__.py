@@ -1,0 +1,1 @@
+"""Persisted records: their schemas, the durable writer, and the run directory store."""

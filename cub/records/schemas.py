@@ -1,0 +1,195 @@
+"""Every file cub persists, as a msgspec Struct whose fields match SPEC §4 exactly.
+
+Records are lenient on read (unknown fields are ignored, new fields get defaults) so that runs
+written by an older cub stay readable by a newer one; `schema_version` says which shape wrote
+them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+Mode = Literal["run", "direct", "gh-issue", "sandbox", "parallel", "dry-run"]
+Outcome = Literal["succeeded", "failed", "interrupted", "killed", "timed_out", "stuck"]
+
+
+class Record(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """Base for persisted records."""
+
+
+class ErrorInfo(Record, kw_only=True):
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+class HarnessInfo(Record, kw_only=True):
+    name: str
+    version: str | None = None
+    model: str | None = None
+
+
+class TaskCounts(Record, kw_only=True):
+    selected: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    interrupted: int = 0
+    skipped: int = 0
+    attempted: list[str] = msgspec.field(default_factory=list)
+
+
+class BudgetUse(Record, kw_only=True):
+    tokens_used: int = 0
+    tokens_limit: int | None = None
+    cost_usd: float = 0.0
+    cost_limit: float | None = None
+    tasks_used: int = 0
+    tasks_limit: int | None = None
+    iterations: int = 0
+    iterations_limit: int | None = None
+
+
+class Transition(Record, kw_only=True):
+    from_: str = msgspec.field(name="from")
+    to: str
+    trigger: str
+    at: str
+
+
+class ChildRun(Record, kw_only=True):
+    run_id: str
+    state: str
+    task_id: str | None = None
+    exit_code: int | None = None
+
+
+class RunnerInfo(Record, kw_only=True):
+    pid: int
+    create_time: float
+    host: str
+
+
+class CurrentTask(Record, kw_only=True):
+    id: str
+    title: str
+    attempt: int
+    started_at: str
+    harness_pid: int | None = None
+    harness_pid_create_time: float | None = None
+
+
+class RunRecord(Record, kw_only=True):
+    """run.json: the final record, written once by the terminal callback."""
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    parent_run_id: str | None = None
+    mode: str
+    state: str
+    exit_code: int
+    reason: str
+    reason_code: str
+    error: ErrorInfo | None = None
+    recorded_by: Literal["machine", "recovery"] = "machine"
+    started_at: str
+    ended_at: str
+    duration_s: float
+    argv: list[str]
+    cwd: str
+    pid: int
+    host: str
+    cub_version: str
+    harness: HarnessInfo | None = None
+    branch: str | None = None
+    tasks: TaskCounts = msgspec.field(default_factory=TaskCounts)
+    budget: BudgetUse = msgspec.field(default_factory=BudgetUse)
+    history: list[Transition] = msgspec.field(default_factory=list)
+    children: list[ChildRun] = msgspec.field(default_factory=list)
+    config: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class StatusRecord(Record, kw_only=True):
+    """status.json: the live state, rewritten at every transition."""
+
+    schema_version: int = SCHEMA_VERSION
+    run_id: str
+    parent_run_id: str | None = None
+    mode: str
+    state: str
+    started_at: str
+    updated_at: str
+    argv: list[str]
+    cwd: str
+    pid: int
+    host: str
+    cub_version: str
+    harness: HarnessInfo | None = None
+    branch: str | None = None
+    current_task: CurrentTask | None = None
+    budget: BudgetUse = msgspec.field(default_factory=BudgetUse)
+    tasks: TaskCounts = msgspec.field(default_factory=TaskCounts)
+    runner: RunnerInfo
+    last_event: str | None = None
+    # Tasks this run holds claimed, so recovery can release them if the runner dies.
+    claimed_tasks: list[str] = msgspec.field(default_factory=list)
+
+
+class Usage(Record, kw_only=True):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_creation_tokens: int = 0
+    cost_usd: float | None = None
+    estimated: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return (
+            self.input_tokens
+            + self.output_tokens
+            + self.cache_read_tokens
+            + self.cache_creation_tokens
+        )
+
+
+class TaskAttempt(Record, kw_only=True):
+    """task.json: one attempt at a task, written when the attempt ends, however it ends."""
+
+    schema_version: int = SCHEMA_VERSION
+    task_id: str
+    title: str
+    attempt: int
+    outcome: Outcome
+    exit_code: int | None = None
+    signal: int | None = None
+    started_at: str
+    ended_at: str
+    duration_s: float
+    usage: Usage = msgspec.field(default_factory=Usage)
+    stuck_reason: str | None = None
+    error: ErrorInfo | None = None
+
+
+class Event(Record, kw_only=True):
+    """One line of events.jsonl."""
+
+    at: str
+    seq: int
+    kind: str
+    state_from: str | None = None
+    state_to: str | None = None
+    trigger: str | None = None
+    task_id: str | None = None
+    data: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+JSON_ENCODER = msgspec.json.Encoder()
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    """Pretty JSON with a trailing newline, for files people read."""
+    return msgspec.json.format(JSON_ENCODER.encode(record), indent=2) + b"\n"

@@ -1,0 +1,298 @@
+"""`execute_run`: one `cub run` invocation, from parsed options to a terminal record.
+
+Every way out of here is a terminal state of the machine: rejection, setup failure, the loop's
+own endings, an interrupt, a second interrupt, or an exception. The `finally` below is the
+backstop that makes that true even for exits nobody planned.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cub.errors import ForceKillRequested, Rejected, SetupFailed
+from cub.records.redact import DEFAULT_SECRET_PATTERNS, Redactor
+from cub.records.schemas import RunRecord
+from cub.records.store import RunStore, new_run_id
+from cub.run.context import RunContext
+from cub.run.machine import RunMachine, signal_word
+from cub.run.observer import RunObserver, SilentObserver
+from cub.run.request import RunRequest
+from cub.run.signals import InterruptWatch, StopRequested
+
+if TYPE_CHECKING:
+    from cub.agents.harness import Harness
+    from cub.loop.run_hooks import RunHooks
+    from cub.loop.settings import LoopSettings
+    from cub.run.validation import RunPlan
+    from cub.tasks.model import Task
+
+
+@dataclass
+class RunResult:
+    record: RunRecord
+    run_dir: Path | None
+    ready: list[Task] | None = None  # the dry run's listing
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """A run in progress: the machine, its context, and what validation produced."""
+
+    machine: RunMachine
+    watch: InterruptWatch
+    observer: RunObserver
+    plan: RunPlan | None = None
+    result_ready: list[Task] | None = None
+    hooks: RunHooks | None = None
+    harness: Harness | None = None
+    settings: LoopSettings | None = None
+    budget_warned: bool = False
+
+    @property
+    def ctx(self) -> RunContext:
+        return self.machine.ctx
+
+
+def _open_run(
+    mode: str,
+    name: str | None,
+    cwd: Path,
+    argv: list[str],
+    *,
+    anywhere: bool = False,
+    observer: RunObserver | None = None,
+) -> tuple[Run, Rejected | None]:
+    """Create the run's context, store and machine. Records go to the project's .cub/runs/;
+    outside any project only ``anywhere`` runs (direct mode) get a directory of their own."""
+    from cub.project import find_project_root
+
+    root = find_project_root(cwd)
+    project_dir = root or cwd
+    if root is not None:
+        from cub.run.recovery import recover_runs
+
+        for message in recover_runs(root):
+            print(f"cub: {message}", file=sys.stderr)
+    early_rejection: Rejected | None = None
+    try:
+        run_id = new_run_id(mode, name)
+    except Rejected as exc:
+        early_rejection, run_id = exc, new_run_id(mode)
+
+    store = None
+    if root is not None or anywhere:
+        try:
+            store = RunStore.create(project_dir, run_id, Redactor(DEFAULT_SECRET_PATTERNS))
+        except Rejected as exc:  # a run by that --name exists already
+            early_rejection = exc
+            run_id = new_run_id(mode)
+            store = _try_store(project_dir, run_id)
+        except OSError as exc:
+            print(
+                f"cub: cannot write run records under {project_dir}/.cub/runs: {exc}",
+                file=sys.stderr,
+            )
+
+    ctx = RunContext(
+        run_id=run_id,
+        mode=mode,
+        project_dir=project_dir,
+        store=store,
+        argv=list(argv),
+        cwd=str(cwd),
+    )
+    watch = InterruptWatch()
+    machine = RunMachine(ctx, on_terminal=watch.disarm)
+    return Run(machine=machine, watch=watch, observer=observer or SilentObserver()), early_rejection
+
+
+def _finish(run: Run) -> RunResult:
+    record = run.machine.record
+    assert record is not None
+    store = run.ctx.store
+    return RunResult(
+        record=record, run_dir=store.run_dir if store else None, ready=run.result_ready
+    )
+
+
+def execute_run(
+    request: RunRequest,
+    *,
+    argv: list[str],
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    stdin: Any = None,
+    observer: RunObserver | None = None,
+) -> RunResult:
+    env = os.environ if env is None else env
+    run, early_rejection = _open_run(
+        request.mode,
+        request.name,
+        cwd,
+        argv,
+        anywhere=request.direct is not None,
+        observer=observer,
+    )
+    machine, watch = run.machine, run.watch
+    watch.install()
+    try:
+        machine.start()
+        _drive(run, request, early_rejection, env, stdin)
+    except StopRequested as stop:
+        _interrupted(run, stop.signum)
+    except ForceKillRequested as kill:
+        _force_killed(run, kill.signum)
+    except Exception as exc:
+        if not machine.is_terminal:
+            machine.crash(error=exc)
+    finally:
+        # Backstop: whatever escaped above (KeyboardInterrupt, SystemExit, a kill raised while
+        # handling another exit), the run still ends in a recorded terminal state.
+        if not machine.is_terminal:
+            machine.crash(error=RuntimeError("the run ended without reaching a terminal state"))
+        elif machine.record is None:
+            machine.on_enter_terminal()
+        watch.restore()
+    return _finish(run)
+
+
+def reject_invocation(
+    argv: list[str], cwd: Path, reason: str, reason_code: str = "usage_error"
+) -> RunResult:
+    """A command line too malformed to parse still becomes a run, rejected, with a record."""
+    run, _ = _open_run("run", None, cwd, argv)
+    run.machine.start()
+    run.machine.reject(reason=reason, reason_code=reason_code)
+    return _finish(run)
+
+
+def interrupt_invocation(argv: list[str], cwd: Path, signum: int) -> RunResult:
+    """Ctrl+C that arrived while the command line was still being parsed."""
+    run, _ = _open_run("run", None, cwd, argv)
+    run.machine.start()
+    _interrupted(run, signum)
+    return _finish(run)
+
+
+def _try_store(project_dir: Path, run_id: str) -> RunStore | None:
+    try:
+        return RunStore.create(project_dir, run_id, Redactor(DEFAULT_SECRET_PATTERNS))
+    except (OSError, Rejected):
+        return None
+
+
+def _drive(
+    run: Run,
+    request: RunRequest,
+    early_rejection: Rejected | None,
+    env: Mapping[str, str],
+    stdin: Any,
+) -> None:
+    from cub.run.validation import validate
+
+    machine, watch = run.machine, run.watch
+    watch.checkpoint()
+    machine.validate()
+    if early_rejection is not None:
+        machine.reject(reason=str(early_rejection), reason_code=early_rejection.reason_code)
+        return
+    try:
+        plan = validate(request, run.ctx.project_dir or Path.cwd(), env, stdin)
+    except Rejected as exc:
+        watch.checkpoint()
+        machine.reject(reason=str(exc), reason_code=exc.reason_code)
+        return
+    run.plan = plan
+    _record_plan(run.ctx, plan)
+    watch.checkpoint()
+    machine.accept()
+    if request.ready:
+        _list_ready(run, plan)
+        return
+    try:
+        _prepare(run, plan)
+    except SetupFailed as exc:
+        watch.checkpoint()
+        machine.setup_failed(reason=str(exc), reason_code=exc.reason_code)
+        return
+    watch.checkpoint()
+    machine.prepared()
+    from cub.loop.runner import run_loop
+
+    run_loop(run)
+
+
+def _record_plan(ctx: RunContext, plan: RunPlan) -> None:
+    from cub.config.load import config_to_dict
+    from cub.records.schemas import BudgetUse, HarnessInfo
+
+    config = plan.config
+    ctx.config = config_to_dict(config)
+    budget = config.budget
+    ctx.budget = BudgetUse(
+        tokens_limit=budget.tokens,
+        cost_limit=budget.cost_usd,
+        tasks_limit=budget.tasks,
+        iterations_limit=config.loop.max_iterations,
+    )
+    if plan.harness is not None:
+        ctx.harness = HarnessInfo(name=plan.harness.name, model=config.harness.model)
+
+
+def _prepare(run: Run, plan: RunPlan) -> None:
+    from cub.loop.prepare import prepare_run
+
+    prepare_run(run, plan)
+
+
+def _list_ready(run: Run, plan: RunPlan) -> None:
+    from cub.tasks.selection import explain_empty, ready_tasks
+
+    assert plan.backend is not None
+    tasks = plan.backend.load()
+    request = plan.request
+    ready = ready_tasks(tasks, epic=request.epic, label=request.label)
+    if request.task is not None:
+        ready = [t for t in ready if t.id == request.task]
+    run.result_ready = ready
+    run.ctx.tasks.selected = len(ready)
+    run.machine.note("ready_listed", data={"task_ids": [t.id for t in ready]})
+    if ready:
+        reason = f"dry run: {len(ready)} task(s) ready"
+    else:
+        why = explain_empty(tasks, epic=request.epic, label=request.label)[1]
+        reason = f"dry run: nothing ready ({why})"
+    run.machine.listed(reason=reason, reason_code="dry_run")
+
+
+def _interrupted(run: Run, signum: int) -> None:
+    """An orderly stop requested outside the loop (validation, setup): nothing to wind down."""
+    machine = run.machine
+    if machine.is_terminal:
+        return
+    if machine.state != "stopping":
+        machine.interrupt(signal=signum)
+    machine.stopped(
+        reason=f"stopped on {signal_word(signum).upper()} "  # type: ignore[union-attr]
+        f"before any task started",
+        reason_code=signal_word(signum),
+    )
+
+
+def _force_killed(run: Run, signum: int) -> None:
+    machine = run.machine
+    if machine.is_terminal:
+        if machine.record is None:
+            machine.on_enter_terminal()
+        return
+    machine.force_kill(
+        reason=f"second interrupt ({signal_word(signum).upper()}): "  # type: ignore[union-attr]
+        "stopped at once",
+        reason_code="second_interrupt",
+    )

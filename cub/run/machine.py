@@ -1,0 +1,295 @@
+"""The run state machine: `transitions` driven by the chart in cub/chart/definition.py.
+
+The one rule that matters: every terminal state is entered through `on_enter_terminal`, which
+writes run.json exactly once. Nothing else writes a run's final record, and nothing ends a run
+except a trigger.
+"""
+
+from __future__ import annotations
+
+import signal as signals
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from transitions import EventData, Machine, State
+from transitions.core import MachineError
+
+from cub.chart.definition import FAILED, RUN_CHART, Chart, Edge
+from cub.records.schemas import (
+    SCHEMA_VERSION,
+    ErrorInfo,
+    RunRecord,
+    StatusRecord,
+    Transition,
+)
+from cub.records.store import utc_now
+from cub.run.context import RunContext, error_info
+from cub.run.exit_codes import exit_code_for
+
+_CHECKED_CHARTS: set[int] = set()
+
+
+def _checked(chart: Chart) -> Chart:
+    """Refuse a bad chart when the machine is built (once per chart per process)."""
+    if id(chart) not in _CHECKED_CHARTS:
+        from cub.chart.checks import check_chart
+
+        check_chart(chart)
+        _CHECKED_CHARTS.add(id(chart))
+    return chart
+
+
+def signal_word(sig: int | str | None) -> str | None:
+    """``signal.SIGTERM`` or ``"SIGTERM"`` → ``"sigterm"`` (the reason_code spelling)."""
+    if sig is None:
+        return None
+    if isinstance(sig, str):
+        return sig.lower()
+    return signals.Signals(sig).name.lower()
+
+
+class RunMachine:
+    """The model object: triggers (validate, reject, interrupt, ...) are methods added by
+    `transitions` from the chart; ``state`` is the current state's name."""
+
+    state: str
+
+    def __init__(
+        self,
+        ctx: RunContext,
+        *,
+        chart: Chart = RUN_CHART,
+        initial: str | None = None,
+        on_terminal: Callable[[], None] | None = None,
+        recorded_by: str = "machine",
+    ) -> None:
+        self.ctx = ctx
+        self.chart = _checked(chart)
+        self.record: RunRecord | None = None
+        self.recorded_by = recorded_by
+        self._on_terminal = on_terminal
+        self._persisted = False
+        self._crashing = False
+        self._edges = {(e.trigger, e.source): e for e in chart.edges}
+        self.machine = Machine(
+            model=self,
+            states=[self._state(name) for name in chart.states],
+            transitions=[self._transition(edge) for edge in chart.edges],
+            initial=initial or chart.initial,
+            auto_transitions=False,
+            send_event=True,
+            on_exception="_on_callback_error",
+        )
+
+    def _state(self, name: str) -> State:
+        on_enter = ["_journal_transition"]
+        if self.chart.is_terminal(name):
+            on_enter.append("on_enter_terminal")
+        return State(name, on_enter=on_enter)
+
+    def _transition(self, edge: Edge) -> dict[str, Any]:
+        return {
+            "trigger": edge.trigger,
+            "source": edge.source,
+            "dest": edge.dest,
+            "before": "_note_trigger",
+        }
+
+    # -- queries ------------------------------------------------------------------------------
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.chart.is_terminal(self.state)
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.record.exit_code if self.record else None
+
+    def can(self, trigger: str) -> bool:
+        return (trigger, self.state) in self._edges
+
+    # -- journal --------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Write the run's first status and journal line, before the first trigger."""
+        self.note("run_started", data={"state": self.state})
+        self.write_status()
+
+    def note(
+        self,
+        kind: str,
+        *,
+        task_id: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """Journal something that is not a transition (a claim, an agent start, a hook)."""
+        self.ctx.last_event = kind
+        if self.ctx.store is not None:
+            self.ctx.store.append_event(
+                kind, state_from=self.state, state_to=self.state, task_id=task_id, data=data
+            )
+
+    def write_status(self) -> None:
+        if self.ctx.store is not None:
+            self.ctx.store.write_status(self.status_record())
+
+    def _journal_transition(self, event: EventData) -> None:
+        ctx = self.ctx
+        assert event.transition is not None
+        source, dest, trigger = event.transition.source, event.transition.dest, event.event.name
+        at = utc_now()
+        ctx.history.append(Transition(from_=source, to=dest, trigger=trigger, at=at))
+        ctx.last_event = f"{trigger}: {source} -> {dest}"
+        if ctx.store is None:
+            return
+        data = {k: v for k, v in event.kwargs.items() if k != "error" and _is_plain(v)}
+        task_id = ctx.current_task.id if ctx.current_task else None
+        ctx.store.append_event(
+            "transition",
+            state_from=source,
+            state_to=dest,
+            trigger=trigger,
+            task_id=task_id,
+            data=data,
+        )
+        ctx.store.write_status(self.status_record())
+
+    # -- how a run ends -------------------------------------------------------------------------
+
+    def _note_trigger(self, event: EventData) -> None:
+        """Take reason, reason_code, error and signal from the trigger's keyword arguments."""
+        assert event.transition is not None
+        ctx, kwargs = self.ctx, event.kwargs
+        edge = self._edges[(event.event.name, event.transition.source)]
+        if edge.trigger == "interrupt":
+            ctx.interrupt_signal = signal_word(kwargs.get("signal")) or "sigint"
+            return
+        if not self.chart.is_terminal(edge.dest):
+            return
+        error = kwargs.get("error")
+        if isinstance(error, BaseException):
+            error = error_info(error)
+        ctx.error = error if isinstance(error, ErrorInfo) else ctx.error
+        ctx.reason_code = kwargs.get("reason_code") or self._default_reason_code(edge)
+        ctx.reason = kwargs.get("reason") or self._default_reason(edge)
+
+    def _default_reason_code(self, edge: Edge) -> str:
+        if edge.trigger == "stopped":
+            return self.ctx.interrupt_signal or "sigint"
+        if edge.trigger == "crash":
+            return "exception"
+        return edge.reason_codes[0] if edge.reason_codes else edge.trigger
+
+    def _default_reason(self, edge: Edge) -> str:
+        if edge.trigger == "crash" and self.ctx.error is not None:
+            return f"unexpected {self.ctx.error.type}: {self.ctx.error.message}"
+        if edge.trigger == "stopped":
+            return f"stopped on {(self.ctx.interrupt_signal or 'sigint').upper()}"
+        return edge.summary[:1].upper() + edge.summary[1:]
+
+    def on_enter_terminal(self, event: EventData | None = None) -> None:
+        """The one writer of run.json. Idempotent; falls back to a `failed` record if building or
+        writing the real one raises, so the run always ends with a record."""
+        if self._persisted:
+            return
+        self._persisted = True
+        if self._on_terminal is not None:
+            self._on_terminal()
+        try:
+            self.record = self._run_record()
+            if self.ctx.store is not None:
+                self.ctx.store.write_run(self.record)
+        except Exception as exc:
+            self._persist_fallback(exc)
+
+    def _persist_fallback(self, exc: Exception) -> None:
+        self.ctx.error = error_info(exc)
+        self.ctx.reason_code = "exception"
+        self.ctx.reason = f"writing the run record failed: {type(exc).__name__}: {exc}"
+        self.machine.set_state(FAILED, model=self)
+        try:
+            self.record = self._run_record()
+            if self.ctx.store is not None:
+                self.ctx.store.write_run(self.record)
+        except Exception as again:
+            print(f"cub: could not write the run record: {again}", file=sys.stderr)
+
+    def _on_callback_error(self, event: EventData) -> None:
+        error = event.error
+        if not isinstance(error, Exception) or isinstance(error, MachineError):
+            # KeyboardInterrupt, SystemExit, a forced kill: never swallowed here. A trigger that
+            # is not valid in this state is the caller's mistake, not the run's failure.
+            raise error  # type: ignore[misc]
+        if self.is_terminal or self._crashing:
+            if not self._persisted:
+                self._persisted = True
+                self._persist_fallback(error)
+            return
+        self._crashing = True
+        try:
+            self.crash(error=error)  # type: ignore[attr-defined]
+        finally:
+            self._crashing = False
+
+    # -- records --------------------------------------------------------------------------------
+
+    def status_record(self) -> StatusRecord:
+        ctx = self.ctx
+        return StatusRecord(
+            schema_version=SCHEMA_VERSION,
+            run_id=ctx.run_id,
+            parent_run_id=ctx.parent_run_id,
+            mode=ctx.mode,
+            state=self.state,
+            started_at=ctx.started_at,
+            updated_at=utc_now(),
+            argv=ctx.argv,
+            cwd=ctx.cwd,
+            pid=ctx.pid,
+            host=ctx.host,
+            cub_version=ctx.cub_version,
+            harness=ctx.harness,
+            branch=ctx.branch,
+            current_task=ctx.current_task,
+            budget=ctx.budget,
+            tasks=ctx.tasks,
+            runner=ctx.runner(),
+            last_event=ctx.last_event,
+            claimed_tasks=list(ctx.claimed_tasks),
+        )
+
+    def _run_record(self) -> RunRecord:
+        ctx = self.ctx
+        reason_code = ctx.reason_code or "unknown"
+        return RunRecord(
+            schema_version=SCHEMA_VERSION,
+            run_id=ctx.run_id,
+            parent_run_id=ctx.parent_run_id,
+            mode=ctx.mode,
+            state=self.state,
+            exit_code=exit_code_for(self.state, reason_code),
+            reason=ctx.reason or reason_code,
+            reason_code=reason_code,
+            error=ctx.error,
+            recorded_by=self.recorded_by,  # type: ignore[arg-type]
+            started_at=ctx.started_at,
+            ended_at=ctx.ended_at or utc_now(),
+            duration_s=round(ctx.elapsed(), 3),
+            argv=ctx.argv,
+            cwd=ctx.cwd,
+            pid=ctx.pid,
+            host=ctx.host,
+            cub_version=ctx.cub_version,
+            harness=ctx.harness,
+            branch=ctx.branch,
+            tasks=ctx.tasks,
+            budget=ctx.budget,
+            history=ctx.history,
+            children=ctx.children,
+            config=ctx.config,
+        )
+
+
+def _is_plain(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)

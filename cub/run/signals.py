@@ -1,0 +1,75 @@
+"""Turning SIGINT, SIGTERM and SIGHUP into the run's interrupt and force-kill triggers.
+
+The handler only records the first signal and wakes whoever waits; the run driver fires the
+`interrupt` trigger at its next checkpoint. A second signal must end the run within a second
+whatever the main thread is doing, so it raises `ForceKillRequested` (a BaseException, like
+KeyboardInterrupt) right where the main thread is; the driver turns that into `force_kill`.
+Once the run has entered a terminal state, further signals change nothing.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from cub.errors import ForceKillRequested
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+class StopRequested(BaseException):
+    """Raised at a checkpoint after the first signal, to unwind to the driver's stop path."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+class InterruptWatch:
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.second: int | None = None
+        self.wake = threading.Event()
+        # Under `loop.on_interrupt: finish`, when the attempt's grace runs out.
+        self.finish_deadline: float | None = None
+        self._armed = True
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        # Python only lets the main thread install handlers; elsewhere (an embedding test
+        # harness, a worker thread) the run simply isn't interruptible by signal.
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in STOP_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, previous in self._previous.items():
+            if signal.getsignal(sig) == self._handle:
+                signal.signal(sig, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.first is None:
+            self.first = signum
+            self.wake.set()
+            return
+        if self.second is None:
+            self.second = signum
+        if self._armed:
+            self._armed = False
+            raise ForceKillRequested(signum)
+
+    def disarm(self) -> None:
+        """The run is entering its terminal state: later signals must not interrupt the record."""
+        self._armed = False
+
+    @property
+    def requested(self) -> bool:
+        return self.first is not None
+
+    def checkpoint(self) -> None:
+        if self.first is not None:
+            raise StopRequested(self.first)

@@ -1,0 +1,288 @@
+"""Everything `cub run` checks before any work, each failure a `Rejected` with one clear line.
+
+The order follows what a user fixes first: the command line itself, then the project's files,
+then the environment (git, harness, docker).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cub.durations import parse_duration
+from cub.errors import Rejected
+from cub.records.store import check_safe_name
+from cub.run.request import RunRequest
+
+if TYPE_CHECKING:
+    from cub.agents.registry import HarnessChoice
+    from cub.config.schema import Config
+    from cub.tasks.backend import TaskBackend
+
+# (flag, attribute) pairs that cannot be combined with --direct / --gh-issue.
+_SELECTION_FLAGS = (
+    ("--task", "task"),
+    ("--epic", "epic"),
+    ("--label", "label"),
+    ("--ready", "ready"),
+    ("--parallel", "parallel"),
+)
+
+
+@dataclass
+class RunPlan:
+    """A validated invocation: what the run will use."""
+
+    request: RunRequest
+    project_dir: Path
+    config: Config
+    config_sources: list[str]
+    git_root: Path | None
+    backend: TaskBackend | None
+    harness: HarnessChoice | None
+    direct_prompt: str | None
+
+
+def _given(request: RunRequest, attr: str) -> bool:
+    value = getattr(request, attr)
+    return value is not None and value is not False
+
+
+def _conflicts(r: RunRequest) -> list[tuple[bool, str]]:
+    """(broken, message) for each rule; the first broken rule is reported."""
+    direct, issue = r.direct is not None, r.gh_issue is not None
+    rules = [
+        (
+            r.no_network and not r.sandbox,
+            "--no-network requires --sandbox (only a sandboxed run can be cut off the network)",
+        ),
+        (
+            r.sandbox_keep and not r.sandbox,
+            "--sandbox-keep requires --sandbox (there is no container to keep)",
+        ),
+        (
+            r.worktree_keep and not r.worktree,
+            "--worktree-keep requires --worktree (there is no worktree to keep)",
+        ),
+    ]
+    for flag, attr in (*_SELECTION_FLAGS, ("--gh-issue", "gh_issue")):
+        rules.append(
+            (
+                direct and _given(r, attr),
+                f"--direct cannot be used with {flag}: a direct run has no backlog to select from",
+            )
+        )
+    for flag, attr in _SELECTION_FLAGS:
+        rules.append(
+            (
+                issue and _given(r, attr),
+                f"--gh-issue cannot be used with {flag}: a GitHub-issue run works on "
+                "that one issue",
+            )
+        )
+    rules += [
+        (
+            r.once and r.parallel is not None,
+            "--once cannot be used with --parallel: --once runs a single task",
+        ),
+        (
+            r.ready and r.sandbox,
+            "--ready cannot be used with --sandbox: a dry run starts no container",
+        ),
+        (
+            r.ready and r.parallel is not None,
+            "--ready cannot be used with --parallel: a dry run starts no workers",
+        ),
+        (
+            r.from_branch is not None and r.use_current_branch,
+            "--from-branch cannot be used with --use-current-branch: one makes a new branch "
+            "from REF, the other stays on the current one",
+        ),
+        (
+            r.harness_cmd is not None and r.harness not in (None, "command"),
+            f"--harness-cmd cannot be used with --harness {r.harness}: --harness-cmd is the "
+            "command line of the `command` harness",
+        ),
+    ]
+    return rules
+
+
+def check_flag_conflicts(r: RunRequest) -> None:
+    for broken, message in _conflicts(r):
+        if broken:
+            raise Rejected("flag_conflict", message)
+
+
+def check_values(r: RunRequest) -> None:
+    if r.name is not None:
+        check_safe_name(r.name, "--name")
+    if r.task is not None:
+        check_safe_name(r.task, "task id (--task)")
+    for flag, value in (
+        ("--timeout", r.timeout),
+        ("--task-timeout", r.task_timeout),
+        ("--idle-timeout", r.idle_timeout),
+        ("--grace", r.grace),
+    ):
+        if value is not None:
+            try:
+                parse_duration(value)
+            except ValueError as exc:
+                raise Rejected("invalid_flag", f"{flag} {value!r}: {exc}") from exc
+
+
+def config_overrides(r: RunRequest) -> dict[str, Any]:
+    """Flags that override config keys, as dotted keys."""
+    pairs: dict[str, Any] = {
+        "harness.name": r.harness,
+        "harness.command": r.harness_cmd,
+        "harness.model": r.model,
+        "loop.max_iterations": r.max_iterations,
+        "loop.on_failure": r.on_failure,
+        "loop.timeout": r.timeout,
+        "loop.task_timeout": r.task_timeout,
+        "loop.idle_timeout": r.idle_timeout,
+        "loop.grace": r.grace,
+        "budget.cost_usd": r.budget,
+        "budget.tokens": r.budget_tokens,
+        "budget.tasks": r.budget_tasks,
+        "github.repo": r.repo,
+    }
+    overrides = {k: v for k, v in pairs.items() if v is not None}
+    if r.no_hooks:
+        overrides["hooks.enabled"] = False
+    if r.no_circuit_breaker:
+        overrides["loop.circuit_breaker"] = False
+    if r.no_network:
+        overrides["sandbox.network"] = False
+    return overrides
+
+
+def read_direct_prompt(spec: str, stdin: Any = None) -> str:
+    stdin = stdin if stdin is not None else sys.stdin
+    if spec == "-":
+        if stdin is None or stdin.isatty():
+            raise Rejected(
+                "invalid_direct_input",
+                "--direct - reads the prompt from stdin, but stdin is a terminal; "
+                "pipe the prompt in or pass --direct TEXT or --direct @FILE",
+            )
+        text = stdin.read()
+        source = "stdin"
+    elif spec.startswith("@"):
+        path = Path(spec[1:]).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise Rejected(
+                "invalid_direct_input", f"--direct {spec}: no such file {path}"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise Rejected(
+                "invalid_direct_input", f"--direct {spec}: cannot read {path}: {exc}"
+            ) from exc
+        source = str(path)
+    else:
+        text, source = spec, "the command line"
+    if not text.strip():
+        raise Rejected("invalid_direct_input", f"--direct: the prompt from {source} is empty")
+    return text
+
+
+def _needs_backend(r: RunRequest) -> bool:
+    return r.direct is None and r.gh_issue is None
+
+
+def _needs_git(r: RunRequest) -> bool:
+    return not r.ready and r.direct is None
+
+
+def _needs_harness(r: RunRequest) -> bool:
+    return not r.ready
+
+
+def check_branch(r: RunRequest, git_root: Path, protected: list[str]) -> None:
+    from cub.git import current_branch
+
+    branch = current_branch(git_root)
+    if r.use_current_branch and not r.main_ok and branch in protected:
+        raise Rejected(
+            "main_branch",
+            f"--use-current-branch would run on {branch!r}; pass --main-ok to allow work "
+            f"directly on {branch}, or drop --use-current-branch to work on a new branch",
+        )
+
+
+def check_docker() -> None:
+    try:
+        import docker  # lazy: only sandbox runs pay for it
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+    except Exception as exc:
+        host = os.environ.get("DOCKER_HOST", "the default socket (DOCKER_HOST is not set)")
+        raise Rejected(
+            "docker_unavailable",
+            f"--sandbox needs a Docker engine, and none answered at {host}: {exc}",
+        ) from exc
+
+
+def validate(
+    r: RunRequest, project_dir: Path, env: Mapping[str, str], stdin: Any = None
+) -> RunPlan:
+    """Check the whole invocation; returns the plan or raises `Rejected`."""
+    from cub.agents.registry import resolve_harness
+    from cub.config.load import load_config
+    from cub.git import repo_root
+
+    check_flag_conflicts(r)
+    check_values(r)
+    loaded = load_config(project_dir, env=env, overrides=config_overrides(r))
+    config = loaded.config
+    direct_prompt = read_direct_prompt(r.direct, stdin) if r.direct is not None else None
+
+    git_root = repo_root(project_dir)
+    if git_root is None and _needs_git(r):
+        raise Rejected(
+            "not_a_git_repo",
+            f"{project_dir} is not a git repository: cub commits each task's work "
+            "on a branch (run `git init`, or use --ready / --direct)",
+        )
+    if git_root is not None and not r.ready:
+        check_branch(r, git_root, list(config.branch.protected))
+
+    backend = None
+    if _needs_backend(r):
+        from cub.tasks.backend import open_backend
+
+        backend = open_backend(project_dir, config)
+        tasks = backend.load()
+        if r.task is not None and not any(t.id == r.task for t in tasks):
+            raise Rejected(
+                "task_not_found", f"--task {r.task}: no such task in {backend.describe()}"
+            )
+
+    harness = None
+    if _needs_harness(r):
+        harness = resolve_harness(
+            config.harness.name,
+            config.harness.command,
+            list(config.harness.priority),
+            env.get("PATH"),
+        )
+    if r.sandbox:
+        check_docker()
+    return RunPlan(
+        request=r,
+        project_dir=project_dir,
+        config=config,
+        config_sources=list(loaded.sources),
+        git_root=git_root,
+        backend=backend,
+        harness=harness,
+        direct_prompt=direct_prompt,
+    )

@@ -1,0 +1,119 @@
+"""The default backend: ``.cub/tasks.jsonl``, one task per line (the beads export format).
+
+Lines cub does not change are written back byte for byte; a changed line is the original JSON
+object with the change applied, so unknown keys, key order and the ``dependsOn``/``depends_on``
+spelling all survive.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from cub.config.messages import describe_validation_error
+from cub.errors import InvalidTaskId, TaskFileError
+from cub.tasks import changes
+from cub.tasks.file_store import FileTaskBackend
+from cub.tasks.model import TASK_ENTRY_DECODER, Task, TaskEntry, depends_on_key, validate_task_id
+
+DEFAULT_PATH = Path(".cub") / "tasks.jsonl"
+_BYTE_OFFSET = re.compile(r"\s*\(byte (\d+)\)")
+
+
+class JsonlDocument:
+    def __init__(self, data: bytes, label: str) -> None:
+        self.label = label
+        self.lines: list[bytes] = data.split(b"\n")
+        if self.lines and not self.lines[-1]:
+            self.lines.pop()  # the newline that ends the last line
+        self.tasks: list[Task] = []
+        self._line_index: list[int] = []  # task position -> index into self.lines
+        self._by_id: dict[str, int] = {}
+        for number, line in enumerate(self.lines, start=1):
+            if not line or line.isspace():
+                continue  # blank lines are allowed and kept as they are
+            self._add(decode_line(line, f"{label}:{number}"), number - 1)
+
+    def _add(self, task: Task, line_index: int) -> None:
+        first = self._by_id.get(task.id)
+        if first is not None:
+            raise TaskFileError(
+                f"{self.label}:{line_index + 1}: duplicate task id {task.id!r} "
+                f"(first on line {self._line_index[first] + 1})"
+            )
+        self._by_id[task.id] = len(self.tasks)
+        self.tasks.append(task)
+        self._line_index.append(line_index)
+
+    def position(self, task_id: str) -> int | None:
+        return self._by_id.get(task_id)
+
+    def location(self, index: int) -> str:
+        return f"{self.label}:{self._line_index[index] + 1}"
+
+    def update(self, index: int, change: changes.Changes) -> Task:
+        line_index = self._line_index[index]
+        raw = msgspec.json.decode(self.lines[line_index])
+        changes.apply(raw, change)
+        encoded = msgspec.json.encode(raw)
+        task = decode_line(encoded, self.location(index))
+        self.lines[line_index] = encoded
+        self.tasks[index] = task
+        return task
+
+    def append(self, raw: dict[str, Any]) -> Task:
+        encoded = msgspec.json.encode(raw)
+        task = decode_line(encoded, f"{self.label}:{len(self.lines) + 1}")
+        self.lines.append(encoded)
+        self._add(task, len(self.lines) - 1)
+        return task
+
+    def depends_on_spelling(self) -> str:
+        # New tasks follow the spelling the file already uses.
+        for line_index in reversed(self._line_index):
+            line = self.lines[line_index]
+            if b'"depends_on"' in line or b'"dependsOn"' in line:
+                return depends_on_key(msgspec.json.decode(line))
+        return "dependsOn"
+
+    def to_bytes(self) -> bytes:
+        return b"\n".join(self.lines) + b"\n" if self.lines else b""
+
+
+def decode_line(line: bytes, where: str) -> Task:
+    """One task line → Task; ``TaskFileError`` naming ``where`` (``file:line``) otherwise."""
+    try:
+        entry = TASK_ENTRY_DECODER.decode(line)
+    except msgspec.ValidationError as exc:
+        problem = describe_validation_error(exc, root_type=TaskEntry, data=_generic(line))
+        raise TaskFileError(f"{where}: {problem.render()}") from None
+    except msgspec.DecodeError as exc:
+        raise TaskFileError(f"{where}: invalid JSON: {_json_detail(str(exc))}") from None
+    try:
+        validate_task_id(entry.id)
+    except InvalidTaskId as exc:
+        raise TaskFileError(f"{where}: {exc}") from None
+    return entry.to_task()
+
+
+def _generic(line: bytes) -> Any:
+    try:
+        return msgspec.json.decode(line)
+    except msgspec.DecodeError:
+        return None
+
+
+def _json_detail(message: str) -> str:
+    found = _BYTE_OFFSET.search(message)
+    detail = _BYTE_OFFSET.sub("", message).removeprefix("JSON is malformed: ")
+    return f"{detail} at column {int(found.group(1)) + 1}" if found else detail
+
+
+class JsonlBackend(FileTaskBackend):
+    kind = "jsonl"
+
+    def parse(self, data: bytes) -> JsonlDocument:
+        return JsonlDocument(data, self.label)

@@ -1,0 +1,1 @@
+"""Shared test helpers: real git repositories, scripted agents, and the cub command."""

@@ -1,0 +1,350 @@
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cub.errors import SetupFailed
+from cub.loop.branches import BranchSetup, branch_name_for, commit_range, prepare_branch
+from tests.helpers.git import git, make_repo
+
+PROTECTED = ("main", "master")
+
+
+def valid_branch_name(name: str) -> bool:
+    proc = subprocess.run(["git", "check-ref-format", "--branch", name], capture_output=True)
+    return proc.returncode == 0
+
+
+def prepare(repo: Path, **kwargs: object) -> BranchSetup:
+    options: dict[str, object] = {
+        "run_id": "r-1",
+        "protected": PROTECTED,
+        "use_current_branch": False,
+        "from_branch": None,
+        "wanted": "cub/r-1",
+    }
+    options.update(kwargs)
+    return prepare_branch(repo, **options)  # type: ignore[arg-type]
+
+
+def commit_file(repo: Path, name: str, text: str = "x\n") -> str:
+    (repo / name).write_text(text)
+    git(repo, "add", name)
+    git(repo, "commit", "-q", "-m", f"add {name}")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def on_branch(repo: Path) -> str:
+    return git(repo, "symbolic-ref", "--short", "HEAD")
+
+
+# --- names ---------------------------------------------------------------------------------
+
+
+def test_branch_names_by_flag() -> None:
+    common = {"task_id": None, "epic": None, "gh_issue": None, "issue_slug": None}
+    assert branch_name_for("20240101-abc", **common) == "cub/20240101-abc"  # type: ignore[arg-type]
+    assert branch_name_for("r", **{**common, "task_id": "cub-042"}) == "task/cub-042"  # type: ignore[arg-type]
+    assert branch_name_for("r", **{**common, "epic": "auth"}) == "feature/auth"  # type: ignore[arg-type]
+    assert branch_name_for("r", **{**common, "prefix": "bots/cub-"}) == "bots/cub-r"  # type: ignore[arg-type]
+
+
+def test_issue_branch_gets_a_short_lowercase_slug() -> None:
+    name = branch_name_for(
+        "r",
+        task_id=None,
+        epic=None,
+        gh_issue=17,
+        issue_slug="Crash when the config file has a BOM -- and also other things!!!",
+    )
+
+    assert name == "fix/issue-17-crash-when-the-config-file-has-a-bom-and"
+    assert len(name.removeprefix("fix/issue-17-")) <= 40
+    assert (
+        branch_name_for("r", task_id=None, epic=None, gh_issue=5, issue_slug="!!!") == "fix/issue-5"
+    )
+
+
+@pytest.mark.parametrize(
+    "task_id",
+    [
+        "a..b",
+        "x.lock",
+        "-lead",
+        "has space",
+        "we~ird^:?*[",
+        "a@{1}",
+        "@",
+        ".hidden",
+        "trailing.",
+        "slash/inside",
+        "ünïcode",
+        "back\\slash",
+        "ctrl\x01char",
+        "..",
+        "/",
+    ],
+)
+def test_hostile_task_ids_still_give_valid_branch_names(task_id: str) -> None:
+    name = branch_name_for("r", task_id=task_id, epic=None, gh_issue=None, issue_slug=None)
+
+    assert name.startswith("task")
+    assert valid_branch_name(name), name
+
+
+@settings(max_examples=60, deadline=None)
+@given(text=st.text(min_size=1, max_size=60), which=st.sampled_from(["task", "epic", "run"]))
+def test_any_input_gives_a_valid_branch_name(text: str, which: str) -> None:
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    name = branch_name_for(
+        text if which == "run" else "r",
+        task_id=text if which == "task" else None,
+        epic=text if which == "epic" else None,
+        gh_issue=None,
+        issue_slug=None,
+    )
+    assert valid_branch_name(name), name
+
+
+@settings(max_examples=30, deadline=None)
+@given(title=st.text(max_size=120), number=st.integers(min_value=1, max_value=10**6))
+def test_any_issue_title_gives_a_valid_branch_name(title: str, number: int) -> None:
+    name = branch_name_for("r", task_id=None, epic=None, gh_issue=number, issue_slug=title)
+    assert valid_branch_name(name), name
+
+
+# --- switching -----------------------------------------------------------------------------
+
+
+def test_on_main_in_a_fresh_repository_creates_the_run_branch(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    head = git(repo, "rev-parse", "HEAD")
+
+    setup = prepare(repo)
+
+    assert setup == BranchSetup(
+        branch="cub/r-1", created=True, base_commit=head, previous_branch="main"
+    )
+    assert on_branch(repo) == "cub/r-1"
+    assert git(repo, "remote") == ""
+
+
+def test_on_master_too(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo", branch="master")
+
+    assert prepare(repo).created
+    assert on_branch(repo) == "cub/r-1"
+
+
+def test_on_a_feature_branch_stays(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "switch", "-q", "-c", "my-feature")
+
+    setup = prepare(repo)
+
+    assert setup.branch == "my-feature"
+    assert not setup.created
+    assert setup.previous_branch == "my-feature"
+    assert on_branch(repo) == "my-feature"
+    assert git(repo, "branch", "--list", "cub/r-1") == ""
+
+
+def test_use_current_branch_stays_even_on_main(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+
+    setup = prepare(repo, use_current_branch=True)
+
+    assert setup.branch == "main"
+    assert not setup.created
+    assert setup.base_commit == git(repo, "rev-parse", "HEAD")
+    assert on_branch(repo) == "main"
+
+
+def test_use_current_branch_refuses_a_detached_head(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "switch", "-q", "--detach")
+
+    with pytest.raises(SetupFailed, match="HEAD is detached") as info:
+        prepare(repo, use_current_branch=True)
+    assert info.value.reason_code == "branch_failed"
+
+
+def test_detached_head_gets_the_run_branch(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    head = git(repo, "rev-parse", "HEAD")
+    git(repo, "switch", "-q", "--detach")
+
+    setup = prepare(repo)
+
+    assert setup.created
+    assert setup.previous_branch is None
+    assert setup.base_commit == head
+    assert on_branch(repo) == "cub/r-1"
+
+
+def test_from_branch_creates_the_branch_from_that_ref(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "switch", "-q", "-c", "develop")
+    develop_head = commit_file(repo, "develop.txt")
+    git(repo, "switch", "-q", "main")
+    commit_file(repo, "main-only.txt")
+
+    setup = prepare(repo, from_branch="develop", wanted="task/t-1")
+
+    assert setup.created
+    assert setup.base_commit == develop_head
+    assert on_branch(repo) == "task/t-1"
+    assert git(repo, "rev-parse", "HEAD") == develop_head
+    assert git(repo, "merge-base", "HEAD", "develop") == develop_head
+    assert not (repo / "main-only.txt").exists()
+
+
+def test_from_a_remote_tracking_branch_sets_no_upstream(tmp_path: Path) -> None:
+    upstream = make_repo(tmp_path / "upstream")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(upstream), str(clone))
+
+    setup = prepare(clone, from_branch="origin/main")
+
+    assert setup.created
+    assert on_branch(clone) == "cub/r-1"
+    # The run branch must not push to, or pull from, the branch it started from.
+    probe = subprocess.run(
+        ["git", "config", "--get", "branch.cub/r-1.remote"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+    )
+    assert probe.returncode == 1, probe.stdout
+
+
+def test_from_branch_can_be_a_commit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    first = git(repo, "rev-parse", "HEAD")
+    commit_file(repo, "second.txt")
+
+    setup = prepare(repo, from_branch=first[:10])
+
+    assert setup.base_commit == first
+    assert git(repo, "rev-parse", "HEAD") == first
+
+
+def test_bad_from_branch_is_a_setup_failure_naming_it(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+
+    with pytest.raises(SetupFailed) as info:
+        prepare(repo, from_branch="no-such-branch")
+
+    assert info.value.reason_code == "branch_failed"
+    assert str(info.value) == "--from-branch no-such-branch: no such branch or commit"
+    assert on_branch(repo) == "main"
+
+
+def test_existing_branch_is_switched_to_not_reset(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "switch", "-q", "-c", "cub/r-1")
+    earlier_work = commit_file(repo, "earlier-work.txt")
+    git(repo, "switch", "-q", "main")
+    commit_file(repo, "newer-main.txt")
+
+    setup = prepare(repo)
+
+    assert not setup.created
+    assert setup.branch == "cub/r-1"
+    assert setup.base_commit == earlier_work
+    assert on_branch(repo) == "cub/r-1"
+    assert (repo / "earlier-work.txt").exists()
+    assert not (repo / "newer-main.txt").exists()
+
+
+def test_uncommitted_changes_come_along(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "README.md").write_text("edited\n")
+    (repo / "new.txt").write_text("untracked\n")
+
+    prepare(repo)
+
+    assert on_branch(repo) == "cub/r-1"
+    assert (repo / "README.md").read_text() == "edited\n"
+    assert (repo / "new.txt").exists()
+
+
+def test_conflicting_local_changes_are_a_setup_failure_with_gits_reason(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "switch", "-q", "-c", "cub/r-1")
+    commit_file(repo, "README.md", "changed on the run branch\n")
+    git(repo, "switch", "-q", "main")
+    (repo / "README.md").write_text("uncommitted edit on main\n")
+
+    with pytest.raises(SetupFailed) as info:
+        prepare(repo)
+
+    message = str(info.value)
+    assert info.value.reason_code == "branch_failed"
+    assert "\n" not in message
+    assert message.startswith("cannot switch to cub/r-1: ")
+    assert "local changes" in message
+    assert on_branch(repo) == "main"
+    assert (repo / "README.md").read_text() == "uncommitted edit on main\n"
+
+
+def test_repository_without_commits_works(tmp_path: Path) -> None:
+    repo = tmp_path / "unborn"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    (repo / "draft.txt").write_text("not committed\n")
+
+    setup = prepare(repo)
+
+    assert setup == BranchSetup(
+        branch="cub/r-1", created=True, base_commit=None, previous_branch="main"
+    )
+    assert on_branch(repo) == "cub/r-1"
+    assert (repo / "draft.txt").exists()
+    # The first commit lands on the run branch.
+    commit_file(repo, "first.txt")
+    assert git(repo, "branch", "--list", "--format=%(refname:short)") == "cub/r-1"
+
+
+def test_repository_without_commits_with_use_current_branch(tmp_path: Path) -> None:
+    repo = tmp_path / "unborn"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "trunk")
+
+    setup = prepare(repo, use_current_branch=True)
+
+    assert setup == BranchSetup(
+        branch="trunk", created=False, base_commit=None, previous_branch="trunk"
+    )
+
+
+# --- commit ranges -------------------------------------------------------------------------
+
+
+def test_commit_range_after_a_commit(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    setup = prepare(repo)
+    assert commit_range(repo, setup.base_commit) is None
+
+    head = commit_file(repo, "work.txt")
+
+    base_short = git(repo, "rev-parse", "--short", str(setup.base_commit))
+    head_short = git(repo, "rev-parse", "--short", head)
+    assert commit_range(repo, setup.base_commit) == f"{base_short}..{head_short}"
+
+
+def test_commit_range_without_a_base_is_none(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+
+    assert commit_range(repo, None) is None
+
+
+def test_commit_range_with_an_unknown_base_is_none(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+
+    assert commit_range(repo, "0" * 40) is None

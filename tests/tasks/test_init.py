@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from cub.cli.init import init_command
+from cub.config import Config, load_config
+from cub.project import RUNLOOP_TEMPLATE, find_project_root, init_project
+from tests.helpers.git import make_repo
+
+
+def test_init_creates_everything(tmp_path: Path) -> None:
+    created = init_project(tmp_path)
+    assert ".cub/" in created and ".cub/config.json" in created and ".cub/tasks.jsonl" in created
+    assert (tmp_path / ".cub" / "tasks.jsonl").read_text() == ""
+    assert json.loads((tmp_path / ".cub" / "config.json").read_text())["loop"]["grace"] == "10s"
+    assert load_config(tmp_path, env={"HOME": str(tmp_path / "h")}).config == Config()
+    ignore = (tmp_path / ".gitignore").read_text().splitlines()
+    assert ignore == [".cub/runs/", ".cub/worktrees/", ".cub/tasks.jsonl.lock"]
+    if RUNLOOP_TEMPLATE.is_file():
+        assert (tmp_path / ".cub" / "runloop.md").read_bytes() == RUNLOOP_TEMPLATE.read_bytes()
+        assert ".cub/runloop.md" in created
+
+
+def test_init_is_idempotent_and_never_overwrites(tmp_path: Path) -> None:
+    (tmp_path / ".gitignore").write_text("node_modules\n/.cub/runs")  # no final newline
+    init_project(tmp_path)
+    (tmp_path / ".cub" / "config.json").write_text('{"loop": {"max_attempts": 9}}')
+    (tmp_path / ".cub" / "tasks.jsonl").write_text('{"id": "a", "title": "A"}\n')
+    assert init_project(tmp_path) == []
+    assert (tmp_path / ".cub" / "config.json").read_text() == '{"loop": {"max_attempts": 9}}'
+    assert (tmp_path / ".cub" / "tasks.jsonl").read_text() == '{"id": "a", "title": "A"}\n'
+    assert (tmp_path / ".gitignore").read_text().splitlines() == [
+        "node_modules",
+        "/.cub/runs",
+        ".cub/worktrees/",
+        ".cub/tasks.jsonl.lock",
+    ]
+
+
+def test_find_project_root(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    deep = repo / "src" / "pkg"
+    deep.mkdir(parents=True)
+    assert find_project_root(deep) == repo
+    (repo / "src" / ".cub").mkdir()
+    assert find_project_root(deep) == repo / "src"
+    assert find_project_root(tmp_path) is None or find_project_root(tmp_path) != repo
+
+
+def test_init_command(tmp_path: Path) -> None:
+    runner = CliRunner()
+    first = runner.invoke(init_command, ["--project-dir", str(tmp_path)], standalone_mode=False)
+    assert first.exception is None and first.return_value == 0
+    assert "created .cub/config.json" in first.output
+    again = runner.invoke(init_command, ["--project-dir", str(tmp_path)], standalone_mode=False)
+    assert again.return_value == 0 and "nothing to do" in again.output
