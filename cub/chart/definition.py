@@ -136,6 +136,7 @@ RUN_CHART = Chart(
             "the branch, backend, harness or a fail-fast pre-loop hook failed",
             (
                 "branch_failed",
+                "worktree_failed",
                 "backend_failed",
                 "harness_failed",
                 "hook_failed",

@@ -67,10 +67,11 @@ def run_attempt(
         store.archive_attempt(task.id)
         previous_log = store.task_dir(task.id) / f"attempt-{attempt - 1}" / "harness.log"
     system = prompts.system_prompt(ctx.project_dir or work_dir)
-    task_text = prompts.task_prompt(task, backlog, previous_log)
+    direct = run.plan.direct_prompt if run.plan is not None else None
+    task_text = direct or prompts.task_prompt(task, backlog, previous_log)
     prompt_file = store.write_prompt(task.id, prompts.combined(system, task_text))
     invocation = harness.invocation(
-        system=system, task=task_text, prompt_file=prompt_file, model=settings.model
+        system=system, task=task_text, prompt_file=prompt_file, model=settings.model_for(task)
     )
     env = settings.agent_env(os.environ, run_id=ctx.run_id, task=task)
     env.update(invocation.env)

@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 
 # Modes whose own preparation is not part of this build yet; they fail in the open.
 _UNAVAILABLE_MODES = {
-    "direct": "--direct",
     "gh-issue": "--gh-issue",
     "parallel": "--parallel",
     "sandbox": "--sandbox",
@@ -46,13 +45,13 @@ def harness_version(choice: HarnessChoice) -> str | None:
 
 
 def prepare_run(run: Run, plan: RunPlan) -> None:
-    from cub.loop.branches import branch_name_for, prepare_branch
+    from cub.loop.branches import branch_name_for
     from cub.loop.run_hooks import RunHooks
     from cub.loop.settings import LoopSettings
 
     request = plan.request
-    if request.mode in _UNAVAILABLE_MODES or request.worktree:
-        flag = _UNAVAILABLE_MODES.get(request.mode, "--worktree")
+    if request.mode in _UNAVAILABLE_MODES:
+        flag = _UNAVAILABLE_MODES[request.mode]
         raise SetupFailed(
             "mode_unavailable", f"{flag} is not available in cub {run.ctx.cub_version}"
         )
@@ -62,6 +61,7 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
     if ctx.harness is not None:
         ctx.harness.version = harness_version(plan.harness)
 
+    run.work_dir = plan.project_dir
     if plan.git_root is not None:
         wanted = branch_name_for(
             ctx.run_id,
@@ -71,31 +71,18 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
             issue_slug=None,
             prefix=plan.config.branch.prefix,
         )
-        setup = prepare_branch(
-            plan.git_root,
-            run_id=ctx.run_id,
-            protected=list(plan.config.branch.protected),
-            use_current_branch=request.use_current_branch,
-            from_branch=request.from_branch,
-            wanted=wanted,
-        )
-        ctx.branch = setup.branch
-        run.machine.note(
-            "branch",
-            data={
-                "branch": setup.branch,
-                "created": setup.created,
-                "base_commit": setup.base_commit,
-            },
-        )
+        if request.worktree:
+            _prepare_worktree(run, plan, wanted)
+        else:
+            _prepare_branch(run, plan, wanted)
 
-    settings = LoopSettings.from_config(plan.config)
+    settings = LoopSettings.from_config(plan.config, flag_model=request.model)
     run.settings = settings
     run.hooks = RunHooks(
         run,
         enabled=settings.hooks_enabled,
         timeout=settings.hook_timeout,
-        work_dir=plan.project_dir,
+        work_dir=run.work_dir,
     )
     result = run.hooks.fire("pre-loop", stop_on_failure=settings.hooks_fail_fast)
     if result is not None and result.failed and settings.hooks_fail_fast:
@@ -106,3 +93,34 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
             f"(exit {failure.exit_code}{', timed out' if failure.timed_out else ''})"
             " and hooks.fail_fast is set",
         )
+
+
+def _prepare_worktree(run: Run, plan: RunPlan, branch: str) -> None:
+    from cub.modes.worktree import create_worktree, worktree_path
+
+    assert plan.git_root is not None
+    path = worktree_path(plan.project_dir, run.ctx.run_id)
+    create_worktree(plan.git_root, path, branch, plan.request.from_branch)
+    run.work_dir = path
+    run.ctx.branch = branch
+    run.machine.note("worktree", data={"path": str(path), "branch": branch})
+
+
+def _prepare_branch(run: Run, plan: RunPlan, wanted: str) -> None:
+    from cub.loop.branches import prepare_branch
+
+    assert plan.git_root is not None
+    request = plan.request
+    setup = prepare_branch(
+        plan.git_root,
+        run_id=run.ctx.run_id,
+        protected=list(plan.config.branch.protected),
+        use_current_branch=request.use_current_branch,
+        from_branch=request.from_branch,
+        wanted=wanted,
+    )
+    run.ctx.branch = setup.branch
+    run.machine.note(
+        "branch",
+        data={"branch": setup.branch, "created": setup.created, "base_commit": setup.base_commit},
+    )

@@ -248,8 +248,11 @@ class TaskLoop:
         machine.stopped(reason=f"stopped on {word.upper()}", reason_code=word)
 
     def _post_loop(self, state: str) -> None:
+        from cub.modes.worktree import finish_worktree
+
         if self.run.hooks is not None:
             self.run.hooks.fire("post-loop", run_state=state)
+        finish_worktree(self.run)
 
     # -- task bookkeeping ---------------------------------------------------------------------
 
@@ -316,4 +319,4 @@ class TaskLoop:
         return record
 
     def _work_dir(self) -> Path:
-        return self.plan.project_dir
+        return self.run.work_dir or self.plan.project_dir

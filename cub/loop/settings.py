@@ -25,6 +25,8 @@ class LoopSettings:
     run_timeout: float | None
     circuit_breaker: bool
     model: str | None
+    # --model beats a task's `model:X` label, which beats config harness.model.
+    flag_model: str | None
     warn_at: float
     hooks_enabled: bool
     hooks_fail_fast: bool
@@ -37,7 +39,7 @@ class LoopSettings:
     kill_after: float = 2.0
 
     @classmethod
-    def from_config(cls, config: Config) -> LoopSettings:
+    def from_config(cls, config: Config, flag_model: str | None = None) -> LoopSettings:
         loop = config.loop
         return cls(
             on_failure=loop.on_failure,
@@ -50,6 +52,7 @@ class LoopSettings:
             run_timeout=loop.timeout,
             circuit_breaker=loop.circuit_breaker,
             model=config.harness.model,
+            flag_model=flag_model,
             warn_at=config.budget.warn_at,
             hooks_enabled=config.hooks.enabled,
             hooks_fail_fast=config.hooks.fail_fast,
@@ -72,6 +75,14 @@ class LoopSettings:
         env.update(self.agent_set_env)
         env.update({"CUB_RUN_ID": run_id, "CUB_TASK_ID": task.id, "CUB_TASK_TITLE": task.title})
         return env
+
+    def model_for(self, task: Task) -> str | None:
+        if self.flag_model:
+            return self.flag_model
+        for label in task.labels:
+            if label.startswith("model:") and label[6:]:
+                return label[6:]
+        return self.model
 
     def crossed_warning(self, budget: BudgetUse) -> bool:
         from cub.loop.budget import fraction_used

@@ -52,6 +52,8 @@ class Run:
     hooks: RunHooks | None = None
     harness: Harness | None = None
     settings: LoopSettings | None = None
+    # Where the agent works: the project, or the run's worktree.
+    work_dir: Path | None = None
     budget_warned: bool = False
 
     @property
@@ -218,6 +220,9 @@ def _drive(
     try:
         _prepare(run, plan)
     except SetupFailed as exc:
+        from cub.modes.worktree import finish_worktree
+
+        finish_worktree(run)
         watch.checkpoint()
         machine.setup_failed(reason=str(exc), reason_code=exc.reason_code)
         return

@@ -198,7 +198,7 @@ def _needs_backend(r: RunRequest) -> bool:
 
 
 def _needs_git(r: RunRequest) -> bool:
-    return not r.ready and r.direct is None
+    return not r.ready and (r.direct is None or r.worktree)
 
 
 def _needs_harness(r: RunRequest) -> bool:
@@ -255,8 +255,12 @@ def validate(
     if git_root is not None and not r.ready:
         check_branch(r, git_root, list(config.branch.protected))
 
-    backend = None
-    if _needs_backend(r):
+    backend: TaskBackend | None = None
+    if direct_prompt is not None:
+        from cub.modes.direct import DirectBackend
+
+        backend = DirectBackend(direct_prompt)
+    elif _needs_backend(r):
         from cub.tasks.backend import open_backend
 
         backend = open_backend(project_dir, config)

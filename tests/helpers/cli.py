@@ -1,0 +1,99 @@
+"""Running the real `cub` process against a real project, and reading what it recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from cub.records.schemas import Event, RunRecord, StatusRecord, TaskAttempt
+from tests.helpers.git import make_repo
+
+CUB = [sys.executable, "-m", "cub"]
+
+
+def cub_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUB_")}
+    env.update(extra or {})
+    return env
+
+
+def run_cub(args: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None,
+            input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run `cub ARGS` to completion; stdin is /dev/null unless ``input`` is given."""
+    return subprocess.run([*CUB, *args], cwd=cwd, env=cub_env(env), input=input,
+                          stdin=None if input is not None else subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def start_cub(args: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None,
+              ) -> subprocess.Popen[str]:
+    """Start `cub ARGS` in its own session (so tests can signal it like a terminal would)."""
+    return subprocess.Popen([*CUB, *args], cwd=cwd, env=cub_env(env), text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def write_tasks(project: Path, tasks: Sequence[Mapping[str, Any]]) -> Path:
+    path = project / ".cub" / "tasks.jsonl"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    return path
+
+
+def task(task_id: str, title: str | None = None, **fields: Any) -> dict[str, Any]:
+    return {"id": task_id, "title": title or f"task {task_id}", "status": "open",
+            "priority": 2, "issue_type": "task", **fields}
+
+
+def make_project(path: Path, tasks: Sequence[Mapping[str, Any]] = (),
+                 config: Mapping[str, Any] | None = None, branch: str = "main") -> Path:
+    """A git repository with .cub/tasks.jsonl (and .cub/config.json when given)."""
+    make_repo(path, branch=branch)
+    (path / ".cub").mkdir()
+    write_tasks(path, tasks)
+    if config is not None:
+        (path / ".cub" / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def run_dir(project: Path, run_id: str = "latest") -> Path:
+    return (project / ".cub" / "runs" / run_id).resolve()
+
+
+def read_run(project: Path, run_id: str = "latest") -> RunRecord:
+    return msgspec.json.decode((run_dir(project, run_id) / "run.json").read_bytes(),
+                               type=RunRecord)
+
+
+def read_status(project: Path, run_id: str = "latest") -> StatusRecord:
+    return msgspec.json.decode((run_dir(project, run_id) / "status.json").read_bytes(),
+                               type=StatusRecord)
+
+
+def read_events(project: Path, run_id: str = "latest") -> list[Event]:
+    lines = (run_dir(project, run_id) / "events.jsonl").read_bytes().splitlines()
+    return [msgspec.json.decode(line, type=Event) for line in lines]
+
+
+def read_attempt(project: Path, task_id: str, run_id: str = "latest") -> TaskAttempt:
+    path = run_dir(project, run_id) / "tasks" / task_id / "task.json"
+    return msgspec.json.decode(path.read_bytes(), type=TaskAttempt)
+
+
+def read_tasks(project: Path) -> dict[str, dict[str, Any]]:
+    lines = (project / ".cub" / "tasks.jsonl").read_text().splitlines()
+    return {t["id"]: t for t in (json.loads(line) for line in lines if line.strip())}
+
+
+def all_runs(project: Path) -> list[RunRecord]:
+    root = project / ".cub" / "runs"
+    return [msgspec.json.decode((d / "run.json").read_bytes(), type=RunRecord)
+            for d in sorted(root.iterdir()) if d.is_dir() and not d.is_symlink()
+            and (d / "run.json").exists()]
