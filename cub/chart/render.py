@@ -53,7 +53,7 @@ def to_mermaid(chart: Chart) -> str:
     lines += [f"    {state} --> [*]" for state in chart.terminal]
     if chart.terminal:
         lines.append("    classDef terminal font-weight:bold,stroke-width:3px")
-        lines.append(f"    class {', '.join(chart.terminal)} terminal")
+        lines.append(f"    class {','.join(chart.terminal)} terminal")
     return "\n".join(lines) + "\n"
 
 

@@ -307,7 +307,7 @@ class TaskLoop:
             self.settings.verify,
             self._work_dir(),
             store.task_dir(task.id) / "verify.log",
-            timeout=self.settings.task_timeout or 1800,
+            timeout=self.settings.verify_timeout,
             redact=store.redact,
         )
         if failure is None:

@@ -18,6 +18,7 @@ class LoopSettings:
     on_failure: str
     max_attempts: int
     verify: tuple[str, ...]
+    verify_timeout: float
     on_interrupt: str
     grace: float
     task_timeout: float | None
@@ -45,6 +46,7 @@ class LoopSettings:
             on_failure=loop.on_failure,
             max_attempts=loop.max_attempts,
             verify=tuple(loop.verify),
+            verify_timeout=loop.verify_timeout,
             on_interrupt=loop.on_interrupt,
             grace=loop.grace,
             task_timeout=loop.task_timeout,

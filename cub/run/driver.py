@@ -239,6 +239,9 @@ def _record_plan(ctx: RunContext, plan: RunPlan) -> None:
 
     config = plan.config
     ctx.config = config_to_dict(config)
+    if ctx.store is not None:
+        patterns = list(DEFAULT_SECRET_PATTERNS) if config.redaction.use_defaults else []
+        ctx.store.redact = Redactor([*patterns, *config.redaction.patterns])
     budget = config.budget
     ctx.budget = BudgetUse(
         tokens_limit=budget.tokens,
