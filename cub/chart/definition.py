@@ -67,6 +67,8 @@ LIVE_STATES = (
     "selecting",
     "executing",
     "settling",
+    # A parent run watching its child runs: parallel workers, or the run inside a sandbox.
+    "supervising",
     "stopping",
 )
 
@@ -118,6 +120,7 @@ RUN_CHART = Chart(
                 "invalid_direct_input",
                 "docker_unavailable",
                 "task_not_found",
+                "issue_not_found",
             ),
         ),
         Edge(
@@ -140,6 +143,8 @@ RUN_CHART = Chart(
                 "backend_failed",
                 "harness_failed",
                 "hook_failed",
+                "github_failed",
+                "sandbox_failed",
                 "mode_unavailable",
             ),
         ),
@@ -193,6 +198,33 @@ RUN_CHART = Chart(
             BUDGET_EXHAUSTED,
             "a token, cost or time budget ran out during the attempt",
             ("token_budget", "cost_budget", "time_budget"),
+        ),
+        Edge(
+            "supervise",
+            "preparing",
+            "supervising",
+            "child runs started (parallel workers, or the run inside a sandbox)",
+        ),
+        Edge(
+            "children_done",
+            "supervising",
+            COMPLETED,
+            "every child run completed and its work was merged back",
+            ("all_tasks_done", "no_ready_tasks"),
+        ),
+        Edge(
+            "children_failed",
+            "supervising",
+            FAILED,
+            "a child run failed, its branch did not merge, or the sandbox died",
+            ("tasks_failed", "merge_conflict", "sandbox_oom", "sandbox_failed"),
+        ),
+        Edge(
+            "exhaust_budget",
+            "supervising",
+            BUDGET_EXHAUSTED,
+            "the budget shared by the child runs ran out",
+            ("token_budget", "cost_budget", "time_budget", "task_budget", "iteration_budget"),
         ),
         *_everywhere(
             "interrupt", "stopping", "SIGINT, SIGTERM or SIGHUP: stop in order", (), _INTERRUPTIBLE

@@ -89,19 +89,20 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
         failure = result.first_failure
         raise SetupFailed(
             "hook_failed",
-            f"pre-loop hook {failure.path.name} failed "
+            f"pre-loop hook {failure.name} failed "
             f"(exit {failure.exit_code}{', timed out' if failure.timed_out else ''})"
             " and hooks.fail_fast is set",
         )
 
 
 def _prepare_worktree(run: Run, plan: RunPlan, branch: str) -> None:
-    from cub.modes.worktree import create_worktree, worktree_path
+    from cub.modes.worktree import create_worktree, finish_worktree, worktree_path
 
     assert plan.git_root is not None
     path = worktree_path(plan.project_dir, run.ctx.run_id)
     create_worktree(plan.git_root, path, branch, plan.request.from_branch)
     run.work_dir = path
+    run.finishers.append(lambda run, state, code, reason: finish_worktree(run))
     run.ctx.branch = branch
     run.machine.note("worktree", data={"path": str(path), "branch": branch})
 

@@ -108,11 +108,10 @@ class TaskLoop:
         if pre is not None and pre.failed and self.settings.hooks_fail_fast:
             self._release(task, "a pre-task hook failed")
             failure = pre.first_failure
-            self._post_loop("failed")
-            run.machine.hook_failed(
-                reason=f"pre-task hook {failure.path.name} failed for "
-                f"{task.id} and hooks.fail_fast is set",
-                reason_code="hook_failed",
+            run.end_with(
+                "hook_failed",
+                "hook_failed",
+                f"pre-task hook {failure.name} failed for {task.id} and hooks.fail_fast is set",
             )
             return None
         from cub.git import head_commit
@@ -229,13 +228,7 @@ class TaskLoop:
         return bool(ready_tasks(self.backend.load(), epic=request.epic, label=request.label))
 
     def _end(self, trigger: str, reason_code: str, reason: str) -> None:
-        dest = next(
-            e.dest
-            for e in self.run.machine.chart.edges
-            if e.trigger == trigger and e.source == self.run.machine.state
-        )
-        self._post_loop(dest)
-        getattr(self.run.machine, trigger)(reason=reason, reason_code=reason_code)
+        self.run.end_with(trigger, reason_code, reason)
 
     def _stop(self, signum: int) -> None:
         """The orderly stop after a first signal: nothing runs any more; hooks, then record."""
@@ -243,16 +236,8 @@ class TaskLoop:
         if machine.state != "stopping":
             machine.interrupt(signal=signum)
         self._release_all("the run was interrupted")
-        self._post_loop("interrupted")
         word = signal_word(signum) or "sigint"
-        machine.stopped(reason=f"stopped on {word.upper()}", reason_code=word)
-
-    def _post_loop(self, state: str) -> None:
-        from cub.modes.worktree import finish_worktree
-
-        if self.run.hooks is not None:
-            self.run.hooks.fire("post-loop", run_state=state)
-        finish_worktree(self.run)
+        self.run.end_with("stopped", word, f"stopped on {word.upper()}")
 
     # -- task bookkeeping ---------------------------------------------------------------------
 

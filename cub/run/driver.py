@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,9 +56,31 @@ class Run:
     work_dir: Path | None = None
     budget_warned: bool = False
 
+    # Called just before the run enters its terminal state through `end_with` (a worktree to
+    # remove, an issue to comment on): (run, terminal state, reason_code, reason).
+    finishers: list[Callable[[Run, str, str, str], None]] = field(default_factory=list)
+
     @property
     def ctx(self) -> RunContext:
         return self.machine.ctx
+
+    def end_with(self, trigger: str, reason_code: str, reason: str) -> None:
+        """End the run in order: post-loop hooks and the mode's finishers see the terminal state
+        about to be entered; then the trigger enters it and the record is written."""
+        machine = self.machine
+        dest = next(
+            e.dest
+            for e in machine.chart.edges
+            if e.trigger == trigger and e.source == machine.state
+        )
+        if self.hooks is not None:
+            self.hooks.fire("post-loop", run_state=dest)
+        for finish in self.finishers:
+            try:
+                finish(self, dest, reason_code, reason)
+            except Exception as exc:  # the run's own ending matters more than a finisher's
+                machine.note("finisher_failed", data={"error": f"{type(exc).__name__}: {exc}"})
+        getattr(machine, trigger)(reason=reason, reason_code=reason_code)
 
 
 def _open_run(
@@ -220,11 +242,8 @@ def _drive(
     try:
         _prepare(run, plan)
     except SetupFailed as exc:
-        from cub.modes.worktree import finish_worktree
-
-        finish_worktree(run)
         watch.checkpoint()
-        machine.setup_failed(reason=str(exc), reason_code=exc.reason_code)
+        run.end_with("setup_failed", exc.reason_code, str(exc))
         return
     watch.checkpoint()
     machine.prepared()

@@ -117,7 +117,20 @@ def check_flag_conflicts(r: RunRequest) -> None:
             raise Rejected("flag_conflict", message)
 
 
+def check_harness_name(r: RunRequest) -> None:
+    """An unknown ``--harness`` is named as the flag, before config layering sees it."""
+    from cub.agents.registry import KNOWN_HARNESSES
+
+    if r.harness is not None and r.harness not in KNOWN_HARNESSES:
+        raise Rejected(
+            "unknown_harness",
+            f"--harness {r.harness!r} is not a known harness "
+            f"(choose one of: {', '.join(KNOWN_HARNESSES)})",
+        )
+
+
 def check_values(r: RunRequest) -> None:
+    check_harness_name(r)
     if r.name is not None:
         check_safe_name(r.name, "--name")
     if r.task is not None:
