@@ -1,19 +1,112 @@
-"""The adapter for each harness name."""
+"""The adapter for each harness name, and the helpers their stream parsers share.
+
+Every agent CLI here prints one JSON object per line. Its parser must survive anything on that
+stream: plain-text lines (warnings on the merged stderr), truncated lines (the supervisor cuts
+lines over 1 MiB), JSON of the wrong shape. ``decode_event`` and the ``count``/``number``/
+``mapping``/``string`` accessors turn all of that into "no event" or a zero, never an exception.
+"""
 
 from __future__ import annotations
 
-from cub.agents.harness import Harness
-from cub.agents.registry import HarnessChoice
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
 from cub.errors import SetupFailed
 
+if TYPE_CHECKING:
+    from cub.agents.harness import Harness
+    from cub.agents.registry import HarnessChoice
+    from cub.config.schema import Config, ModelPrice
 
-def adapter_for(choice: HarnessChoice) -> Harness:
+
+def adapter_for(choice: HarnessChoice, config: Config | None = None) -> Harness:
+    """The adapter for ``choice``. From ``config`` it takes ``harness.extra_args[name]``
+    (extra command-line arguments) and ``budget.prices`` (for agents that report no cost)."""
+    extra: tuple[str, ...] = ()
+    prices: dict[str, ModelPrice] = {}
+    if config is not None:
+        configured = config.harness.extra_args.items()
+        extra = next((tuple(args) for name, args in configured if name == choice.name), ())
+        prices = dict(config.budget.prices)
     if choice.name == "command":
         from cub.agents.command import CommandHarness
 
-        return CommandHarness(choice.command)
+        return CommandHarness((*choice.command, *extra))
+    if choice.name == "claude":
+        from cub.agents.claude import ClaudeHarness
+
+        return ClaudeHarness(choice.program, extra_args=extra, prices=prices)
+    if choice.name == "codex":
+        from cub.agents.codex import CodexHarness
+
+        return CodexHarness(choice.program, extra_args=extra, prices=prices)
+    if choice.name == "gemini":
+        from cub.agents.gemini import GeminiHarness
+
+        return GeminiHarness(choice.program, extra_args=extra, prices=prices)
+    if choice.name == "opencode":
+        from cub.agents.opencode import OpenCodeHarness
+
+        return OpenCodeHarness(choice.program, extra_args=extra, prices=prices)
     raise SetupFailed(
         "harness_failed",
         f"the {choice.name!r} harness is not available in this build of cub; "
         "use --harness command --harness-cmd CMD",
     )
+
+
+# ------------------------------------------------------------------------ stream helpers
+
+_decode_any = msgspec.json.Decoder().decode
+
+
+def decode_event(line: str) -> dict[str, Any] | None:
+    """The JSON object on ``line``, or None for anything else (text, bad or truncated JSON)."""
+    text = line.strip()
+    if not text.startswith("{"):
+        return None
+    try:
+        obj = _decode_any(text)
+    except (msgspec.DecodeError, RecursionError, ValueError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def count(value: Any) -> int:
+    """A token count: a non-negative whole number, or 0 when the value is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if value != value or value in (float("inf"), float("-inf")):  # NaN / infinity
+        return 0
+    return max(0, int(value))
+
+
+def number(value: Any) -> float | None:
+    """A finite, non-negative number (a cost), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    if value != value or value in (float("inf"), float("-inf")) or value < 0:
+        return None
+    return value
+
+
+def mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def string(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def positional(text: str) -> str:
+    """``text`` made safe to pass as a command-line value: a leading ``-`` would be read as an
+    option by the agent's argument parser, so such text gets a leading newline."""
+    return "\n" + text if text.startswith("-") else text
+
+
+def estimate_tokens(chars: int) -> int:
+    """The usual rough estimate: four characters to a token, rounded up."""
+    return (chars + 3) // 4

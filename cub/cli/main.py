@@ -27,6 +27,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "tasks": ("cub.cli.tasks", "tasks_group", "List, show, add and close backlog tasks."),
     "init": ("cub.cli.init", "init_command", "Set up .cub/ in this project."),
+    "sandbox": ("cub.cli.sandbox", "sandbox_group", "Build the Docker image sandboxed runs use."),
 }
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from cub.records.schemas import RunRecord, StatusRecord
 
 
 def _project_dir() -> Path:
@@ -50,11 +54,7 @@ def list_command(json_: bool) -> int:
     return 0
 
 
-@runs_group.command("show")
-@click.argument("run_id", default="latest")
-@click.option("--json", "json_", is_flag=True, help="Print the record as JSON.")
-def show_command(run_id: str, json_: bool) -> int:
-    """Show one run's record (RUN_ID or `latest`)."""
+def _show(command: str, run_id: str, json_: bool) -> int:
     from cub.records.reader import RunNotFound, load_record, resolve_run
     from cub.records.schemas import encode
 
@@ -63,46 +63,49 @@ def show_command(run_id: str, json_: bool) -> int:
     try:
         run_dir = resolve_run(project_dir, run_id)
     except RunNotFound as exc:
-        print(f"cub runs show: error: {exc}", file=sys.stderr)
+        print(f"cub {command}: error: {exc}", file=sys.stderr)
         return 1
     record = load_record(run_dir)
     if record is None:
-        print(f"cub runs show: error: {run_dir} has no readable record", file=sys.stderr)
+        print(f"cub {command}: error: {run_dir} has no readable record", file=sys.stderr)
         return 1
     if json_:
         sys.stdout.write(encode(record).decode())
-        return 0
-    _print_record(record, run_dir)
+    else:
+        _print_record(record, run_dir)
     return 0
 
 
-def _print_record(record: object, run_dir: Path) -> None:
-    get = record.__getattribute__
-    print(f"run      {get('run_id')}  ({get('mode')})")
-    print(
-        f"state    {get('state')}"
-        + (
-            f"  exit {record.exit_code}"  # type: ignore[attr-defined]
-            if hasattr(record, "exit_code")
-            else ""
-        )
-    )
-    if hasattr(record, "reason"):
-        print(f"reason   {record.reason}  [{record.reason_code}]")  # type: ignore[attr-defined]
-    print(f"started  {get('started_at')}")
-    if hasattr(record, "ended_at"):
-        print(f"ended    {record.ended_at}  ({record.duration_s:.1f}s)")  # type: ignore[attr-defined]
-    tasks = get("tasks")
+@runs_group.command("show")
+@click.argument("run_id", default="latest")
+@click.option("--json", "json_", is_flag=True, help="Print the record as JSON.")
+def show_command(run_id: str, json_: bool) -> int:
+    """Show one run's record (RUN_ID or `latest`)."""
+    return _show("runs show", run_id, json_)
+
+
+def _print_record(record: RunRecord | StatusRecord, run_dir: Path) -> None:
+    from cub.records.schemas import RunRecord
+
+    ended = isinstance(record, RunRecord)
+    print(f"run      {record.run_id}  ({record.mode})")
+    print(f"state    {record.state}" + (f"  exit {record.exit_code}" if ended else "  (live)"))
+    if ended:
+        print(f"reason   {record.reason}  [{record.reason_code}]")
+    print(f"started  {record.started_at}")
+    if ended:
+        print(f"ended    {record.ended_at}  ({record.duration_s:.1f}s)")
+    tasks = record.tasks
     print(
         f"tasks    {tasks.succeeded} succeeded, {tasks.failed} failed, "
         f"{tasks.interrupted} interrupted; attempted: {', '.join(tasks.attempted) or '-'}"
     )
-    budget = get("budget")
+    budget = record.budget
     print(
         f"usage    {budget.tokens_used} tokens, ${budget.cost_usd:.4f}, "
         f"{budget.iterations} iteration(s)"
     )
-    for step in getattr(record, "history", []):
+    for step in record.history if ended else []:
         print(f"  {step.at}  {step.from_} -> {step.to}  ({step.trigger})")
     print(f"records  {run_dir}")
 
@@ -111,22 +114,4 @@ def _print_record(record: object, run_dir: Path) -> None:
 @click.option("--json", "json_", is_flag=True, help="Print the status as JSON.")
 def status_command(json_: bool) -> int:
     """The live run, or the last one."""
-    from cub.records.reader import RunNotFound, load_record, resolve_run
-    from cub.records.schemas import encode
-
-    project_dir = _project_dir()
-    _recover(project_dir)
-    try:
-        run_dir = resolve_run(project_dir, "latest")
-    except RunNotFound as exc:
-        print(f"cub status: {exc}", file=sys.stderr)
-        return 1
-    record = load_record(run_dir)
-    if record is None:
-        print(f"cub status: error: {run_dir} has no readable record", file=sys.stderr)
-        return 1
-    if json_:
-        sys.stdout.write(encode(record).decode())
-        return 0
-    _print_record(record, run_dir)
-    return 0
+    return _show("status", "latest", json_)

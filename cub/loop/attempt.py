@@ -47,6 +47,8 @@ class _Watch:
     base_tokens: int
     base_cost: float
     status_written_at: float = 0.0
+    # The agent reported a (successful or failed) result, then was stopped for lingering.
+    stopped_after_result: bool = False
 
 
 def run_attempt(
@@ -184,6 +186,7 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
             finish_deadline = finish_deadline or now + settings.exit_after_result
             if now > finish_deadline:
                 agent.stop(signal.SIGTERM, grace=settings.kill_after)
+                watch.stopped_after_result = True
                 return None, None
         if run.watch.requested:
             stopped = _on_interrupt(run, agent, settings)
@@ -270,7 +273,8 @@ def _outcome(
         return "failed", ErrorInfo(
             type="AgentError", message=state.error_message or "the agent reported an error"
         )
-    if code == 0:
+    if code == 0 or watch.stopped_after_result:
+        # The result said success; being stopped for lingering afterwards is not a failure.
         return "succeeded", None
     return "failed", ErrorInfo(type="AgentExit", message=_exit_text(code))
 

@@ -10,6 +10,7 @@ from cub.errors import SetupFailed
 if TYPE_CHECKING:
     from cub.agents.harness import Harness
     from cub.agents.registry import HarnessChoice
+    from cub.config.schema import Config
     from cub.run.driver import Run
     from cub.run.validation import RunPlan
 
@@ -21,10 +22,10 @@ _UNAVAILABLE_MODES = {
 }
 
 
-def harness_for(choice: HarnessChoice) -> Harness:
+def harness_for(choice: HarnessChoice, config: Config | None = None) -> Harness:
     from cub.agents.adapters import adapter_for
 
-    return adapter_for(choice)
+    return adapter_for(choice, config)  # config: harness.extra_args, budget.prices
 
 
 def harness_version(choice: HarnessChoice) -> str | None:
@@ -57,7 +58,7 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
         )
     ctx = run.ctx
     assert plan.harness is not None
-    run.harness = harness_for(plan.harness)
+    run.harness = harness_for(plan.harness, plan.config)
     if ctx.harness is not None:
         ctx.harness.version = harness_version(plan.harness)
 

@@ -126,6 +126,10 @@ class TaskLoop:
         if result.stopped_by == "interrupt":
             self._settle_interrupted(task, result)
             raise StopRequested(run.watch.first or 2)
+        if run.machine.state == "stopping":
+            # `loop.on_interrupt: finish`: the attempt ended by itself after the interrupt.
+            self._settle_while_stopping(task, result, base)
+            raise StopRequested(run.watch.first or 2)
         run.machine.attempt_ended(outcome=result.record.outcome)
         return self._settle(task, result, base)
 
@@ -217,8 +221,6 @@ class TaskLoop:
                 f"{', '.join(self.failures)}",
             )
         code, sentence = explain_empty(tasks, epic=request.epic, label=request.label)
-        if code == "filtered_out":
-            code = "no_ready_tasks"
         return ("finish", code, sentence)
 
     def _anything_left(self) -> bool:
@@ -245,6 +247,16 @@ class TaskLoop:
         self._release(task, "interrupted; released for the next run")
         self.run.ctx.tasks.interrupted += 1
         self._post_task(task, result.record)
+
+    def _settle_while_stopping(self, task: Task, result: AttemptResult, base: str | None) -> None:
+        """Keep a finished attempt's work; anything else goes back to the backlog."""
+        record = result.record
+        if record.outcome == "succeeded":
+            self._close(task, base)
+        else:
+            self._release(task, f"attempt {task.attempts} {record.outcome} while the run stopped")
+            self.run.ctx.tasks.interrupted += 1
+        self._post_task(task, record)
 
     def _post_task(self, task: Task, record: TaskAttempt) -> None:
         if self.run.hooks is not None:

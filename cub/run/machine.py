@@ -234,26 +234,33 @@ class RunMachine:
 
     # -- records --------------------------------------------------------------------------------
 
+    def _common_fields(self) -> dict[str, Any]:
+        """What status.json and run.json both say about the run."""
+        ctx = self.ctx
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": ctx.run_id,
+            "parent_run_id": ctx.parent_run_id,
+            "mode": ctx.mode,
+            "state": self.state,
+            "started_at": ctx.started_at,
+            "argv": ctx.argv,
+            "cwd": ctx.cwd,
+            "pid": ctx.pid,
+            "host": ctx.host,
+            "cub_version": ctx.cub_version,
+            "harness": ctx.harness,
+            "branch": ctx.branch,
+            "budget": ctx.budget,
+            "tasks": ctx.tasks,
+        }
+
     def status_record(self) -> StatusRecord:
         ctx = self.ctx
         return StatusRecord(
-            schema_version=SCHEMA_VERSION,
-            run_id=ctx.run_id,
-            parent_run_id=ctx.parent_run_id,
-            mode=ctx.mode,
-            state=self.state,
-            started_at=ctx.started_at,
+            **self._common_fields(),
             updated_at=utc_now(),
-            argv=ctx.argv,
-            cwd=ctx.cwd,
-            pid=ctx.pid,
-            host=ctx.host,
-            cub_version=ctx.cub_version,
-            harness=ctx.harness,
-            branch=ctx.branch,
             current_task=ctx.current_task,
-            budget=ctx.budget,
-            tasks=ctx.tasks,
             runner=ctx.runner(),
             last_event=ctx.last_event,
             claimed_tasks=list(ctx.claimed_tasks),
@@ -263,28 +270,14 @@ class RunMachine:
         ctx = self.ctx
         reason_code = ctx.reason_code or "unknown"
         return RunRecord(
-            schema_version=SCHEMA_VERSION,
-            run_id=ctx.run_id,
-            parent_run_id=ctx.parent_run_id,
-            mode=ctx.mode,
-            state=self.state,
+            **self._common_fields(),
             exit_code=exit_code_for(self.state, reason_code),
             reason=ctx.reason or reason_code,
             reason_code=reason_code,
             error=ctx.error,
             recorded_by=self.recorded_by,  # type: ignore[arg-type]
-            started_at=ctx.started_at,
             ended_at=ctx.ended_at or utc_now(),
             duration_s=round(ctx.elapsed(), 3),
-            argv=ctx.argv,
-            cwd=ctx.cwd,
-            pid=ctx.pid,
-            host=ctx.host,
-            cub_version=ctx.cub_version,
-            harness=ctx.harness,
-            branch=ctx.branch,
-            tasks=ctx.tasks,
-            budget=ctx.budget,
             history=ctx.history,
             children=ctx.children,
             config=ctx.config,

@@ -237,10 +237,12 @@ def check_docker() -> None:
         client = docker.from_env(timeout=5)
         client.ping()
     except Exception as exc:
-        host = os.environ.get("DOCKER_HOST", "the default socket (DOCKER_HOST is not set)")
+        host = os.environ.get("DOCKER_HOST")
+        where = f"DOCKER_HOST={host}" if host else "the default socket (DOCKER_HOST is not set)"
+        detail = " ".join(str(exc).split())  # one line, whatever the SDK's message looks like
         raise Rejected(
             "docker_unavailable",
-            f"--sandbox needs a Docker engine, and none answered at {host}: {exc}",
+            f"--sandbox needs a Docker engine, and none answered at {where}: {detail}",
         ) from exc
 
 

@@ -1,0 +1,227 @@
+"""The `claude` harness: Claude Code in print mode, streaming JSON events.
+
+Command line::
+
+    claude -p --output-format stream-json --verbose --append-system-prompt SYSTEM \
+        --dangerously-skip-permissions [--model MODEL] [harness.extra_args.claude ...]
+
+with the task prompt on stdin.
+
+Usage: every ``assistant`` event carries its API message's usage at ``message.usage``. One
+message can be printed as several events (one per content block) with the same ``message.id``,
+so the running total counts each message id once. The final ``result`` event carries the run's
+totals (``usage``, ``total_cost_usd``), which replace the running sum. Before the result, a
+cost is known only when ``budget.prices`` has the model; that lets a cost budget stop an agent
+mid-attempt.
+
+Outcome: ``result.is_error: true`` is a failure even when ``subtype`` is ``"success"`` (Claude
+Code reports "Not logged in" that way); a subtype starting with ``error`` (``error_max_turns``,
+``error_during_execution``) is a failure too. An ``error`` field on an assistant event (e.g.
+``"authentication_failed"``) is kept for the message.
+
+Running as root: Claude Code refuses ``--dangerously-skip-permissions`` for uid 0 unless
+``IS_SANDBOX=1`` is in its environment. cub does not set it behind the user's back; set it in
+``.cub/config.json``::
+
+    {"harness": {"env": {"IS_SANDBOX": "1"}}}
+
+and the refusal, when it happens, is reported with exactly that advice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cub.agents.adapters import count, decode_event, mapping, number, string
+from cub.agents.harness import Invocation, StreamState
+from cub.agents.pricing import cost_of, price_for
+
+if TYPE_CHECKING:
+    from cub.config.schema import ModelPrice
+
+ROOT_REFUSAL = "cannot be used with root/sudo privileges"
+ROOT_HINT = (
+    "claude refused --dangerously-skip-permissions because it runs as root; "
+    'set harness.env.IS_SANDBOX=1 in .cub/config.json ({"harness": {"env": '
+    '{"IS_SANDBOX": "1"}}}) to let it run unattended here'
+)
+_SUBTYPE_TEXT = {
+    "error_max_turns": "claude stopped: it reached its maximum number of turns",
+    "error_during_execution": "claude stopped: an error occurred during execution",
+}
+
+_Turn = tuple[int, int, int, int]  # input, output, cache read, cache creation
+
+
+class ClaudeParser:
+    def __init__(
+        self, *, model: str | None = None, prices: Mapping[str, ModelPrice] | None = None
+    ) -> None:
+        self.state = StreamState()
+        self._model = model
+        self._prices = prices or {}
+        self._turns: dict[str, _Turn] = {}
+        self._final = False  # the result's totals are in; later usage is ignored
+        self._error_code: str | None = None
+
+    def feed(self, line: str) -> bool:
+        event = decode_event(line)
+        if event is None:
+            self._plain(line)
+            return False
+        kind = event.get("type")
+        if kind == "assistant":
+            return self._assistant(event)
+        if kind == "result":
+            return self._result(event)
+        if kind == "system" and event.get("subtype") == "init" and self._model is None:
+            self._model = string(event.get("model"))
+        return False
+
+    # -------------------------------------------------------------------------- events
+
+    def _plain(self, line: str) -> None:
+        self.state.scan_signals(line)
+        if ROOT_REFUSAL in line:
+            self.state.is_error = True
+            self.state.error_message = ROOT_HINT
+
+    def _assistant(self, event: Mapping[str, Any]) -> bool:
+        message = mapping(event.get("message"))
+        texts = [
+            block["text"]
+            for block in message.get("content") or ()
+            if isinstance(block, dict)
+            and block.get("type") == "text"
+            and isinstance(block.get("text"), str)
+        ]
+        for text in texts:
+            self.state.scan_signals(text)
+        error = string(event.get("error"))
+        if error:
+            self._error_code = error
+            detail = " ".join(t.strip() for t in texts if t.strip())
+            self.state.error_message = f"{error}: {detail}" if detail else error
+        usage = message.get("usage")
+        if self._final or not isinstance(usage, dict):
+            return False
+        turn: _Turn = (
+            count(usage.get("input_tokens")),
+            count(usage.get("output_tokens")),
+            count(usage.get("cache_read_input_tokens")),
+            count(usage.get("cache_creation_input_tokens")),
+        )
+        key = string(message.get("id")) or f"#{len(self._turns)}"
+        seen = self._turns.get(key)
+        if seen is not None:  # the same message again (another content block): keep maxima
+            turn = tuple(max(a, b) for a, b in zip(seen, turn, strict=True))  # type: ignore[assignment]
+            if turn == seen:
+                return False
+        self._turns[key] = turn
+        return self._set_tokens(*(sum(t[i] for t in self._turns.values()) for i in range(4)))
+
+    def _result(self, event: Mapping[str, Any]) -> bool:
+        state = self.state
+        state.result_seen = True
+        changed = False
+        usage = event.get("usage")
+        if isinstance(usage, dict):
+            changed = self._set_tokens(
+                count(usage.get("input_tokens")),
+                count(usage.get("output_tokens")),
+                count(usage.get("cache_read_input_tokens")),
+                count(usage.get("cache_creation_input_tokens")),
+            )
+        cost = number(event.get("total_cost_usd"))
+        if cost is not None and cost != state.usage.cost_usd:
+            state.usage.cost_usd = cost
+            changed = True
+        self._final = True
+        text = string(event.get("result")) or ""
+        if text:
+            state.scan_signals(text)
+        subtype = string(event.get("subtype")) or ""
+        if event.get("is_error") is True or subtype.startswith("error"):
+            state.is_error = True
+            state.error_message = self._failure_text(event, text, subtype)
+        return changed
+
+    def _failure_text(self, event: Mapping[str, Any], text: str, subtype: str) -> str:
+        message = text.strip()
+        if not message:
+            errors = event.get("errors")
+            if isinstance(errors, list):
+                message = "; ".join(str(e) for e in errors if e)
+        if not message:
+            message = (
+                self.state.error_message
+                or _SUBTYPE_TEXT.get(subtype)
+                or f"claude reported an error (subtype {subtype or 'unknown'})"
+            )
+        if self._error_code and self._error_code not in message:
+            message = f"{message} ({self._error_code})"
+        return message
+
+    def _set_tokens(self, input_: int, output: int, cache_read: int, cache_creation: int) -> bool:
+        usage = self.state.usage
+        before = (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_creation_tokens,
+        )
+        after = (input_, output, cache_read, cache_creation)
+        if after == before:
+            return False
+        (
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_creation_tokens,
+        ) = after
+        if not self._final:
+            price = price_for(self._prices, self._model)
+            if price is not None:
+                usage.cost_usd = cost_of(usage, price)
+        return True
+
+
+class ClaudeHarness:
+    name = "claude"
+
+    def __init__(
+        self,
+        program: str = "claude",
+        *,
+        extra_args: tuple[str, ...] = (),
+        prices: Mapping[str, ModelPrice] | None = None,
+    ) -> None:
+        self.program = program
+        self.extra_args = tuple(extra_args)
+        self.prices = dict(prices or {})
+        self._model: str | None = None
+
+    def invocation(
+        self, *, system: str, task: str, prompt_file: Path, model: str | None
+    ) -> Invocation:
+        # parser() belongs to the latest invocation(): it prices that invocation's model.
+        self._model = model
+        argv = [
+            self.program,
+            "-p",
+            "--output-format",
+            "stream-json",
+            "--verbose",
+            "--append-system-prompt",
+            system,
+            "--dangerously-skip-permissions",
+        ]
+        if model:
+            argv += ["--model", model]
+        argv += self.extra_args
+        return Invocation(argv=tuple(argv), stdin=task.encode())
+
+    def parser(self) -> ClaudeParser:
+        return ClaudeParser(model=self._model, prices=self.prices)
