@@ -71,7 +71,7 @@ class ClaudeParser:
         if event is None:
             self._plain(line)
             return False
-        kind = event.get("type")
+        kind = string(event.get("type"))
         if kind == "assistant":
             return self._assistant(event)
         if kind == "result":

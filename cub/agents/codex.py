@@ -47,7 +47,7 @@ class CodexParser:
         if event is None:
             self.state.scan_signals(line)
             return False
-        kind = event.get("type")
+        kind = string(event.get("type"))
         if kind == "turn.completed":
             # `codex exec` runs one turn; once it completed, the output is over.
             self.state.result_seen = True

@@ -68,10 +68,10 @@ class GeminiParser:
     def feed(self, line: str) -> bool:
         first, self._first = self._first, False
         event = decode_event(line)
-        if event is None or event.get("type") not in _EVENT_TYPES:
+        kind = string(event.get("type")) if event is not None else None
+        if event is None or kind not in _EVENT_TYPES:
             self.state.scan_signals(line)
             return self._estimate(len(line) + 1) or first
-        kind = event["type"]
         if kind == "message":
             if event.get("role") == "assistant":
                 text = string(event.get("content")) or ""

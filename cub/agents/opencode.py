@@ -41,7 +41,7 @@ class OpenCodeParser:
         if event is None:
             self.state.scan_signals(line)
             return False
-        kind = event.get("type")
+        kind = string(event.get("type"))
         part = mapping(event.get("part"))
         if kind == "step_finish":
             return self._step_finish(part)

@@ -1,15 +1,13 @@
-"""`cub runs list|show` and `cub status`: reading the records runs left behind."""
+"""`cub runs list|show|tail|prune` and `cub status`: reading the records runs left behind."""
 
 from __future__ import annotations
 
 import sys
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
-
-if TYPE_CHECKING:
-    from cub.records.schemas import RunRecord, StatusRecord
 
 
 def _project_dir() -> Path:
@@ -26,6 +24,29 @@ def _recover(project_dir: Path) -> None:
         print(f"cub: {message}", file=sys.stderr)
 
 
+def _since(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    from cub.durations import parse_duration
+
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--since") from None
+
+
+def _resolve(command: str, run_id: str) -> Path | None:
+    from cub.records.reader import RunNotFound, resolve_run
+
+    project_dir = _project_dir()
+    _recover(project_dir)
+    try:
+        return resolve_run(project_dir, run_id)
+    except RunNotFound as exc:
+        print(f"cub {command}: error: {exc}", file=sys.stderr)
+        return None
+
+
 @click.group("runs")
 def runs_group() -> None:
     """List and inspect recorded runs (.cub/runs/)."""
@@ -33,85 +54,118 @@ def runs_group() -> None:
 
 @runs_group.command("list")
 @click.option("--json", "json_", is_flag=True, help="Print the runs as a JSON array.")
-def list_command(json_: bool) -> int:
+@click.option("--state", help="Only runs in this state (completed, failed, interrupted, ...).")
+@click.option("--since", metavar="DURATION", help="Only runs started within this long, e.g. 2d.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N runs.")
+def list_command(json_: bool, state: str | None, since: str | None, limit: int | None) -> int:
     """One line per run, newest first."""
     import msgspec
 
-    from cub.records.reader import list_records
+    from cub.cli.views import summary_header, summary_line
+    from cub.records.reader import list_summaries
 
     project_dir = _project_dir()
     _recover(project_dir)
-    records = list_records(project_dir)
+    summaries = list_summaries(project_dir, state=state, since=_since(since), limit=limit)
     if json_:
-        sys.stdout.write(msgspec.json.encode(records).decode() + "\n")
+        sys.stdout.write(msgspec.json.encode(summaries).decode() + "\n")
         return 0
-    for record in records:
-        code = getattr(record, "exit_code", "")
-        reason = getattr(record, "reason", "") or ""
-        print(f"{record.run_id:<36} {record.mode:<9} {record.state:<20} {code!s:>4}  {reason}")
-    if not records:
-        print("no runs recorded yet", file=sys.stderr)
-    return 0
-
-
-def _show(command: str, run_id: str, json_: bool) -> int:
-    from cub.records.reader import RunNotFound, load_record, resolve_run
-    from cub.records.schemas import encode
-
-    project_dir = _project_dir()
-    _recover(project_dir)
-    try:
-        run_dir = resolve_run(project_dir, run_id)
-    except RunNotFound as exc:
-        print(f"cub {command}: error: {exc}", file=sys.stderr)
-        return 1
-    record = load_record(run_dir)
-    if record is None:
-        print(f"cub {command}: error: {run_dir} has no readable record", file=sys.stderr)
-        return 1
-    if json_:
-        sys.stdout.write(encode(record).decode())
-    else:
-        _print_record(record, run_dir)
+    if not summaries:
+        print("no runs recorded", file=sys.stderr)
+        return 0
+    print(summary_header())
+    for summary in summaries:
+        print(summary_line(summary))
     return 0
 
 
 @runs_group.command("show")
 @click.argument("run_id", default="latest")
 @click.option("--json", "json_", is_flag=True, help="Print the record as JSON.")
-def show_command(run_id: str, json_: bool) -> int:
-    """Show one run's record (RUN_ID or `latest`)."""
-    return _show("runs show", run_id, json_)
+@click.option("--events", is_flag=True, help="Print the run's event journal too.")
+def show_command(run_id: str, json_: bool, events: bool) -> int:
+    """Show one run's record (RUN_ID or `latest`): its ending, timeline, attempts, usage."""
+    from cub.cli.views import print_events, print_record
+    from cub.records.reader import load_record, read_events
+    from cub.records.schemas import encode
+
+    run_dir = _resolve("runs show", run_id)
+    if run_dir is None:
+        return 1
+    record = load_record(run_dir)
+    if record is None:
+        print(f"cub runs show: error: {run_dir} has no readable record", file=sys.stderr)
+        return 1
+    if json_:
+        sys.stdout.write(encode(record).decode())
+        return 0
+    print_record(record, run_dir)
+    if events:
+        print_events(read_events(run_dir))
+    return 0
 
 
-def _print_record(record: RunRecord | StatusRecord, run_dir: Path) -> None:
-    from cub.records.schemas import RunRecord
+@runs_group.command("tail")
+@click.argument("run_id", default="latest")
+@click.option("--interval", type=float, default=0.2, hidden=True)
+def tail_command(run_id: str, interval: float) -> int:
+    """Follow a run's events and its agent's output until the run ends."""
+    from cub.cli.views import event_line
+    from cub.records.follow import RunFollower
 
-    ended = isinstance(record, RunRecord)
-    print(f"run      {record.run_id}  ({record.mode})")
-    print(f"state    {record.state}" + (f"  exit {record.exit_code}" if ended else "  (live)"))
-    if ended:
-        print(f"reason   {record.reason}  [{record.reason_code}]")
-    print(f"started  {record.started_at}")
-    if ended:
-        print(f"ended    {record.ended_at}  ({record.duration_s:.1f}s)")
-    tasks = record.tasks
-    print(
-        f"tasks    {tasks.succeeded} succeeded, {tasks.failed} failed, "
-        f"{tasks.interrupted} interrupted; attempted: {', '.join(tasks.attempted) or '-'}"
-    )
-    budget = record.budget
-    print(
-        f"usage    {budget.tokens_used} tokens, ${budget.cost_usd:.4f}, "
-        f"{budget.iterations} iteration(s)"
-    )
-    for step in record.history if ended else []:
-        print(f"  {step.at}  {step.from_} -> {step.to}  ({step.trigger})")
-    print(f"records  {run_dir}")
+    run_dir = _resolve("runs tail", run_id)
+    if run_dir is None:
+        return 1
+    follower = RunFollower(run_dir)
+    while True:
+        for kind, text in follower.poll():
+            print(event_line(text) if kind == "event" else f"  │ {text}", flush=True)
+        record = follower.final_record()
+        if record is not None:
+            for kind, text in follower.poll():
+                print(event_line(text) if kind == "event" else f"  │ {text}", flush=True)
+            print(
+                f"run {record.run_id} ended {record.state} (exit {record.exit_code}): "
+                f"{record.reason}"
+            )
+            return 0
+        time.sleep(interval)
+
+
+@runs_group.command("prune")
+@click.option("--keep", type=click.IntRange(min=0), metavar="N", help="Keep the newest N runs.")
+@click.option("--older-than", metavar="DURATION", help="Remove runs started before this, e.g. 30d.")
+def prune_command(keep: int | None, older_than: str | None) -> int:
+    """Remove old run records. A live run is never removed."""
+    from cub.records.reader import prune_runs
+
+    if keep is None and older_than is None:
+        print("cub runs prune: error: pass --keep N or --older-than DURATION", file=sys.stderr)
+        return 2
+    project_dir = _project_dir()
+    _recover(project_dir)
+    removed = prune_runs(project_dir, keep=keep, older_than=_since(older_than))
+    print(f"removed {len(removed)} run(s)")
+    return 0
 
 
 @click.command("status")
 @click.option("--json", "json_", is_flag=True, help="Print the status as JSON.")
 def status_command(json_: bool) -> int:
-    """The live run, or the last one."""
-    return _show("status", "latest", json_)
+    """The live run (or the last one): state, task, elapsed time, tokens, cost, budget use."""
+    from cub.cli.views import print_status
+    from cub.records.reader import load_record
+    from cub.records.schemas import encode
+
+    run_dir = _resolve("status", "latest")
+    if run_dir is None:
+        return 1
+    record = load_record(run_dir)
+    if record is None:
+        print(f"cub status: error: {run_dir} has no readable record", file=sys.stderr)
+        return 1
+    if json_:
+        sys.stdout.write(encode(record).decode())
+        return 0
+    print_status(record, run_dir)
+    return 0

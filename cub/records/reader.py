@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import shutil
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
 
-from cub.records.schemas import RunRecord, StatusRecord
-from cub.records.store import RUNS_DIR
+from cub.records.durable import replace_symlink
+from cub.records.schemas import (
+    BudgetUse,
+    Event,
+    RunRecord,
+    StatusRecord,
+    TaskAttempt,
+    TaskCounts,
+)
+from cub.records.store import RUNS_DIR, lock_run, unlock_run
 
 _run_decoder = msgspec.json.Decoder(RunRecord)
 _status_decoder = msgspec.json.Decoder(StatusRecord)
@@ -55,3 +65,132 @@ def list_records(project_dir: Path) -> list[RunRecord | StatusRecord]:
     records = [r for d in run_dirs(project_dir) if (r := load_record(d)) is not None]
     records.sort(key=lambda r: (r.started_at, r.run_id), reverse=True)
     return records
+
+
+class RunSummary(msgspec.Struct, kw_only=True):
+    """The fields a listing shows, decoded from run.json (or status.json for a live run)
+    without the history and config, which a listing never needs."""
+
+    run_id: str
+    mode: str
+    state: str
+    started_at: str
+    parent_run_id: str | None = None
+    exit_code: int | None = None
+    reason: str | None = None
+    reason_code: str | None = None
+    ended_at: str | None = None
+    duration_s: float | None = None
+    tasks: TaskCounts = msgspec.field(default_factory=TaskCounts)
+    budget: BudgetUse = msgspec.field(default_factory=BudgetUse)
+    live: bool = False
+
+
+_summary_decoder = msgspec.json.Decoder(RunSummary)
+
+
+def load_summary(run_dir: Path) -> RunSummary | None:
+    for name, live in (("run.json", False), ("status.json", True)):
+        try:
+            summary = _summary_decoder.decode((run_dir / name).read_bytes())
+        except (FileNotFoundError, NotADirectoryError, msgspec.DecodeError):
+            continue
+        summary.live = live
+        return summary
+    return None
+
+
+def list_summaries(
+    project_dir: Path,
+    *,
+    state: str | None = None,
+    since: datetime | None = None,
+    limit: int | None = None,
+) -> list[RunSummary]:
+    """Runs newest first, filtered by terminal state and start time."""
+    summaries = [s for d in run_dirs(project_dir) if (s := load_summary(d)) is not None]
+    if state is not None:
+        summaries = [s for s in summaries if s.state == state]
+    if since is not None:
+        summaries = [s for s in summaries if datetime.fromisoformat(s.started_at) >= since]
+    summaries.sort(key=lambda s: (s.started_at, s.run_id), reverse=True)
+    return summaries[:limit] if limit is not None else summaries
+
+
+def task_attempts(run_dir: Path) -> list[tuple[Path, TaskAttempt]]:
+    """Every recorded attempt of a run (earlier ones under attempt-N/), in start order."""
+    found = []
+    for path in sorted((run_dir / "tasks").glob("*/task.json")) + sorted(
+        (run_dir / "tasks").glob("*/attempt-*/task.json")
+    ):
+        try:
+            found.append((path.parent, _attempt_decoder.decode(path.read_bytes())))
+        except msgspec.DecodeError:
+            continue
+    found.sort(key=lambda item: item[1].started_at)
+    return found
+
+
+_attempt_decoder = msgspec.json.Decoder(TaskAttempt)
+
+
+def read_events(run_dir: Path) -> list[Event]:
+    try:
+        lines = (run_dir / "events.jsonl").read_bytes().splitlines()
+    except FileNotFoundError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            events.append(_event_decoder.decode(line))
+        except msgspec.DecodeError:
+            continue
+    return events
+
+
+_event_decoder = msgspec.json.Decoder(Event)
+
+
+def is_live(run_dir: Path) -> bool:
+    """A run whose runner is alive (it holds the run's lock)."""
+    if (run_dir / "run.json").exists():
+        return False
+    fd = lock_run(run_dir)
+    if fd is None:
+        return True
+    unlock_run(fd)
+    return False
+
+
+def prune_runs(
+    project_dir: Path,
+    *,
+    keep: int | None,
+    older_than: datetime | None,
+) -> list[str]:
+    """Delete finished runs beyond the newest ``keep`` or started before ``older_than``.
+    A live run is never touched. Returns the removed run ids."""
+    removed = []
+    finished = [s for s in list_summaries(project_dir) if not s.live]
+    for index, summary in enumerate(finished):
+        too_many = keep is not None and index >= keep
+        too_old = older_than is not None and datetime.fromisoformat(summary.started_at) < older_than
+        if not (too_many or too_old):
+            continue
+        run_dir = runs_dir(project_dir) / summary.run_id
+        if is_live(run_dir):
+            continue
+        shutil.rmtree(run_dir)
+        removed.append(summary.run_id)
+    _repoint_latest(project_dir)
+    return removed
+
+
+def _repoint_latest(project_dir: Path) -> None:
+    link = runs_dir(project_dir) / "latest"
+    if link.is_symlink() and not link.exists():
+        remaining = list_summaries(project_dir, limit=1)
+        if remaining:
+            replace_symlink(link, remaining[0].run_id)
+        else:
+            link.unlink()

@@ -1,0 +1,171 @@
+"""How records read on a terminal: run listings, one run in full, the live status."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+if TYPE_CHECKING:
+    from cub.records.reader import RunSummary
+    from cub.records.schemas import BudgetUse, Event, RunRecord, StatusRecord
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    from cub.durations import format_duration
+
+    return format_duration(round(seconds, 1)) if seconds >= 1 else f"{seconds:.1f}s"
+
+
+def _clip(text: str | None, width: int) -> str:
+    text = text or ""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summary_header() -> str:
+    return (
+        f"{'RUN':<34} {'MODE':<9} {'STATE':<19} {'EXIT':>4} {'OK/FAIL':>7} {'TOKENS':>8} "
+        f"{'COST':>8} {'TIME':>7}  {'STARTED':<19}  REASON"
+    )
+
+
+def summary_line(s: RunSummary) -> str:
+    exit_code = "live" if s.live else str(s.exit_code)
+    started = s.started_at[:19].replace("T", " ")
+    ok_fail = f"{s.tasks.succeeded}/{s.tasks.failed}"
+    return (
+        f"{_clip(s.run_id, 34):<34} {s.mode:<9} {s.state:<19} {exit_code:>4} {ok_fail:>7} "
+        f"{s.budget.tokens_used:>8} {s.budget.cost_usd:>8.4f} {_duration(s.duration_s):>7}  "
+        f"{started:<19}  {_clip(s.reason, 60)}"
+    )
+
+
+def budget_line(budget: BudgetUse) -> str:
+    parts = [
+        f"{budget.tokens_used} tokens",
+        f"${budget.cost_usd:.4f}",
+        f"{budget.iterations} iteration(s)",
+    ]
+    limits = [
+        ("tokens", budget.tokens_used, budget.tokens_limit),
+        ("cost", budget.cost_usd, budget.cost_limit),
+        ("tasks", budget.tasks_used, budget.tasks_limit),
+        ("iterations", budget.iterations, budget.iterations_limit),
+    ]
+    for name, used, limit in limits:
+        if limit:
+            parts.append(f"{name} {100 * used / limit:.0f}% of {limit:g}")
+    return ", ".join(parts)
+
+
+def print_record(record: RunRecord | StatusRecord, run_dir: Path) -> None:
+    from cub.records.reader import task_attempts
+    from cub.records.schemas import RunRecord
+
+    ended = isinstance(record, RunRecord)
+    print(
+        f"run       {record.run_id}  ({record.mode})"
+        + (f"  child of {record.parent_run_id}" if record.parent_run_id else "")
+    )
+    if isinstance(record, RunRecord):
+        print(
+            f"state     {record.state}  exit {record.exit_code}"
+            + ("  (recorded by recovery)" if record.recorded_by == "recovery" else "")
+        )
+        print(f"reason    {record.reason}  [{record.reason_code}]")
+        if record.error is not None:
+            print(f"error     {record.error.type}: {record.error.message}")
+        print(
+            f"time      {record.started_at} → {record.ended_at}  ({_duration(record.duration_s)})"
+        )
+    else:
+        print(f"state     {record.state}  (live, updated {record.updated_at})")
+    if record.harness is not None:
+        print(
+            f"harness   {record.harness.name} {record.harness.version or ''}"
+            f"{'  model ' + record.harness.model if record.harness.model else ''}".rstrip()
+        )
+    if record.branch:
+        print(f"branch    {record.branch}")
+    tasks = record.tasks
+    print(
+        f"tasks     {tasks.succeeded} succeeded, {tasks.failed} failed, "
+        f"{tasks.interrupted} interrupted, {tasks.skipped} skipped"
+    )
+    print(f"usage     {budget_line(record.budget)}")
+    attempts = task_attempts(run_dir)
+    if attempts:
+        print("attempts")
+        for directory, attempt in attempts:
+            usage = attempt.usage
+            cost = f"${usage.cost_usd:.4f}" if usage.cost_usd is not None else "cost n/a"
+            detail = attempt.stuck_reason or (attempt.error.message if attempt.error else "")
+            print(
+                f"  {attempt.task_id} #{attempt.attempt}  {attempt.outcome:<11} "
+                f"{_duration(attempt.duration_s):>7}  {usage.total_tokens} tokens  {cost}"
+                f"{'  — ' + detail if detail else ''}"
+            )
+            print(f"      {directory / 'harness.log'}")
+    if ended and record.history:  # type: ignore[union-attr]
+        print("timeline")
+        for step in record.history:  # type: ignore[union-attr]
+            print(f"  {step.at[11:23]}  {step.from_:<11} → {step.to:<19} {step.trigger}")
+    children = getattr(record, "children", [])
+    if children:
+        print("children")
+        for child in children:
+            print(
+                f"  {child.run_id}  {child.state}  exit {child.exit_code}"
+                f"{'  task ' + child.task_id if child.task_id else ''}"
+            )
+    print(f"records   {run_dir}")
+
+
+def event_line(raw: str) -> str:
+    from cub.records.schemas import Event
+
+    try:
+        event = msgspec.json.decode(raw, type=Event)
+    except msgspec.DecodeError:
+        return raw
+    return _format_event(event)
+
+
+def _format_event(event: Event) -> str:
+    at = event.at[11:23]
+    task = f" [{event.task_id}]" if event.task_id else ""
+    if event.kind == "transition":
+        return f"{at}  {event.state_from} → {event.state_to} ({event.trigger}){task}"
+    data = " ".join(f"{k}={v}" for k, v in event.data.items()) if event.data else ""
+    return f"{at}  {event.kind}{task} {data}".rstrip()
+
+
+def print_events(events: list[Event]) -> None:
+    print("events")
+    for event in events:
+        print(f"  {event.seq:>4} {_format_event(event)}")
+
+
+def print_status(record: RunRecord | StatusRecord, run_dir: Path) -> None:
+    from cub.records.schemas import RunRecord
+
+    if isinstance(record, RunRecord):
+        print(
+            f"last run {record.run_id}: {record.state} (exit {record.exit_code}) — {record.reason}"
+        )
+        print(f"  {budget_line(record.budget)}")
+        print(f"  records: {run_dir}")
+        return
+    started = datetime.fromisoformat(record.started_at)
+    elapsed = (datetime.now(UTC) - started).total_seconds()
+    print(f"run {record.run_id}: {record.state}, running for {_duration(elapsed)}")
+    task = record.current_task
+    if task is not None:
+        print(f"  task {task.id} (attempt {task.attempt}): {task.title}")
+    print(f"  {budget_line(record.budget)}")
+    print(f"  tasks: {record.tasks.succeeded} succeeded, {record.tasks.failed} failed")
+    print(f"  records: {run_dir}")
