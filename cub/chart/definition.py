@@ -121,6 +121,7 @@ RUN_CHART = Chart(
                 "docker_unavailable",
                 "task_not_found",
                 "issue_not_found",
+                "records_unwritable",
             ),
         ),
         Edge(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import time
 from typing import TYPE_CHECKING, TextIO
 
 import msgspec
@@ -14,14 +17,34 @@ if TYPE_CHECKING:
 
 
 class ConsoleObserver:
+    """Progress on the console. On a terminal, one status line (task, attempt, elapsed, tokens,
+    cost) is redrawn in place and cleared before anything else is printed, so it never
+    interleaves with --stream output; elsewhere (a pipe, a log file, --quiet) there is none."""
+
+    _REDRAW_EVERY_S = 0.25
+
     def __init__(self, *, quiet: bool, stream: bool, to_stderr: bool) -> None:
         self.quiet = quiet
         self.stream = stream
         self.out: TextIO = sys.stderr if to_stderr else sys.stdout
+        terminal = self.out.isatty()
+        self.live = terminal and not quiet
+        self.color = terminal and "NO_COLOR" not in os.environ
+        self._status_shown = False
+        self._drawn_at = 0.0
+
+    def _clear_status(self) -> None:
+        if self._status_shown:
+            self.out.write("\r\x1b[2K")
+            self._status_shown = False
 
     def _say(self, text: str) -> None:
         if not self.quiet:
+            self._clear_status()
             print(text, file=self.out, flush=True)
+
+    def _paint(self, text: str, code: str) -> str:
+        return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
 
     def message(self, text: str) -> None:
         self._say(text)
@@ -31,15 +54,35 @@ class ConsoleObserver:
         self._say(f"▶ {task.id}: {task.title}{suffix}")
 
     def task_finished(self, attempt: TaskAttempt) -> None:
-        mark = "✓" if attempt.outcome == "succeeded" else "✗"
+        ok = attempt.outcome == "succeeded"
+        mark = self._paint("✓", "32") if ok else self._paint("✗", "31")
         detail = f" — {attempt.stuck_reason}" if attempt.stuck_reason else ""
         self._say(
             f"{mark} {attempt.task_id}: {attempt.outcome} in {attempt.duration_s:.1f}s{detail}"
         )
 
     def agent_output(self, line: str) -> None:
-        if self.stream and not self.quiet:
+        # Asked for explicitly, so shown even when progress lines are not (--json); the CLI
+        # turns it off for --quiet.
+        if self.stream:
+            self._clear_status()
             print(f"  │ {line}", file=self.out, flush=True)
+
+    def progress(
+        self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float
+    ) -> None:
+        now = time.monotonic()
+        if not self.live or now - self._drawn_at < self._REDRAW_EVERY_S:
+            return
+        self._drawn_at = now
+        width = shutil.get_terminal_size((100, 20)).columns
+        text = (
+            f"… {task_id} attempt {attempt}  {elapsed:5.0f}s  {tokens} tokens  "
+            f"${cost:.4f}  (Ctrl+C stops, twice kills)"
+        )
+        self.out.write("\r\x1b[2K" + text[: width - 1])
+        self.out.flush()
+        self._status_shown = True
 
 
 def _task_row(task: Task) -> dict[str, object]:
@@ -83,11 +126,24 @@ def _print_ready(ready: list[Task], out: TextIO) -> None:
         print(f"P{task.priority}  {task.id}  {task.title}{labels}", file=out)
 
 
+# Endings after which running `cub run` again picks up where this run stopped.
+_RESUMABLE = {"interrupted", "budget_exhausted", "force_killed"}
+
+
 def _print_summary(result: RunResult, out: TextIO) -> None:
     record = result.record
     tasks = record.tasks
     print(f"cub: {record.state} (exit {record.exit_code}): {record.reason}", file=out)
-    if tasks.attempted:
+    if result.run_dir is not None and tasks.attempted:
+        from cub.records.reader import task_attempts
+
+        for _, attempt in task_attempts(result.run_dir):
+            usage = attempt.usage
+            print(
+                f"  {attempt.task_id:<20} #{attempt.attempt} {attempt.outcome:<11} "
+                f"{attempt.duration_s:>7.1f}s {usage.total_tokens:>8} tokens",
+                file=out,
+            )
         print(
             f"  tasks: {tasks.succeeded} succeeded, {tasks.failed} failed, "
             f"{tasks.interrupted} interrupted, {tasks.skipped} skipped",
@@ -98,3 +154,5 @@ def _print_summary(result: RunResult, out: TextIO) -> None:
         print(f"  usage: {budget.tokens_used} tokens, ${budget.cost_usd:.4f}", file=out)
     if result.run_dir is not None:
         print(f"  record: {result.run_dir}/run.json", file=out)
+    if record.state in _RESUMABLE and record.mode in ("run", "parallel"):
+        print("  resume: run `cub run` again; released tasks are back in the backlog", file=out)

@@ -148,7 +148,13 @@ def run_command(json_: bool, **params: Any) -> int:
     from cub.run.driver import execute_run
 
     request = _request_from({**params, "json": json_})
-    observer = ConsoleObserver(quiet=request.quiet or json_, stream=request.stream, to_stderr=json_)
+    # With --json, stdout holds only the record: progress is silent, and --stream output goes
+    # to stderr. --quiet silences the stream too.
+    observer = ConsoleObserver(
+        quiet=request.quiet or json_,
+        stream=request.stream and not request.quiet,
+        to_stderr=json_,
+    )
     result = execute_run(request, argv=sys.argv[1:], cwd=Path.cwd(), observer=observer)
     return report_run(result, json_output=json_, quiet=request.quiet)
 

@@ -176,10 +176,7 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
     agent, state = watch.agent, watch.parser.state
     finish_deadline: float | None = None
     while not agent.finished():
-        for line in agent.read_lines(_POLL_S):
-            run.observer.agent_output(line)
-            if watch.parser.feed(line):
-                _account(run, watch, settings)
+        _take_output(run, watch, settings, agent.read_lines(_POLL_S))
         now = time.monotonic()
         if state.result_seen and agent.returncode is None:
             # The agent reported its result; give it a moment to exit on its own.
@@ -200,10 +197,29 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
         if breaker is not None:
             agent.stop(signal.SIGTERM, grace=settings.kill_after)
             return "timed_out", breaker
+        current = run.ctx.current_task
+        if current is not None:
+            budget = run.ctx.budget
+            run.observer.progress(
+                current.id,
+                current.attempt,
+                now - agent.started_at,
+                budget.tokens_used,
+                budget.cost_usd,
+            )
         if now - watch.status_written_at > _STATUS_EVERY_S:
             watch.status_written_at = now
             run.machine.write_status()
+    # The agent is gone; what it printed last still counts (its usage, a <stuck> signal).
+    _take_output(run, watch, settings, agent.read_lines(0))
     return None, None
+
+
+def _take_output(run: Run, watch: _Watch, settings: LoopSettings, lines: list[str]) -> None:
+    for line in lines:
+        run.observer.agent_output(line)
+        if watch.parser.feed(line):
+            _account(run, watch, settings)
 
 
 def _on_interrupt(run: Run, agent: AgentProcess, settings: LoopSettings) -> bool:
@@ -223,9 +239,7 @@ def _on_interrupt(run: Run, agent: AgentProcess, settings: LoopSettings) -> bool
     if settings.on_interrupt == "finish":
         deadline = run.watch.finish_deadline
         if deadline is not None and time.monotonic() > deadline:
-            from cub.errors import ForceKillRequested
-
-            raise ForceKillRequested(signum)  # the grace ran out: treated as a second signal
+            run.watch.force_kill(signum)  # the grace ran out: treated as a second signal
         return False
     first = signal.SIGTERM if signum in (signal.SIGTERM, signal.SIGHUP) else signal.SIGINT
     run.observer.message(

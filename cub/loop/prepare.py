@@ -16,7 +16,6 @@ if TYPE_CHECKING:
 
 # Modes whose own preparation is not part of this build yet; they fail in the open.
 _UNAVAILABLE_MODES = {
-    "gh-issue": "--gh-issue",
     "parallel": "--parallel",
     "sandbox": "--sandbox",
 }
@@ -56,6 +55,10 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
         raise SetupFailed(
             "mode_unavailable", f"{flag} is not available in cub {run.ctx.cub_version}"
         )
+    if plan.issue is not None:
+        from cub.modes.gh_issue import check_issue_fetched
+
+        check_issue_fetched(run, plan.issue)
     ctx = run.ctx
     assert plan.harness is not None
     run.harness = harness_for(plan.harness, plan.config)
@@ -68,14 +71,22 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
             ctx.run_id,
             task_id=request.task,
             epic=request.epic,
-            gh_issue=None,
-            issue_slug=None,
+            gh_issue=request.gh_issue,
+            issue_slug=plan.issue.title if plan.issue is not None else None,
             prefix=plan.config.branch.prefix,
         )
         if request.worktree:
             _prepare_worktree(run, plan, wanted)
+        elif plan.issue is not None:
+            from cub.modes.gh_issue import prepare_issue_branch
+
+            prepare_issue_branch(run, plan, wanted)
         else:
             _prepare_branch(run, plan, wanted)
+    if plan.issue is not None:
+        from cub.modes.gh_issue import start_issue_run
+
+        start_issue_run(run, plan.issue)
 
     settings = LoopSettings.from_config(plan.config, flag_model=request.model)
     run.settings = settings

@@ -14,6 +14,7 @@ from cub.loop.attempt import AttemptResult, run_attempt
 from cub.loop.budget import exhausted_before_task
 from cub.run.machine import signal_word
 from cub.run.signals import StopRequested
+from cub.tasks import changes
 
 if TYPE_CHECKING:
     from cub.agents.harness import Harness
@@ -55,17 +56,18 @@ class TaskLoop:
 
     def execute(self) -> None:
         try:
-            while True:
-                self.run.watch.checkpoint()
-                ending = self._pass()
-                if ending is not None:
-                    self._end(*ending)
-                    return
-        except StopRequested as stop:
-            self._stop(stop.signum)
+            try:
+                while True:
+                    self.run.watch.checkpoint()
+                    ending = self._pass()
+                    if ending is not None:
+                        self._end(*ending)
+                        return
+            except StopRequested as stop:
+                self._stop(stop.signum)
         except BaseException:
-            # A forced kill or a crash: give back what this run holds before the driver
-            # records the ending.
+            # A forced kill or a crash, also one that cut the orderly stop short: give back
+            # what this run holds before the driver records the ending.
             self._release_all("the run ended before this task finished")
             raise
 
@@ -284,12 +286,19 @@ class TaskLoop:
 
     def _release_all(self, note: str) -> None:
         ctx = self.run.ctx
-        for task_id in list(ctx.claimed_tasks):
+        try:
+            # Also a claim the run never got to note down: a kill can land between the task
+            # file's rewrite and the claim's return.
+            held = [t.id for t in self.backend.load() if changes.owned_by(t, ctx.run_id)]
+        except Exception:
+            held = []
+        for task_id in dict.fromkeys([*ctx.claimed_tasks, *held]):
             try:
                 self.backend.release(task_id, ctx.run_id, note=note)
             except Exception:  # recovery releases it later; the ending must still be recorded
                 continue
-            ctx.claimed_tasks.remove(task_id)
+            if task_id in ctx.claimed_tasks:
+                ctx.claimed_tasks.remove(task_id)
         ctx.current_task = None
 
     def _verify(self, task: Task, record: TaskAttempt) -> TaskAttempt:

@@ -11,8 +11,15 @@ DIR_MODE = 0o700
 
 
 def make_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) readable only by the owner: records may hold secrets."""
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    """Create ``path`` and any missing parents readable only by the owner: records may hold
+    secrets. (``mkdir(parents=True)`` would give the parents the default mode.)"""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=DIR_MODE)
 
 
 def fsync_dir(path: Path) -> None:

@@ -8,22 +8,33 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
 import secrets
+import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+from socket import gethostname
 from typing import Any
 
 import msgspec
 
 from cub.errors import Rejected
-from cub.records.durable import append_line, make_private_dir, replace_symlink, write_atomic
+from cub.records.durable import (
+    append_line,
+    fsync_dir,
+    make_private_dir,
+    replace_symlink,
+    write_atomic,
+)
 from cub.records.redact import Redactor
 from cub.records.schemas import (
     JSON_ENCODER,
     Event,
+    RunnerInfo,
     RunRecord,
     StatusRecord,
     TaskAttempt,
@@ -81,14 +92,28 @@ class RunStore:
         runs = project_dir / RUNS_DIR
         make_private_dir(runs)
         run_dir = runs / run_id
+        taken = Rejected("invalid_name", f"a run named {run_id!r} already exists in {runs}")
+        if run_dir.exists():
+            raise taken
+        # The directory is built under a name no run can have (it holds "..") and renamed
+        # into place with its runner lock already held, so recovery, which finalises every
+        # run whose lock is free, never takes a run being created for a dead one.
+        staging = Path(tempfile.mkdtemp(prefix=f".{run_id}{STAGING_MARK}", dir=runs))
+        lock = lock_run(staging)
         try:
-            run_dir.mkdir(mode=0o700)
-        except FileExistsError:
-            raise Rejected(
-                "invalid_name", f"a run named {run_id!r} already exists in {runs}"
-            ) from None
+            assert lock is not None  # nobody else knows the staging directory
+            os.write(lock, encode(_this_runner()))
+            os.rename(staging, run_dir)
+        except BaseException as exc:
+            if lock is not None:
+                unlock_run(lock)
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, OSError) and exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise taken from None
+            raise
+        fsync_dir(runs)
         store = cls(run_dir, redactor)
-        store.runner_lock = lock_run(run_dir)
+        store.runner_lock = lock
         replace_symlink(runs / "latest", run_id)
         return store
 
@@ -117,10 +142,12 @@ class RunStore:
         task_id: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> Event:
-        self._seq += 1
+        # The count moves on only once the line is written, so an exception raised on the way
+        # (a forced kill) leaves no gap in the journal's numbering.
+        seq = self._seq + 1
         event = Event(
             at=utc_now(),
-            seq=self._seq,
+            seq=seq,
             kind=kind,
             state_from=state_from,
             state_to=state_to,
@@ -129,6 +156,7 @@ class RunStore:
             data=data or {},
         )
         append_line(self.run_dir / "events.jsonl", self.redact.bytes(JSON_ENCODER.encode(event)))
+        self._seq = seq
         return event
 
     # -- per-task files ---------------------------------------------------------------------
@@ -179,6 +207,23 @@ def _last_seq(events: Path) -> int:
 
 
 RUNNER_LOCK = "runner.lock"
+# In the name of a run directory still being created (see `RunStore.create`); never in a run id.
+STAGING_MARK = ".."
+
+
+def _this_runner() -> RunnerInfo:
+    import psutil
+
+    pid = os.getpid()
+    return RunnerInfo(pid=pid, create_time=psutil.Process(pid).create_time(), host=gethostname())
+
+
+def read_runner(run_dir: Path) -> RunnerInfo | None:
+    """Who created the run, as written in its lock file; None for older runs or a torn write."""
+    try:
+        return msgspec.json.decode((run_dir / RUNNER_LOCK).read_bytes(), type=RunnerInfo)
+    except (OSError, msgspec.DecodeError):
+        return None
 
 
 def lock_run(run_dir: Path) -> int | None:

@@ -91,6 +91,7 @@ def _open_run(
     *,
     anywhere: bool = False,
     observer: RunObserver | None = None,
+    watch: InterruptWatch | None = None,
 ) -> tuple[Run, Rejected | None]:
     """Create the run's context, store and machine. Records go to the project's .cub/runs/;
     outside any project only ``anywhere`` runs (direct mode) get a directory of their own."""
@@ -131,7 +132,7 @@ def _open_run(
         argv=list(argv),
         cwd=str(cwd),
     )
-    watch = InterruptWatch()
+    watch = watch or InterruptWatch()
     machine = RunMachine(ctx, on_terminal=watch.disarm)
     return Run(machine=machine, watch=watch, observer=observer or SilentObserver()), early_rejection
 
@@ -154,23 +155,36 @@ def execute_run(
     stdin: Any = None,
     observer: RunObserver | None = None,
 ) -> RunResult:
+    global _ended
     env = os.environ if env is None else env
-    run, early_rejection = _open_run(
-        request.mode,
-        request.name,
-        cwd,
-        argv,
-        anywhere=request.direct is not None,
-        observer=observer,
-    )
-    machine, watch = run.machine, run.watch
+    # Watch from the start, so a signal during recovery or while the run directory is being
+    # created is not lost (SIGTERM's default would kill cub without a record). Unarmed until
+    # the machine exists: a second signal before that is raised by `arm()` below.
+    watch = InterruptWatch(armed=False)
     watch.install()
     try:
-        machine.start()
-        _drive(run, request, early_rejection, env, stdin)
-    except StopRequested as stop:
-        _interrupted(run, stop.signum)
+        run, early_rejection = _open_run(
+            request.mode,
+            request.name,
+            cwd,
+            argv,
+            anywhere=request.direct is not None,
+            observer=observer,
+            watch=watch,
+        )
+    except BaseException:
+        watch.restore()
+        raise
+    machine = run.machine
+    try:
+        try:
+            machine.start()
+            watch.arm()
+            _drive(run, request, early_rejection, env, stdin)
+        except StopRequested as stop:
+            _interrupted(run, stop.signum)
     except ForceKillRequested as kill:
+        # Also a second signal that arrived while the first one was being handled above.
         _force_killed(run, kill.signum)
     except Exception as exc:
         if not machine.is_terminal:
@@ -182,8 +196,13 @@ def execute_run(
             machine.crash(error=RuntimeError("the run ended without reaching a terminal state"))
         elif machine.record is None:
             machine.on_enter_terminal()
+        _ended = _finish(run)
         watch.restore()
-    return _finish(run)
+    return _ended
+
+
+# The run this process has executed, once it has ended (see `interrupt_invocation`).
+_ended: RunResult | None = None
 
 
 def reject_invocation(
@@ -197,7 +216,12 @@ def reject_invocation(
 
 
 def interrupt_invocation(argv: list[str], cwd: Path, signum: int) -> RunResult:
-    """Ctrl+C that arrived while the command line was still being parsed."""
+    """Ctrl+C that arrived while the command line was still being parsed.
+
+    Or one that arrived after the run ended and the signal handlers were restored, while its
+    summary was being printed: that run is already recorded, and stays the result."""
+    if _ended is not None:
+        return _ended
     run, _ = _open_run("run", None, cwd, argv)
     run.machine.start()
     _interrupted(run, signum)
@@ -231,6 +255,14 @@ def _drive(
     except Rejected as exc:
         watch.checkpoint()
         machine.reject(reason=str(exc), reason_code=exc.reason_code)
+        return
+    if run.ctx.store is None:
+        # A run that cannot leave a record does no work.
+        machine.reject(
+            reason=f"cannot write run records under {plan.project_dir / '.cub' / 'runs'}; "
+            "fix its permissions or free some space",
+            reason_code="records_unwritable",
+        )
         return
     run.plan = plan
     _record_plan(run.ctx, plan)
@@ -317,6 +349,14 @@ def _force_killed(run: Run, signum: int) -> None:
     if machine.is_terminal:
         if machine.record is None:
             machine.on_enter_terminal()
+        return
+    if run.watch.second is None:
+        # Under `loop.on_interrupt: finish`, the attempt outlived its grace after one signal.
+        machine.force_kill(
+            reason="the interrupted attempt did not finish within the grace period: "
+            "stopped at once",
+            reason_code="grace_expired",
+        )
         return
     machine.force_kill(
         reason=f"second interrupt ({signal_word(signum).upper()}): "  # type: ignore[union-attr]

@@ -14,6 +14,9 @@ class RunObserver(Protocol):
     def task_started(self, task: Task, attempt: int) -> None: ...
     def task_finished(self, attempt: TaskAttempt) -> None: ...
     def agent_output(self, line: str) -> None: ...
+    def progress(
+        self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float
+    ) -> None: ...
 
 
 class SilentObserver:
@@ -27,4 +30,9 @@ class SilentObserver:
         pass
 
     def agent_output(self, line: str) -> None:
+        pass
+
+    def progress(
+        self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float
+    ) -> None:
         pass

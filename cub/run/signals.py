@@ -12,7 +12,7 @@ from __future__ import annotations
 import signal
 import threading
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 from cub.errors import ForceKillRequested
 
@@ -28,13 +28,17 @@ class StopRequested(BaseException):
 
 
 class InterruptWatch:
-    def __init__(self) -> None:
+    def __init__(self, *, armed: bool = True) -> None:
         self.first: int | None = None
         self.second: int | None = None
         self.wake = threading.Event()
         # Under `loop.on_interrupt: finish`, when the attempt's grace runs out.
         self.finish_deadline: float | None = None
-        self._armed = True
+        # Unarmed (before the run has a machine to record it), a second signal is only noted;
+        # `arm()` raises it once there is.
+        self._armed = armed
+        # Set once the force kill has been raised or the run has ended: never raise again.
+        self._done = False
         self._previous: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -59,12 +63,28 @@ class InterruptWatch:
         if self.second is None:
             self.second = signum
         if self._armed:
-            self._armed = False
+            self._armed, self._done = False, True
             raise ForceKillRequested(signum)
+
+    def arm(self) -> None:
+        """From now on a second signal raises `ForceKillRequested`; one that came while the
+        watch was unarmed (the run's records were being set up) raises here."""
+        if self._done:
+            return
+        if self.second is not None:
+            self._done = True
+            raise ForceKillRequested(self.second)
+        self._armed = True
+
+    def force_kill(self, signum: int) -> NoReturn:
+        """Raise the force kill from ordinary code (a grace period that ran out) exactly as a
+        second signal would: once, and never again after it."""
+        self._armed, self._done = False, True
+        raise ForceKillRequested(signum)
 
     def disarm(self) -> None:
         """The run is entering its terminal state: later signals must not interrupt the record."""
-        self._armed = False
+        self._armed, self._done = False, True
 
     @property
     def requested(self) -> bool:

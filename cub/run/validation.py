@@ -21,6 +21,7 @@ from cub.run.request import RunRequest
 if TYPE_CHECKING:
     from cub.agents.registry import HarnessChoice
     from cub.config.schema import Config
+    from cub.modes.gh_issue import IssueRun
     from cub.tasks.backend import TaskBackend
 
 # (flag, attribute) pairs that cannot be combined with --direct / --gh-issue.
@@ -45,6 +46,8 @@ class RunPlan:
     backend: TaskBackend | None
     harness: HarnessChoice | None
     direct_prompt: str | None
+    # --gh-issue: the issue as fetched (or the API error preparation turns into a failure).
+    issue: IssueRun | None = None
 
 
 def _given(request: RunRequest, attr: str) -> bool:
@@ -295,6 +298,13 @@ def validate(
         )
     if r.sandbox:
         check_docker()
+    issue = None
+    if r.gh_issue is not None:
+        from cub.modes.gh_issue import fetch_issue
+
+        # Last: the only check that goes over the network.
+        issue = fetch_issue(r.gh_issue, git_root, config, env)
+        backend, direct_prompt = issue.backend, issue.prompt
     return RunPlan(
         request=r,
         project_dir=project_dir,
@@ -304,4 +314,5 @@ def validate(
         backend=backend,
         harness=harness,
         direct_prompt=direct_prompt,
+        issue=issue,
     )
