@@ -57,6 +57,7 @@ __all__ = [
     "StopReport",
     "become_subreaper",
     "kill_process_tree",
+    "kill_processes_with_env",
     "process_matches",
 ]
 
@@ -805,6 +806,46 @@ def kill_process_tree(pid: int, create_time: float | None, sig: int = signal.SIG
     if sig == signal.SIGKILL:
         _wait_dead([(p, members[p].starttime) for p in signalled], timeout=1.0)
     return signalled
+
+
+def kill_processes_with_env(entry: str, rounds: int = 5) -> list[int]:
+    """SIGKILL every agent process whose environment holds ``entry`` (``NAME=value``), and its
+    descendants; returns the pids signalled. Used by crash recovery: it finds what a dead
+    runner's agents left even after their root exited or they escaped with setsid().
+
+    Only processes started as part of an agent's tree (they carry its marker) count, so a
+    service a hook started with the same variable is left alone. Sweeps again until one finds
+    nobody, so a process that forked while being killed does not get away.
+    """
+    wanted = entry.encode()
+    marker = TREE_MARKER_VAR.encode() + b"="
+    signalled: list[int] = []
+    for _ in range(rounds):
+        procs = _scan_proc()
+        found = {
+            pid for pid, st in procs.items() if st.alive and _environ_matches(pid, wanted, marker)
+        }
+        _add_descendants(found, procs)
+        found -= _ancestors_and_self(procs)
+        killed = [
+            pid
+            for pid in found
+            if procs[pid].alive and _signal_if_same(pid, procs[pid].starttime, signal.SIGKILL)
+        ]
+        if not killed:
+            break
+        signalled += killed
+        _wait_dead([(pid, procs[pid].starttime) for pid in killed], timeout=1.0)
+    return signalled
+
+
+def _environ_matches(pid: int, entry: bytes, marker_prefix: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            entries = f.read().split(b"\0")
+    except OSError:  # gone, or another user's process
+        return False
+    return entry in entries and any(e.startswith(marker_prefix) for e in entries)
 
 
 def _wait_dead(procs: Iterable[tuple[int, int]], timeout: float) -> None:

@@ -155,7 +155,14 @@ RUN_CHART = Chart(
             "selecting",
             COMPLETED,
             "nothing is left to run and nothing failed",
-            ("all_tasks_done", "no_ready_tasks", "filtered_out", "task_done", "promise_complete"),
+            (
+                "all_tasks_done",
+                "no_ready_tasks",
+                "filtered_out",
+                "task_done",
+                "once_done",
+                "promise_complete",
+            ),
         ),
         Edge(
             "finish_failed",

@@ -139,6 +139,7 @@ def _request_from(params: dict[str, Any]) -> Any:
 @click.option("--json", "json_", is_flag=True, help="Print the final run record as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final line.")
 @click.option("-v", "--verbose", is_flag=True, help="Print more detail.")
+@click.option("--parent-run-id", metavar="ID", hidden=True)
 def run_command(json_: bool, **params: Any) -> int:
     """Run an agent through the task backlog until it is done, a budget runs out, or you stop
     it. Every run ends in a terminal state recorded under .cub/runs/<run_id>/ and exits with

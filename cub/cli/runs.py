@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,6 +19,10 @@ def _project_dir() -> Path:
 
 def _recover(project_dir: Path) -> None:
     """Finalise runs whose runner died before anything reads them."""
+    from cub.records.reader import unfinished_run_dirs
+
+    if not unfinished_run_dirs(project_dir):
+        return  # every run has its record: nothing to recover, nothing more to import
     from cub.run.recovery import recover_runs
 
     for message in recover_runs(project_dir):
@@ -112,23 +117,41 @@ def tail_command(run_id: str, interval: float) -> int:
     """Follow a run's events and its agent's output until the run ends."""
     from cub.cli.views import event_line
     from cub.records.follow import RunFollower
+    from cub.records.reader import is_live
 
     run_dir = _resolve("runs tail", run_id)
     if run_dir is None:
         return 1
+
+    def show(lines: Iterator[tuple[str, str]]) -> None:
+        for kind, text in lines:
+            print(event_line(text) if kind == "event" else f"  │ {text}", flush=True)
+
     follower = RunFollower(run_dir)
     while True:
-        for kind, text in follower.poll():
-            print(event_line(text) if kind == "event" else f"  │ {text}", flush=True)
+        # The record is looked at before the files are read, so nothing written before
+        # run.json (which is written last) can be missed.
         record = follower.final_record()
         if record is not None:
-            for kind, text in follower.poll():
-                print(event_line(text) if kind == "event" else f"  │ {text}", flush=True)
+            show(follower.finish())
             print(
                 f"run {record.run_id} ended {record.state} (exit {record.exit_code}): "
                 f"{record.reason}"
             )
             return 0
+        show(follower.poll())
+        if not is_live(run_dir):
+            # Its runner died while we watched: recovery gives the run its record.
+            _recover(_project_dir())
+            if follower.final_record() is None:
+                show(follower.finish())
+                print(
+                    f"cub runs tail: error: run {run_dir.name} is not running and has no "
+                    "readable record",
+                    file=sys.stderr,
+                )
+                return 1
+            continue
         time.sleep(interval)
 
 

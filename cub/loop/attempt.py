@@ -18,6 +18,7 @@ from cub.loop import prompts
 from cub.loop.budget import exhausted_while_running
 from cub.records.schemas import CurrentTask, ErrorInfo, TaskAttempt, Usage
 from cub.records.store import utc_now
+from cub.run import recovery
 
 if TYPE_CHECKING:
     from cub.agents.supervisor import AgentProcess
@@ -77,6 +78,7 @@ def run_attempt(
     )
     env = settings.agent_env(os.environ, run_id=ctx.run_id, task=task)
     env.update(invocation.env)
+    env.update(recovery.agent_env(store.run_dir))
 
     started_at, t0 = utc_now(), time.monotonic()
     run.observer.task_started(task, attempt)
@@ -146,6 +148,7 @@ def run_attempt(
         raise
     finally:
         agent.close()
+    _account(run, watch, settings)  # the attempt's final usage, however it ended
     outcome, error = _outcome(result, watch)
     state = watch.parser.state
     record = _attempt_record(

@@ -15,10 +15,7 @@ if TYPE_CHECKING:
     from cub.run.validation import RunPlan
 
 # Modes whose own preparation is not part of this build yet; they fail in the open.
-_UNAVAILABLE_MODES = {
-    "parallel": "--parallel",
-    "sandbox": "--sandbox",
-}
+_UNAVAILABLE_MODES: dict[str, str] = {}
 
 
 def harness_for(choice: HarnessChoice, config: Config | None = None) -> Harness:
@@ -55,6 +52,12 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
         raise SetupFailed(
             "mode_unavailable", f"{flag} is not available in cub {run.ctx.cub_version}"
         )
+    if request.sandbox:
+        # The agent, the branch and the hooks belong to the run inside the container.
+        from cub.modes.sandbox import prepare_sandbox
+
+        prepare_sandbox(run, plan)
+        return
     if plan.issue is not None:
         from cub.modes.gh_issue import check_issue_fetched
 
@@ -69,7 +72,8 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
     if plan.git_root is not None:
         wanted = branch_name_for(
             ctx.run_id,
-            task_id=request.task,
+            # A child of a parallel run works on <prefix><child run id>, unique per parent.
+            task_id=None if request.parent_run_id else request.task,
             epic=request.epic,
             gh_issue=request.gh_issue,
             issue_slug=plan.issue.title if plan.issue is not None else None,

@@ -60,6 +60,8 @@ class TaskLoop:
                 while True:
                     self.run.watch.checkpoint()
                     ending = self._pass()
+                    if self.run.machine.is_terminal:
+                        return  # the pass ended the run itself (a fail-fast pre-task hook)
                     if ending is not None:
                         self._end(*ending)
                         return
@@ -80,7 +82,7 @@ class TaskLoop:
             return ("exhaust_budget", *budget)
         request = self.plan.request
         if request.once and self.attempts_run:
-            return ("finish", "all_tasks_done", "--once: one task attempted")
+            return ("finish", "once_done", "--once: one task done")
         task = self.backend.claim_next(
             ctx.run_id,
             epic=request.epic,
@@ -108,7 +110,7 @@ class TaskLoop:
             else None
         )
         if pre is not None and pre.failed and self.settings.hooks_fail_fast:
-            self._release(task, "a pre-task hook failed")
+            self._release(task, "a pre-task hook failed", uncount=True)
             failure = pre.first_failure
             run.end_with(
                 "hook_failed",
@@ -277,9 +279,9 @@ class TaskLoop:
         ctx.tasks.succeeded += 1
         self.run.machine.note("task_closed", task_id=task.id, data={"commits": commits})
 
-    def _release(self, task: Task, note: str) -> None:
+    def _release(self, task: Task, note: str, uncount: bool = False) -> None:
         ctx = self.run.ctx
-        self.backend.release(task.id, ctx.run_id, note=note)
+        self.backend.release(task.id, ctx.run_id, note=note, uncount=uncount)
         if task.id in ctx.claimed_tasks:
             ctx.claimed_tasks.remove(task.id)
         ctx.current_task = None

@@ -72,8 +72,13 @@ class DirectBackend:
         self.task = replace(self.task, updated_at=now_iso(), **changes)
         return True
 
-    def release(self, task_id: str, run_id: str, note: str | None = None) -> bool:
-        return self._set(run_id, status="open", assignee=None, notes=note)
+    def release(
+        self, task_id: str, run_id: str, note: str | None = None, *, uncount: bool = False
+    ) -> bool:
+        attempts = self.task.attempts - 1 if uncount else self.task.attempts
+        return self._set(
+            run_id, status="open", assignee=None, notes=note, attempts=max(0, attempts)
+        )
 
     def mark_retry(self, task_id: str, run_id: str, note: str | None = None) -> bool:
         return self._set(run_id, status="retry", notes=note)

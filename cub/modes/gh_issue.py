@@ -15,6 +15,7 @@ otherwise. Every API call is journaled; a failed comment never changes how the r
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,9 +49,9 @@ MAX_COMMENTS_CHARS = 20_000
 MAX_COMMENT_CHARS = 4_000
 MAX_BODY_CHARS = 20_000
 
-NO_REPOSITORY = (
-    "--gh-issue needs a repository: pass --repo OWNER/NAME or add an origin remote"
-)
+_REPO_FLAG = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+")
+
+NO_REPOSITORY = "--gh-issue needs a repository: pass --repo OWNER/NAME or add an origin remote"
 
 
 def issue_task_id(number: int) -> str:
@@ -120,12 +121,20 @@ def origin_url(git_root: Path) -> str | None:
 def _is_github_host(host: str, api_url: str) -> bool:
     if host == "github.com" or host.endswith(".github.com"):
         return True
-    api_host = (re.match(r"^[a-z]+://([^/:]+)", api_url.lower()) or [None, ""])[1]
+    # GitHub Enterprise: the remote's host is the API's, or the API's without "api."
+    api_host = (urllib.parse.urlsplit(api_url).hostname or "").lower()
     return bool(api_host) and host in (api_host, api_host.removeprefix("api."))
 
 
 def _without_credentials(url: str) -> str:
     return re.sub(r"//[^@/]+@", "//", url)
+
+
+def check_repo_flag(value: str) -> None:
+    if _REPO_FLAG.fullmatch(value) is None:
+        raise Rejected(
+            "invalid_flag", f"--repo {value!r}: expected OWNER/NAME, e.g. --repo acme/widgets"
+        )
 
 
 def resolve_repository(
@@ -169,7 +178,9 @@ def fetch_issue(
     try:
         issue = client.get_issue(owner, name, number)
     except NotFound as exc:
-        hint = "" if client.token else "; no token was used, and a private repository needs GH_TOKEN"
+        hint = (
+            "" if client.token else "; no token was used, and a private repository needs GH_TOKEN"
+        )
         raise Rejected(
             "issue_not_found",
             f"--gh-issue {number}: issue {found.ref} was not found at {api_url} "
@@ -181,8 +192,7 @@ def fetch_issue(
     if issue.is_pull_request:
         raise Rejected(
             "issue_not_found",
-            f"--gh-issue {number}: {found.ref} is a pull request, not an issue "
-            f"(at {api_url})",
+            f"--gh-issue {number}: {found.ref} is a pull request, not an issue (at {api_url})",
         )
     found.issue = issue
     try:
@@ -417,7 +427,12 @@ def finish_issue(
     body = comment_body(ctx.run_id, state, reason_code, reason, branch, commits)
     if ctx.store is not None:
         body = ctx.store.redact(body)
-    client, owner, name, number = issue_run.client, issue_run.owner, issue_run.name, issue_run.number
+    client, owner, name, number = (
+        issue_run.client,
+        issue_run.owner,
+        issue_run.name,
+        issue_run.number,
+    )
     _api_call(
         run,
         issue_run,
@@ -435,8 +450,6 @@ def finish_issue(
     elif commits is None:
         skipped = "the run made no commits"
     else:
-        _api_call(
-            run, issue_run, "github_close", lambda: client.close_issue(owner, name, number)
-        )
+        _api_call(run, issue_run, "github_close", lambda: client.close_issue(owner, name, number))
         return
     run.machine.note("github_close_skipped", data={"repo": issue_run.ref, "why": skipped})

@@ -323,7 +323,9 @@ class GitHubClient:
                 if self.token
                 else "authentication is required: set GH_TOKEN (or GITHUB_TOKEN) to a token"
             )
-            return AuthFailed(f"GitHub rejected the request ({detail}) for {what}; {fix}", status=401)
+            return AuthFailed(
+                f"GitHub rejected the request ({detail}) for {what}; {fix}", status=401
+            )
         if status == 403:
             fix = (
                 "check that the token in GH_TOKEN (or GITHUB_TOKEN) may access this repository"

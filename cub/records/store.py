@@ -142,8 +142,6 @@ class RunStore:
         task_id: str | None = None,
         data: dict[str, Any] | None = None,
     ) -> Event:
-        # The count moves on only once the line is written, so an exception raised on the way
-        # (a forced kill) leaves no gap in the journal's numbering.
         seq = self._seq + 1
         event = Event(
             at=utc_now(),
@@ -155,7 +153,14 @@ class RunStore:
             task_id=task_id,
             data=data or {},
         )
-        append_line(self.run_dir / "events.jsonl", self.redact.bytes(JSON_ENCODER.encode(event)))
+        path = self.run_dir / "events.jsonl"
+        try:
+            append_line(path, self.redact.bytes(JSON_ENCODER.encode(event)))
+        except BaseException:
+            # Cut short (a forced kill raised while fsync ran) before or after the line was
+            # written: go on from what the file holds, so the numbering has no gap or repeat.
+            self._seq = _last_seq(path)
+            raise
         self._seq = seq
         return event
 

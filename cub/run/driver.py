@@ -155,7 +155,6 @@ def execute_run(
     stdin: Any = None,
     observer: RunObserver | None = None,
 ) -> RunResult:
-    global _ended
     env = os.environ if env is None else env
     # Watch from the start, so a signal during recovery or while the run directory is being
     # created is not lost (SIGTERM's default would kill cub without a record). Unarmed until
@@ -176,6 +175,7 @@ def execute_run(
         watch.restore()
         raise
     machine = run.machine
+    run.ctx.parent_run_id = request.parent_run_id
     try:
         try:
             machine.start()
@@ -196,13 +196,9 @@ def execute_run(
             machine.crash(error=RuntimeError("the run ended without reaching a terminal state"))
         elif machine.record is None:
             machine.on_enter_terminal()
-        _ended = _finish(run)
-        watch.restore()
-    return _ended
-
-
-# The run this process has executed, once it has ended (see `interrupt_invocation`).
-_ended: RunResult | None = None
+        # The process exits next: a signal from now on must not change how it ends.
+        watch.restore(ignore_over_default=True)
+    return _finish(run)
 
 
 def reject_invocation(
@@ -216,12 +212,7 @@ def reject_invocation(
 
 
 def interrupt_invocation(argv: list[str], cwd: Path, signum: int) -> RunResult:
-    """Ctrl+C that arrived while the command line was still being parsed.
-
-    Or one that arrived after the run ended and the signal handlers were restored, while its
-    summary was being printed: that run is already recorded, and stays the result."""
-    if _ended is not None:
-        return _ended
+    """Ctrl+C that arrived while the command line was still being parsed."""
     run, _ = _open_run("run", None, cwd, argv)
     run.machine.start()
     _interrupted(run, signum)
@@ -278,6 +269,16 @@ def _drive(
         run.end_with("setup_failed", exc.reason_code, str(exc))
         return
     watch.checkpoint()
+    if request.sandbox:
+        from cub.modes.sandbox import supervise_sandbox
+
+        supervise_sandbox(run)
+        return
+    if request.parallel is not None:
+        from cub.modes.parallel import run_parallel
+
+        run_parallel(run, env)
+        return
     machine.prepared()
     from cub.loop.runner import run_loop
 

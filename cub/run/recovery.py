@@ -10,16 +10,32 @@ state, so the record is written by the same terminal callback as every other end
 
 from __future__ import annotations
 
+import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
+from cub import __version__
+from cub.chart.definition import RUN_CHART
 from cub.records.reader import run_dirs
 from cub.records.redact import DEFAULT_SECRET_PATTERNS, Redactor
-from cub.records.schemas import Event, StatusRecord, TaskAttempt, Transition
-from cub.records.store import RunStore, lock_run, unlock_run, utc_now
+from cub.records.schemas import Event, RunnerInfo, StatusRecord, TaskAttempt, Transition
+from cub.records.store import (
+    RUNNER_LOCK,
+    STAGING_MARK,
+    RunStore,
+    lock_run,
+    read_runner,
+    unlock_run,
+    utc_now,
+)
 from cub.run.context import RunContext
 from cub.run.machine import RunMachine
+
+# Set in every agent's environment to its run's directory, so that recovery can find what a
+# dead runner's agents left behind however they got away from their process tree.
+AGENT_RUN_DIR_VAR = "CUB_RUN_DIR"
 
 _status_decoder = msgspec.json.Decoder(StatusRecord)
 
@@ -28,6 +44,9 @@ def recover_runs(project_dir: Path) -> list[str]:
     """Finalise every orphaned run under ``project_dir``; returns one message per run."""
     messages = []
     for run_dir in run_dirs(project_dir):
+        if STAGING_MARK in run_dir.name:
+            _drop_abandoned_staging(run_dir)
+            continue
         if (run_dir / "run.json").exists():
             continue
         message = recover_run(project_dir, run_dir)
@@ -37,18 +56,24 @@ def recover_runs(project_dir: Path) -> list[str]:
 
 
 def recover_run(project_dir: Path, run_dir: Path) -> str | None:
+    if not (run_dir / "status.json").exists() and not (run_dir / RUNNER_LOCK).exists():
+        return None  # not a run directory
     fd = lock_run(run_dir)
     if fd is None:
         return None  # its runner (or another recovery) is alive and holds it
     try:
         if (run_dir / "run.json").exists():
             return None
-        status = _read_status(run_dir)
+        status = _read_status(run_dir) or _status_before_any(project_dir, run_dir)
         if status is None:
             return None
-        _kill_leftovers(status)
-        _release_claims(project_dir, status)
         store = RunStore(run_dir, Redactor(DEFAULT_SECRET_PATTERNS))
+        _kill_leftovers(run_dir, status)
+        _release_claims(project_dir, status)
+        if RUN_CHART.is_terminal(status.state):
+            # The runner entered its terminal state and died writing run.json: write it.
+            _restore_ending(project_dir, store, status).on_enter_terminal()
+            return f"recovered run {status.run_id}: its runner died recording {status.state}"
         _record_lost_attempt(store, status)
         machine = _restore(project_dir, store, status)
         where = f" while {status.current_task.id} was running" if status.current_task else ""
@@ -62,38 +87,80 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
         unlock_run(fd)
 
 
+def _drop_abandoned_staging(staging: Path) -> None:
+    """A run directory whose creator died before renaming it into place (see RunStore.create)."""
+    fd = lock_run(staging)
+    if fd is None:
+        return  # still being created
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        unlock_run(fd)
+
+
 def _read_status(run_dir: Path) -> StatusRecord | None:
     try:
-        status = _status_decoder.decode((run_dir / "status.json").read_bytes())
+        return _status_decoder.decode((run_dir / "status.json").read_bytes())
     except (FileNotFoundError, msgspec.DecodeError):
         return None
-    from cub.chart.definition import RUN_CHART
-
-    return None if RUN_CHART.is_terminal(status.state) else status
 
 
-def _kill_leftovers(status: StatusRecord) -> None:
+def _status_before_any(project_dir: Path, run_dir: Path) -> StatusRecord | None:
+    """The runner died after creating the run's directory, before its first status.json:
+    what the directory itself says (its lock file names the runner)."""
+    if (run_dir / "status.json").exists():
+        return None  # unreadable, not missing: leave it for a person to look at
+    runner = read_runner(run_dir) or RunnerInfo(pid=0, create_time=0.0, host="unknown")
+    try:
+        mtime = (run_dir / RUNNER_LOCK).stat().st_mtime
+        stamp = datetime.fromtimestamp(mtime, UTC).isoformat(timespec="milliseconds")
+    except OSError:
+        stamp = utc_now()
+    return StatusRecord(
+        run_id=run_dir.name,
+        mode="run",
+        state=RUN_CHART.initial,
+        started_at=stamp,
+        updated_at=stamp,
+        argv=[],
+        cwd=str(project_dir),
+        pid=runner.pid,
+        host=runner.host,
+        cub_version=__version__,
+        runner=runner,
+    )
+
+
+def _kill_leftovers(run_dir: Path, status: StatusRecord) -> None:
+    from cub.agents.supervisor import kill_process_tree, kill_processes_with_env
+
     task = status.current_task
-    if task is None or task.harness_pid is None:
-        return
-    from cub.agents.supervisor import kill_process_tree
+    if task is not None and task.harness_pid is not None:
+        kill_process_tree(task.harness_pid, task.harness_pid_create_time)
+    # Whatever is left of any agent it started, even one whose root has exited, whose pid
+    # was never written down, or that escaped with setsid(): agents carry the run directory.
+    ((name, value),) = agent_env(run_dir).items()
+    kill_processes_with_env(f"{name}={value}")
 
-    kill_process_tree(task.harness_pid, task.harness_pid_create_time)
+
+def agent_env(run_dir: Path) -> dict[str, str]:
+    """What every agent of the run in ``run_dir`` gets in its environment for recovery."""
+    return {AGENT_RUN_DIR_VAR: str(run_dir.resolve())}
 
 
 def _release_claims(project_dir: Path, status: StatusRecord) -> None:
-    if not status.claimed_tasks:
-        return
     from cub.config.load import load_config
     from cub.errors import CubError
     from cub.tasks.backend import open_backend
+    from cub.tasks.changes import owned_by
 
+    note = f"released by recovery: run {status.run_id} died"
     try:
         backend = open_backend(project_dir, load_config(project_dir).config)
-        for task_id in status.claimed_tasks:
-            backend.release(
-                task_id, status.run_id, note=f"released by recovery: run {status.run_id} died"
-            )
+        # Also a claim the runner made but died before writing down in status.json.
+        held = [t.id for t in backend.load() if owned_by(t, status.run_id)]
+        for task_id in dict.fromkeys([*status.claimed_tasks, *held]):
+            backend.release(task_id, status.run_id, note=note)
     except (CubError, OSError):
         # The backlog is unreadable right now; the run is still recorded, and the claim stays
         # visible (assignee = this run id) for a person to clear.
@@ -126,27 +193,46 @@ def _record_lost_attempt(store: RunStore, status: StatusRecord) -> None:
     )
 
 
-def _history(run_dir: Path) -> list[Transition]:
-    history = []
+def _events(run_dir: Path) -> list[Event]:
+    events = []
     try:
         lines = (run_dir / "events.jsonl").read_bytes().splitlines()
     except FileNotFoundError:
-        return history
+        return events
     for line in lines:
         try:
-            event = msgspec.json.decode(line, type=Event)
+            events.append(msgspec.json.decode(line, type=Event))
         except msgspec.DecodeError:
             continue  # a line cut short by the crash
-        if event.kind == "transition" and event.state_from and event.state_to:
-            history.append(
-                Transition(
-                    from_=event.state_from,
-                    to=event.state_to,
-                    trigger=event.trigger or "",
-                    at=event.at,
-                )
-            )
-    return history
+    return events
+
+
+def _history(run_dir: Path) -> list[Transition]:
+    return [
+        Transition(from_=e.state_from, to=e.state_to, trigger=e.trigger or "", at=e.at)
+        for e in _events(run_dir)
+        if e.kind == "transition" and e.state_from and e.state_to
+    ]
+
+
+def _restore_ending(project_dir: Path, store: RunStore, status: StatusRecord) -> RunMachine:
+    """A machine at the terminal state the runner entered, with the ending its journal gave."""
+    machine = _restore(project_dir, store, status)
+    ctx = machine.ctx
+    last = next((e for e in reversed(_events(store.run_dir)) if e.state_to == status.state), None)
+    data = last.data if last is not None else {}
+    code = data.get("reason_code")
+    if code is None and last is not None:  # the trigger was fired without one: its default
+        edge = next(
+            (e for e in RUN_CHART.edges if (e.trigger, e.dest) == (last.trigger, status.state)),
+            None,
+        )
+        code = edge.reason_codes[0] if edge is not None and edge.reason_codes else None
+    ctx.reason_code = code or "runner_died"
+    ctx.reason = data.get("reason") or (
+        f"the runner died while recording its {status.state} ending; recorded by recovery"
+    )
+    return machine
 
 
 def _restore(project_dir: Path, store: RunStore, status: StatusRecord) -> RunMachine:

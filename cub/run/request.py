@@ -42,6 +42,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
     json: bool = False
     quiet: bool = False
     verbose: bool = False
+    # Set by a parallel run on each child run it starts (hidden --parent-run-id).
+    parent_run_id: str | None = None
 
     @property
     def mode(self) -> str:

@@ -49,10 +49,21 @@ class InterruptWatch:
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 
-    def restore(self) -> None:
+    def restore(self, *, ignore_over_default: bool = False) -> None:
+        """Put back the handlers that were there before `install`, where ours is still in place.
+
+        ``ignore_over_default`` ignores the signal instead where the handler before was
+        Python's default: in a process that exits once the run is recorded, the default would
+        let a late Ctrl+C turn that ending into a KeyboardInterrupt, or a late SIGTERM into
+        death by signal, on the way out. (SIG_IGN rather than our disarmed handler, because
+        the interpreter resets Python-level handlers to the default while it shuts down.)
+        """
         for sig, previous in self._previous.items():
-            if signal.getsignal(sig) == self._handle:
-                signal.signal(sig, previous)
+            if signal.getsignal(sig) != self._handle:
+                continue
+            if ignore_over_default and previous in (signal.default_int_handler, signal.SIG_DFL):
+                previous = signal.SIG_IGN
+            signal.signal(sig, previous)
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:

@@ -149,6 +149,10 @@ def check_values(r: RunRequest) -> None:
                 parse_duration(value)
             except ValueError as exc:
                 raise Rejected("invalid_flag", f"{flag} {value!r}: {exc}") from exc
+    if r.repo is not None:
+        from cub.modes.gh_issue import check_repo_flag
+
+        check_repo_flag(r.repo)
 
 
 def config_overrides(r: RunRequest) -> dict[str, Any]:

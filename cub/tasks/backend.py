@@ -55,8 +55,11 @@ class TaskBackend(Protocol):
         ``TaskNotFound`` when ``task_id`` names no task."""
         ...
 
-    def release(self, task_id: str, run_id: str, note: str | None = None) -> bool:
-        """Back to ``open`` if still claimed by ``run_id``; False (no change) otherwise."""
+    def release(
+        self, task_id: str, run_id: str, note: str | None = None, *, uncount: bool = False
+    ) -> bool:
+        """Back to ``open`` if still claimed by ``run_id``; False (no change) otherwise.
+        ``uncount`` also gives back the attempt the claim counted."""
         ...
 
     def mark_retry(self, task_id: str, run_id: str, note: str | None = None) -> bool:

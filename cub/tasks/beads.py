@@ -111,8 +111,18 @@ class BeadsBackend:
                 return self._show(full.id, state)
             return None
 
-    def release(self, task_id: str, run_id: str, note: str | None = None) -> bool:
-        return self._guarded(task_id, run_id, "open", note)
+    def release(
+        self, task_id: str, run_id: str, note: str | None = None, *, uncount: bool = False
+    ) -> bool:
+        with self._locked():
+            if not self._guarded(task_id, run_id, "open", note):
+                return False
+            if uncount:
+                state = self._read_state()
+                if state.attempts.get(task_id, 0) > 0:
+                    state.attempts[task_id] -= 1
+                    self._write_state(state)
+            return True
 
     def mark_retry(self, task_id: str, run_id: str, note: str | None = None) -> bool:
         # Beads has no `retry` status: the issue goes back to open; cub's attempt count stays.

@@ -28,10 +28,15 @@ def owned_by(task: Task, run_id: str) -> bool:
     return task.status == "in_progress" and task.assignee == run_id
 
 
-def release(task: Task, run_id: str, note: str | None) -> Changes | None:
+def release(task: Task, run_id: str, note: str | None, uncount: bool = False) -> Changes | None:
+    """Hand a claimed task back. ``uncount``: the agent never started, so the claim's attempt
+    is given back too (a failing pre-task hook must not use up a task's retries)."""
     if not owned_by(task, run_id):
         return None
-    return _with_note(task, note, {"status": "open", "assignee": None, "updated_at": now_iso()})
+    changes: Changes = {"status": "open", "assignee": None, "updated_at": now_iso()}
+    if uncount:
+        changes["attempts"] = max(0, task.attempts - 1)
+    return _with_note(task, note, changes)
 
 
 def retry(task: Task, run_id: str, note: str | None) -> Changes | None:

@@ -103,8 +103,10 @@ class FileTaskBackend:
                 return None
             return self._apply(document, task.id, changes.claim(task, run_id))
 
-    def release(self, task_id: str, run_id: str, note: str | None = None) -> bool:
-        return self._guarded(task_id, lambda task: changes.release(task, run_id, note))
+    def release(
+        self, task_id: str, run_id: str, note: str | None = None, *, uncount: bool = False
+    ) -> bool:
+        return self._guarded(task_id, lambda task: changes.release(task, run_id, note, uncount))
 
     def mark_retry(self, task_id: str, run_id: str, note: str | None = None) -> bool:
         return self._guarded(task_id, lambda task: changes.retry(task, run_id, note))

@@ -39,8 +39,7 @@ USAGE_LINE = '{"cub_usage": {"input_tokens": 10, "output_tokens": 5, "cost_usd":
 SECRET = "sk-ABCDEFGHIJKLMNOPQRSTUV123"
 
 # The start of every agent: what it was given is saved beside the scripts (outside the
-# project), one JSON file per invocation. The agent lingers briefly after its last line so
-# that cub has read everything before it exits.
+# project), one JSON file per invocation.
 _PRELUDE = """
 import json, os, subprocess, sys, time
 from pathlib import Path
@@ -61,7 +60,6 @@ def commit(name, text):
     subprocess.run(["git", "add", name], check=True)
     subprocess.run(["git", "commit", "-q", "-m", f"{{TASK}}: {{name}}"], check=True)
 def done(code=0):
-    time.sleep(0.2)
     sys.exit(code)
 """
 
@@ -207,7 +205,7 @@ done(0)
         assert attempt.exit_code == 0 and attempt.signal is None and attempt.error is None
         assert (attempt.usage.input_tokens, attempt.usage.output_tokens) == (10, 5)
         assert attempt.usage.cost_usd == pytest.approx(0.01)
-        assert attempt.duration_s >= 0.2
+        assert attempt.duration_s > 0
 
         task_dir = run_dir(project) / "tasks" / task_id
         log = (task_dir / "harness.log").read_text()
@@ -383,13 +381,8 @@ def test_stuck_agent(project: Path, bin_dir: Path) -> None:
     assert tasks["b"]["status"] == "open"
 
 
-@pytest.mark.xfail(
-    reason="cub/loop/attempt.py _supervise: lines still buffered when the agent exits are "
-    "never fed to the parser (no final agent.read_lines(0) after the loop), so an agent "
-    "that prints <stuck> or cub_usage and exits at once counts as succeeded with no usage",
-    strict=True,
-)
 def test_last_lines_of_an_agent_that_exits_at_once_are_parsed(project: Path, bin_dir: Path) -> None:
+    """Output still buffered when the agent exits is parsed too: usage and <stuck> count."""
     set_tasks(project, task("a"))
     script = write_script(
         bin_dir / "quick",
@@ -467,7 +460,7 @@ def test_once_runs_one_task(project: Path, bin_dir: Path) -> None:
     set_tasks(project, task("a"), task("b"), task("c"))
     script = agent(bin_dir, "done(0)\n")
     result = run_cub(["run", "--once", *command_harness(script)], project)
-    record = assert_ended(result, project, "completed", 0, "all_tasks_done", "finish")
+    record = assert_ended(result, project, "completed", 0, "once_done", "finish")
     assert record.tasks.attempted == ["a"]
     assert record.budget.iterations == 1
     tasks = read_tasks(project)
@@ -523,6 +516,8 @@ def test_failing_pre_task_hook_with_fail_fast(project: Path, bin_dir: Path) -> N
     assert seen(bin_dir) == []
     tasks = read_tasks(project)
     assert tasks["a"]["status"] == "open" and tasks["a"].get("assignee") is None
+    # The agent never ran: the claim's attempt is given back, so retries are not used up.
+    assert tasks["a"].get("attempts", 0) == 0
     assert tasks["b"]["status"] == "open"
     assert "post-loop" in log.read_text() and "state=failed" in log.read_text()
 
@@ -763,11 +758,6 @@ def test_run_directories_are_private_and_latest_follows_the_newest(
     assert os.readlink(runs / "latest") == "third"
 
 
-@pytest.mark.xfail(
-    reason="cub/records/durable.py make_private_dir: mkdir(parents=True) creates the "
-    "intermediate tasks/ directory with the default mode (0755), not 0700",
-    strict=True,
-)
 def test_every_directory_under_a_run_is_private(project: Path, bin_dir: Path) -> None:
     set_tasks(project, task("a"))
     result = run_cub(["run", *command_harness(agent(bin_dir, "done(0)\n"))], project)

@@ -610,7 +610,7 @@ def test_codex_usage_and_cost(
     )
     run = read_run(project)
     assert run.budget.tokens_used == 700
-    assert run.budget.cost_usd == pytest.approx(cost or 0.0)
+    assert run.budget.cost_usd == round(cost or 0.0, 6)  # run totals are kept to 6 places
     assert run.harness is not None
     assert (run.harness.name, run.harness.version, run.harness.model) == (
         "codex",
@@ -776,20 +776,20 @@ def _real_claude() -> str | None:
     return found if "Claude Code" in out.stdout else None
 
 
-@pytest.mark.timeout(120)
 def test_the_real_claude_fails_not_logged_in(tmp_path: Path, tools_dir: Path) -> None:
     real = _real_claude()
     if real is None:
         pytest.skip("the real claude CLI is not installed (npm i -g @anthropic-ai/claude-code)")
-    project = make_project(tmp_path / "p", [task("t1")], config=SANDBOX)
+    # pass_env: the agent gets PATH, HOME, LANG, TERM and IS_SANDBOX only, so no credential
+    # in the caller's environment can reach it; HOME is a fresh temporary directory
+    # (tests/conftest.py), so there is no login to find either.
+    config = {"harness": {"env": {"IS_SANDBOX": "1"}, "pass_env": ["IS_SANDBOX"]}}
+    project = make_project(tmp_path / "p", [task("t1")], config=config)
     node = shutil.which("node")
     path = os.pathsep.join(
         str(p) for p in (Path(real).parent, tools_dir, node and Path(node).parent) if p
     )
-    # HOME is a fresh temporary directory (tests/conftest.py): there is no login to find.
-    result = cub(
-        project, {"PATH": path}, "--harness", "claude", "--task-timeout", "90s", timeout=110
-    )
+    result = cub(project, {"PATH": path}, "--harness", "claude", "--task-timeout", "40s")
 
     expect(result, 1)
     run = read_run(project)

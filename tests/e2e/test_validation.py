@@ -35,7 +35,7 @@ from tests.helpers.cli import (
     task,
     write_tasks,
 )
-from tests.helpers.git import git
+from tests.helpers.git import git, make_repo
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -347,10 +347,7 @@ def test_ready_works_outside_git(tmp_path: Path) -> None:
 
 
 def test_no_task_backend_suggests_cub_init(tmp_path: Path) -> None:
-    project = tmp_path / "repo"
-    from tests.helpers.git import make_repo
-
-    make_repo(project)
+    project = make_repo(tmp_path / "repo")
     result = run_cub(["run", *OK_HARNESS], project)
     assert_rejected(result, project, "no_backend", "tasks.jsonl", "cub init")
 

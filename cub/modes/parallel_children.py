@@ -1,0 +1,312 @@
+"""The child runs of a parallel run, and what the parent does with their branches.
+
+Each child is a separate `cub run --task ID --worktree` process: a full run with its own
+records under the same project's ``.cub/runs/<child_run_id>/``, its own worktree and branch
+(``<prefix><child_run_id>``, unique per parent), claiming its task through the backlog lock
+like any other run. It leads its own session, so a Ctrl+C in the terminal reaches only the
+parent, which forwards it; and it gets SIGTERM if the parent dies without stopping it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import msgspec
+import psutil
+
+from cub.chart.definition import RUN_CHART
+from cub.records.durable import make_private_dir, replace_symlink
+from cub.records.schemas import BudgetUse, ChildRun, RunRecord, StatusRecord
+
+if TYPE_CHECKING:
+    from cub.run.context import RunContext
+    from cub.run.validation import RunPlan
+
+_run_decoder = msgspec.json.Decoder(RunRecord)
+_status_decoder = msgspec.json.Decoder(StatusRecord)
+
+# A child that left no record at all (it died before it could write one): its state, by the
+# exit code it ended with.
+_STATE_BY_EXIT = {
+    0: "completed",
+    1: "failed",
+    2: "validation_rejected",
+    3: "budget_exhausted",
+    130: "interrupted",
+    143: "interrupted",
+    137: "force_killed",
+}
+_PR_SET_PDEATHSIG = 1
+_MAX_RUN_ID = 128
+_MERGE_TIMEOUT_S = 300.0
+
+
+def child_run_id(parent_id: str, task_id: str) -> str:
+    """``<parent_id>-<task_id>``, shortened with a digest if that is too long for a run id."""
+    name = f"{parent_id}-{task_id}"
+    if len(name) <= _MAX_RUN_ID:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    return f"{parent_id[: _MAX_RUN_ID - 13]}-{digest}"
+
+
+def child_argv(
+    plan: RunPlan,
+    *,
+    task_id: str,
+    run_id: str,
+    parent_id: str,
+    run_branch: str | None,
+    limits: list[str],
+) -> list[str]:
+    """The child's command line: one task, in a worktree branched from the run branch, with
+    the parent's harness and per-task flags; ``limits`` are what is left of shared budgets."""
+    request, config = plan.request, plan.config
+    argv = [sys.executable, "-m", "cub", "run", "--task", task_id, "--worktree"]
+    argv += ["--name", run_id, "--parent-run-id", parent_id]
+    if run_branch:
+        argv += ["--from-branch", run_branch]
+    if plan.harness is not None:
+        argv += ["--harness", plan.harness.name]
+        if plan.harness.name == "command" and config.harness.command:
+            argv += ["--harness-cmd", config.harness.command]
+    for flag, value in (
+        ("--model", request.model),
+        ("--task-timeout", request.task_timeout),
+        ("--idle-timeout", request.idle_timeout),
+        ("--grace", request.grace),
+        ("--on-failure", request.on_failure),
+    ):
+        if value is not None:
+            argv += [flag, value]
+    for flag, given in (
+        ("--no-hooks", request.no_hooks),
+        ("--no-circuit-breaker", request.no_circuit_breaker),
+        ("--worktree-keep", request.worktree_keep),
+        ("--stream", request.stream),
+        ("--verbose", request.verbose),
+    ):
+        if given:
+            argv.append(flag)
+    return argv + limits
+
+
+def budget_left(budget: BudgetUse, elapsed: float, run_timeout: float | None) -> list[str]:
+    """Flags that give a new child what is left of the run's token, cost and time budgets."""
+    flags: list[str] = []
+    if budget.tokens_limit is not None:
+        flags += ["--budget-tokens", str(max(1, budget.tokens_limit - budget.tokens_used))]
+    if budget.cost_limit is not None:
+        flags += ["--budget", f"{max(0.0, budget.cost_limit - budget.cost_usd):.6f}"]
+    if run_timeout is not None:
+        flags += ["--timeout", f"{max(1.0, run_timeout - elapsed):.3f}"]
+    return flags
+
+
+@dataclass
+class ChildProcess:
+    task_id: str
+    run_id: str
+    # Selection order: branches are merged in this order.
+    order: int
+    run_dir: Path
+    proc: subprocess.Popen[bytes]
+    create_time: float | None
+    log: IO[bytes]
+    started_at: float
+    signalled: bool = False
+    record: RunRecord | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def has_started(self) -> bool:
+        """Its status.json exists: it has installed its signal handlers and can be stopped in
+        order (before that, a SIGINT would end it before it has a record)."""
+        return (self.run_dir / "status.json").exists()
+
+    def live_budget(self) -> BudgetUse | None:
+        try:
+            return _status_decoder.decode((self.run_dir / "status.json").read_bytes()).budget
+        except (OSError, msgspec.DecodeError):
+            return None
+
+    def signal_group(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the child and everything under it (its agent's tree) at once, then reap."""
+        from cub.agents.supervisor import kill_process_tree
+
+        if self.proc.poll() is None:
+            kill_process_tree(self.proc.pid, self.create_time)
+            self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=2.0)
+
+    def collect(self, project_dir: Path) -> RunRecord | None:
+        """After it exited: its run.json, written by itself, or by recovery if it died
+        without one (which also releases its task and kills what its agent left)."""
+        with contextlib.suppress(OSError):
+            self.log.close()
+        record = read_record(self.run_dir)
+        if record is None and self.run_dir.is_dir():
+            from cub.run.recovery import recover_run
+
+            recover_run(project_dir, self.run_dir)
+            record = read_record(self.run_dir)
+        self.record = record
+        return record
+
+    @property
+    def exit_code(self) -> int | None:
+        """The process's exit code, shell style: 128+N when killed by signal N."""
+        code = self.proc.returncode
+        return None if code is None else (code if code >= 0 else 128 - code)
+
+    @property
+    def state(self) -> str:
+        if self.record is not None:
+            return self.record.state
+        return _STATE_BY_EXIT.get(self.exit_code or 0, "failed")
+
+    def summary(self) -> ChildRun:
+        return ChildRun(
+            run_id=self.run_id, state=self.state, task_id=self.task_id, exit_code=self.exit_code
+        )
+
+
+def start_child(
+    argv: list[str],
+    *,
+    task_id: str,
+    run_id: str,
+    order: int,
+    project_dir: Path,
+    log_dir: Path,
+    env: Mapping[str, str],
+) -> ChildProcess:
+    make_private_dir(log_dir)
+    log = open(log_dir / f"{run_id}.log", "wb")  # noqa: SIM115 - closed in collect()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            cwd=project_dir,
+            env=dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent(),
+        )
+    except BaseException:
+        log.close()
+        raise
+    try:
+        create_time: float | None = psutil.Process(proc.pid).create_time()
+    except psutil.Error:
+        create_time = None
+    return ChildProcess(
+        task_id=task_id,
+        run_id=run_id,
+        order=order,
+        run_dir=project_dir / ".cub" / "runs" / run_id,
+        proc=proc,
+        create_time=create_time,
+        log=log,
+        started_at=time.monotonic(),
+    )
+
+
+def _terminate_with_parent() -> Callable[[], None] | None:
+    """A pre-exec step asking Linux to SIGTERM the child when the parent dies, so a parent
+    killed outright does not leave its children working unsupervised (they stop in order)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def arm() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+
+    return arm
+
+
+def read_record(run_dir: Path) -> RunRecord | None:
+    try:
+        return _run_decoder.decode((run_dir / "run.json").read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+# -- accounting -------------------------------------------------------------------------------
+
+BUDGET_CODES = next(
+    e.reason_codes
+    for e in RUN_CHART.edges
+    if e.trigger == "exhaust_budget" and e.source == "supervising"
+)
+
+
+def add_totals(ctx: RunContext, spent: BudgetUse, record: RunRecord) -> None:
+    """An ended child's task counts go into the parent's, its usage into ``spent``."""
+    tasks, mine = record.tasks, ctx.tasks
+    mine.selected += tasks.selected
+    mine.succeeded += tasks.succeeded
+    mine.failed += tasks.failed
+    mine.interrupted += tasks.interrupted
+    mine.skipped += tasks.skipped
+    mine.attempted += [t for t in tasks.attempted if t not in mine.attempted]
+    spent.tokens_used += record.budget.tokens_used
+    spent.cost_usd = round(spent.cost_usd + record.budget.cost_usd, 6)
+    spent.iterations += record.budget.iterations
+    ctx.budget.iterations = spent.iterations
+
+
+def shared_usage(spent: BudgetUse, live: list[ChildProcess]) -> tuple[int, float]:
+    """Tokens and cost of the whole run: the ended children's plus the live ones' so far."""
+    tokens, cost = spent.tokens_used, spent.cost_usd
+    for child in live:
+        budget = child.live_budget()
+        if budget is not None:
+            tokens += budget.tokens_used
+            cost += budget.cost_usd
+    return tokens, round(cost, 6)
+
+
+def start_limit(budget: BudgetUse, started: int) -> tuple[str, str] | None:
+    """--budget-tasks and --max-iterations cap how many children start (one task each)."""
+    if budget.tasks_limit is not None and started >= budget.tasks_limit:
+        return "task_budget", f"task budget exhausted: {started} task(s) started"
+    used = max(started, budget.iterations)
+    if budget.iterations_limit is not None and used >= budget.iterations_limit:
+        return "iteration_budget", (
+            f"iteration limit reached: {used} of {budget.iterations_limit} agent invocations"
+        )
+    return None
+
+
+def point_latest(ctx: RunContext) -> None:
+    """Children repoint ``.cub/runs/latest`` at themselves when they start; once they have
+    ended it names the parent again (unless a run that is not its child has started since)."""
+    if ctx.store is None:
+        return
+    latest = ctx.store.run_dir.parent / "latest"
+    with contextlib.suppress(OSError):
+        if os.readlink(latest) in {c.run_id for c in ctx.children}:
+            replace_symlink(latest, ctx.run_id)

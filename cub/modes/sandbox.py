@@ -1,0 +1,567 @@
+"""`--sandbox`: the run happens inside a Docker container, supervised by the host run.
+
+The host run validates (engine, image, backlog), prepares a workspace (a clone on the run's
+branch: see `sandbox_workspace`), fires `supervise` and starts the container, whose command is
+`cub run` again: the inner run, a child of the host run (`--parent-run-id`) with full records of
+its own. The host polls the container, streams its output to `container.log`, mirrors the inner
+run's counters into its own status, and forwards a first interrupt to the container (SIGINT to
+cub inside, through the container's init). When the container has ended, the inner records are
+copied under the host run (`inner/<inner_id>/`), the inner backlog's results applied to the host
+backlog, the branch fetched back, and the host run ends according to the inner run's state.
+
+A second interrupt kills the container at once; the inner run, which then has no run.json, is
+finalised by crash recovery from the host (a dead container no longer holds the inner run's
+lock), and the host run ends `force_killed`.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from cub.errors import CubError, ForceKillRequested, SetupFailed
+from cub.modes import sandbox_workspace as ws
+from cub.modes.sandbox_container import (
+    LogPump,
+    container_env,
+    inner_command,
+    run_kwargs,
+)
+from cub.records.schemas import ChildRun, RunRecord, StatusRecord
+from cub.records.store import RUNS_DIR
+from cub.run.machine import signal_word
+
+if TYPE_CHECKING:
+    from cub.run.driver import Run
+    from cub.run.validation import RunPlan
+    from cub.tasks.model import Task
+
+# (trigger, reason_code, reason)
+Ending = tuple[str, str, str]
+
+POLL_S = 0.2
+# After a forwarded interrupt, the inner run gets its grace, plus this for SIGTERM, SIGKILL and
+# its records, before the host kills the container.
+STOP_MARGIN_S = 15.0
+# A host-side guard on top of --timeout, for an inner run that cannot stop by itself.
+TIMEOUT_MARGIN_S = 60.0
+ENGINE_LOST_S = 10.0
+KILL_WAIT_S = 2.0
+TASK_FAILURE_CODES = (
+    "task_failed",
+    "tasks_failed",
+    "retries_exhausted",
+    "agent_stuck",
+    "verify_failed",
+    "hook_failed",
+)
+
+
+def _line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _client(timeout: float) -> Any:
+    import docker
+
+    return docker.from_env(timeout=timeout)
+
+
+def prepare_sandbox(run: Run, plan: RunPlan) -> None:
+    """Check what the sandbox needs, writing nothing: a git repository, a task file inside the
+    project, and the image in the engine. The workspace and the container come when the run
+    starts supervising (`supervise_sandbox`)."""
+    import docker
+
+    from cub.tasks.file_store import FileTaskBackend
+
+    if plan.git_root is None:
+        raise SetupFailed(
+            "sandbox_failed",
+            "--sandbox needs a git repository: the work comes back as commits on a branch",
+        )
+    backend = plan.backend
+    if not isinstance(backend, FileTaskBackend):
+        what = backend.describe() if backend is not None else "no backlog"
+        raise SetupFailed(
+            "sandbox_failed",
+            f"--sandbox needs a task file (.cub/tasks.jsonl or "
+            f"prd.json) to copy into the container, not {what}",
+        )
+    project, repo = plan.project_dir.resolve(), plan.git_root.resolve()
+    task_file = backend.path.resolve()
+    if not task_file.is_relative_to(project) or not project.is_relative_to(repo):
+        raise SetupFailed(
+            "sandbox_failed",
+            f"--sandbox needs the task file inside the project; {task_file} is outside {project}",
+        )
+    image = plan.config.sandbox.image
+    try:
+        _client(30).images.get(image)
+    except docker.errors.ImageNotFound:
+        raise SetupFailed(
+            "sandbox_failed", f"image {image} not found; run `cub sandbox build`"
+        ) from None
+    except Exception as exc:
+        raise SetupFailed("sandbox_failed", f"cannot inspect image {image}: {_line(exc)}") from exc
+
+
+def supervise_sandbox(run: Run) -> None:
+    """From `preparing` to the run's end: workspace, container, supervision, results."""
+    from cub.loop.branches import branch_name_for
+
+    plan = run.plan
+    assert plan is not None and plan.git_root is not None and plan.backend is not None
+    ctx, request = run.ctx, plan.request
+    project = plan.project_dir.resolve()
+    branch = branch_name_for(
+        ctx.run_id,
+        task_id=request.task,
+        epic=request.epic,
+        gh_issue=None,
+        issue_slug=None,
+        prefix=plan.config.branch.prefix,
+    )
+    sandbox = SandboxRun(
+        run=run,
+        plan=plan,
+        client=_client(30),
+        image=plan.config.sandbox.image,
+        inner_id=f"{ctx.run_id[:122]}-inner",
+        branch=branch,
+        project=project,
+        repo=plan.git_root.resolve(),
+        task_file=plan.backend.path.resolve(),
+        workspace=ws.workspace_path(project, ctx.run_id),
+    )
+    run.finishers.append(sandbox.finish)
+    sandbox.supervise()
+
+
+@dataclass
+class SandboxRun:
+    run: Run
+    plan: RunPlan
+    client: Any
+    image: str
+    inner_id: str
+    branch: str
+    project: Path
+    repo: Path
+    task_file: Path
+    workspace: Path
+    container: Any = None
+    pump: LogPump | None = None
+    before: dict[str, Task] = field(default_factory=dict)
+    workspace_made: bool = False
+    config_home: Path | None = None  # the user's cub config, copied into the workspace
+    exit_code: int | None = None
+    oom_killed: bool = False
+    inner: RunRecord | None = None
+    done: set[str] = field(default_factory=set)  # collection steps already taken
+
+    @property
+    def inner_project(self) -> Path:
+        return self.workspace / self.project.relative_to(self.repo)
+
+    @property
+    def inner_dir(self) -> Path:
+        return self.inner_project / RUNS_DIR / self.inner_id
+
+    @property
+    def copied_dir(self) -> Path | None:
+        store = self.run.ctx.store
+        return store.run_dir / "inner" / self.inner_id if store is not None else None
+
+    def note(self, kind: str, **data: Any) -> None:
+        self.run.machine.note(kind, data=data)
+
+    # -- the run --------------------------------------------------------------------------------
+
+    def supervise(self) -> None:
+        run = self.run
+        try:
+            try:
+                self._make_workspace()
+                if run.watch.requested:
+                    ending = self._stopped_before_start(run.watch.first or signal.SIGINT)
+                    run.end_with(*ending)
+                    return
+                self._start()
+            except SetupFailed as exc:
+                run.end_with("setup_failed", exc.reason_code, str(exc))
+                return
+            assert self.container is not None
+            run.machine.supervise(
+                container_id=self.container.id, image=self.image, inner_run_id=self.inner_id
+            )
+            run.end_with(*self._wait())
+        except ForceKillRequested:
+            # A second interrupt: the container dies now; what it leaves is recorded.
+            self._kill_now()
+            raise
+        except BaseException:
+            self._kill_now()
+            raise
+
+    def _stopped_before_start(self, signum: int) -> Ending:
+        self.run.machine.interrupt(signal=signum)
+        word = signal_word(signum) or "sigint"
+        return ("stopped", word, f"stopped on {word.upper()} before the sandbox started")
+
+    def _make_workspace(self) -> None:
+        from cub.config.load import user_config_path
+
+        created = ws.create_workspace(
+            self.repo, self.workspace, self.branch, self.plan.request.from_branch
+        )
+        self.workspace_made = True
+        self.run.ctx.branch = self.branch
+        self.before = ws.snapshot(self._host_backend())
+        copied = ws.copy_project_files(self.project, self.inner_project, self.task_file)
+        self.config_home = ws.copy_user_config(user_config_path(_environ()), self.workspace)
+        self.note(
+            "sandbox_workspace",
+            path=str(self.workspace),
+            branch=self.branch,
+            branch_created=created,
+            copied=copied,
+        )
+
+    def _start(self) -> None:
+        import docker
+
+        ctx, config = self.run.ctx, self.plan.config.sandbox
+        env = container_env(
+            config, _environ(), ws.git_identity(self.repo, _environ()), self.config_home
+        )
+        kwargs = run_kwargs(
+            image=self.image,
+            command=inner_command(self.plan.request, self.inner_id, ctx.run_id),
+            workspace=self.workspace,
+            working_dir=self.inner_project,
+            env=env,
+            config=config,
+            name=f"cub-{ctx.run_id[:100]}-{time.time_ns() % 0x10000:04x}",
+            labels={"cub.run_id": ctx.run_id, "cub.inner_run_id": self.inner_id},
+        )
+        try:
+            self.container = self.client.containers.create(**kwargs)
+            self.container.start()
+        except docker.errors.DockerException as exc:
+            raise SetupFailed(
+                "sandbox_failed", f"cannot start a container from {self.image}: {_line(exc)}"
+            ) from exc
+        store = ctx.store
+        if store is not None:
+            self.pump = LogPump(
+                self.container.id,
+                store.run_dir / "container.log",
+                store.redact,
+                self.run.observer.message,
+            )
+            self.pump.start()
+        self.note(
+            "sandbox_started",
+            container_id=self.container.id,
+            name=kwargs["name"],
+            image=self.image,
+            inner_run_id=self.inner_id,
+            network=config.network,
+            memory=config.memory,
+            cpus=config.cpus,
+            pids_limit=config.pids_limit,
+        )
+
+    def _wait(self) -> Ending:
+        """Poll the container until it ends; forward a first interrupt to it."""
+        watch, loop = self.run.watch, self.plan.config.loop
+        started = time.monotonic()
+        run_deadline = (
+            started + loop.timeout + loop.grace + TIMEOUT_MARGIN_S
+            if loop.timeout is not None
+            else None
+        )
+        stop_deadline: float | None = None
+        next_mirror = 0.0
+        while True:
+            state = self._state()
+            if state.get("Status") in ("exited", "dead", "removed"):
+                break
+            now = time.monotonic()
+            if watch.requested and stop_deadline is None:
+                self._forward(watch.first or signal.SIGINT)
+                stop_deadline = now + loop.grace + STOP_MARGIN_S
+            elif stop_deadline is not None and now > stop_deadline:
+                self._kill_container()
+                self._collect()
+                return (
+                    "force_kill",
+                    "grace_expired",
+                    f"the sandboxed run did not stop within {loop.grace:g}s of "
+                    f"{self._signal_name()}; its container was killed" + self._kept(),
+                )
+            if run_deadline is not None and now > run_deadline:
+                self._kill_container()
+                self._collect()
+                return (
+                    "children_failed",
+                    "sandbox_failed",
+                    "the sandboxed run did not end within its --timeout; its container "
+                    "was killed" + self._kept(),
+                )
+            if now >= next_mirror:
+                self._mirror_status()
+                next_mirror = now + 1.0
+            if stop_deadline is None:
+                watch.wake.wait(POLL_S)
+            else:
+                time.sleep(POLL_S)
+        self.exit_code = state.get("ExitCode")
+        self.oom_killed = bool(state.get("OOMKilled"))
+        self.note("sandbox_exited", exit_code=self.exit_code, oom_killed=self.oom_killed)
+        self._collect()
+        return self._ending()
+
+    def _state(self) -> dict[str, Any]:
+        import docker
+
+        deadline = time.monotonic() + ENGINE_LOST_S
+        while True:
+            try:
+                self.container.reload()
+                return dict(self.container.attrs.get("State") or {})
+            except docker.errors.NotFound:
+                return {"Status": "removed"}
+            except Exception as exc:  # the engine is busy or restarting; it may come back
+                if time.monotonic() > deadline:
+                    raise CubError(
+                        f"lost the Docker engine while supervising: {_line(exc)}"
+                    ) from exc
+                time.sleep(POLL_S)
+
+    def _forward(self, signum: int) -> None:
+        """The first interrupt: stopping, and the same signal to cub inside the container."""
+        self.run.machine.interrupt(signal=signum)
+        name = signal.Signals(signum).name
+        try:
+            self.container.kill(signal=name)
+        except Exception as exc:  # it may have ended just now; the poll will see that
+            self.note("sandbox_signal_failed", signal=name, error=_line(exc))
+            return
+        self.note("sandbox_signal", signal=name)
+
+    def _signal_name(self) -> str:
+        return (signal_word(self.run.watch.first) or "sigint").upper()
+
+    def _mirror_status(self) -> None:
+        """The inner run's live counters, in the host's status.json."""
+        try:
+            data = (self.inner_dir / "status.json").read_bytes()
+            status = msgspec.json.decode(data, type=StatusRecord)
+        except (OSError, msgspec.DecodeError):
+            return
+        self._take_counters(status.tasks, status.budget)
+        self.run.machine.write_status()
+
+    def _take_counters(self, tasks: Any, budget: Any) -> None:
+        ctx = self.run.ctx
+        ctx.tasks = msgspec.structs.replace(tasks)
+        for key in ("tokens_used", "cost_usd", "tasks_used", "iterations"):
+            setattr(ctx.budget, key, getattr(budget, key))
+
+    # -- endings --------------------------------------------------------------------------------
+
+    def _kept(self) -> str:
+        if self.plan.request.sandbox_keep and self.container is not None:
+            return f" (container {self.container.short_id} kept)"
+        return ""
+
+    def _ending(self) -> Ending:
+        inner, code = self.inner, self.exit_code
+        kept = self._kept()
+        if self.run.watch.requested:
+            word = signal_word(self.run.watch.first) or "sigint"
+            ended = f"ended {inner.state}" if inner else "left no record"
+            return (
+                "stopped",
+                word,
+                f"stopped on {word.upper()}; the sandboxed run {self.inner_id} {ended}{kept}",
+            )
+        if self.oom_killed and (inner is None or inner.state != "completed"):
+            memory = self.plan.config.sandbox.memory
+            return (
+                "children_failed",
+                "sandbox_oom",
+                f"the sandbox ran out of memory (sandbox.memory {memory}) and was "
+                f"OOM-killed (container exit {code}){kept}",
+            )
+        if inner is None:
+            last = self.pump.tail[-1] if self.pump and self.pump.tail else "no output"
+            return (
+                "children_failed",
+                "sandbox_failed",
+                f"the sandbox container exited {code} without a run record: {last}{kept}",
+            )
+        said = (
+            f"the sandboxed run {self.inner_id} ended {inner.state} ({inner.reason_code}): "
+            f"{inner.reason}{kept}"
+        )
+        if inner.state == "completed":
+            done = (
+                "no_ready_tasks"
+                if inner.reason_code in ("no_ready_tasks", "filtered_out")
+                else "all_tasks_done"
+            )
+            return ("children_done", done, said)
+        if inner.state == "budget_exhausted":
+            return ("exhaust_budget", inner.reason_code, said)
+        if inner.state == "failed" and inner.reason_code in TASK_FAILURE_CODES:
+            return ("children_failed", "tasks_failed", said)
+        return ("children_failed", "sandbox_failed", said)
+
+    def _kill_container(self) -> None:
+        """SIGKILL, through a new client (the main one may be mid-request), and wait briefly."""
+        if self.container is None:
+            return
+        try:
+            client = _client(KILL_WAIT_S)
+            client.api.kill(self.container.id)
+        except Exception:
+            client = None  # already gone, or the engine is: nothing more to do here
+        deadline = time.monotonic() + KILL_WAIT_S
+        while client is not None and time.monotonic() < deadline:
+            try:
+                state = client.api.inspect_container(self.container.id)["State"]
+            except Exception:
+                break
+            if state.get("Status") in ("exited", "dead"):
+                self.exit_code = state.get("ExitCode")
+                self.oom_killed = bool(state.get("OOMKilled"))
+                break
+            time.sleep(0.05)
+        self.note("sandbox_killed", container_id=self.container.id, exit_code=self.exit_code)
+
+    def _kill_now(self) -> None:
+        """The container must not outlive the host run: kill it, keep what it left."""
+        self._kill_container()
+        try:
+            self._collect()
+        except Exception as exc:
+            self.note("sandbox_collect_failed", error=_line(exc))
+        self.finish(self.run, "", "", "")
+
+    # -- after the container --------------------------------------------------------------------
+
+    def _step(self, name: str) -> bool:
+        """Each collection step runs once, even when a second signal re-enters collection."""
+        if name in self.done:
+            return False
+        self.done.add(name)
+        return True
+
+    def _collect(self) -> None:
+        if self.pump is not None:
+            self.pump.join(2.0)
+        if not self.workspace_made:
+            return
+        if (
+            self._step("recover")
+            and self.inner_dir.is_dir()
+            and not (self.inner_dir / "run.json").exists()
+        ):
+            # The container is gone, and with it the lock the inner runner held: crash recovery
+            # works from the host. (The agent pids in the inner status are the container's; a
+            # host process is only ever killed by recovery when its pid *and* create_time
+            # match, and every process of the container died with it anyway.)
+            from cub.run.recovery import recover_run
+
+            message = recover_run(self.inner_project, self.inner_dir)
+            self.note("inner_recovered", message=message)
+        if self._step("copy") and self.copied_dir is not None:
+            if ws.copy_records(self.inner_dir, self.copied_dir):
+                self.note("inner_records_copied", path=str(self.copied_dir))
+            self.inner = _read_record(self.copied_dir / "run.json")
+        if self._step("sync"):
+            self._sync_tasks()
+        if self._step("fetch"):
+            ref, problem = ws.fetch_branch(self.repo, self.workspace, self.branch)
+            self.run.ctx.branch = ref
+            self.note("branch_fetched", branch=ref, problem=problem)
+        self._record_child()
+
+    def _sync_tasks(self) -> None:
+        inner = self.inner
+        if inner is None or not inner.tasks.attempted:
+            return
+        host = self._host_backend()
+        copy = type(host)(
+            self.inner_project / self.task_file.relative_to(self.project), self.inner_project
+        )
+        try:
+            updated, conflicts = ws.sync_tasks(host, copy, list(inner.tasks.attempted), self.before)
+        except (CubError, OSError) as exc:
+            self.note("task_sync_failed", error=_line(exc))
+            return
+        self.note("task_sync", updated=",".join(updated), conflicts=",".join(conflicts))
+
+    def _record_child(self) -> None:
+        ctx, inner = self.run.ctx, self.inner
+        if inner is not None:
+            self._take_counters(inner.tasks, inner.budget)
+            if inner.harness is not None:
+                ctx.harness = inner.harness
+        ctx.children = [
+            ChildRun(
+                run_id=self.inner_id,
+                state=inner.state if inner is not None else "unknown",
+                exit_code=self.exit_code,
+                container_id=self.container.id if self.container is not None else None,
+                image=self.image,
+                oom_killed=self.oom_killed,
+                reason_code=inner.reason_code if inner is not None else None,
+            )
+        ]
+
+    def finish(self, run: Run, state: str, reason_code: str, reason: str) -> None:
+        """Last, before the terminal state: remove the container (unless --sandbox-keep) and
+        the workspace (the branch stays). Safe to call twice."""
+        if self.container is not None and self._step("container"):
+            if self.plan.request.sandbox_keep:
+                self.note("sandbox_kept", container_id=self.container.id)
+            else:
+                try:
+                    _client(10).api.remove_container(self.container.id, force=True)
+                    self.note("sandbox_removed", container_id=self.container.id)
+                except Exception as exc:
+                    self.note("sandbox_left", container_id=self.container.id, error=_line(exc))
+        if self.workspace_made and self._step("workspace"):
+            problem = ws.remove_workspace(self.workspace)
+            self.note(
+                "workspace_removed" if problem is None else "workspace_left",
+                path=str(self.workspace),
+                problem=problem,
+            )
+
+    def _host_backend(self) -> Any:
+        assert self.plan.backend is not None
+        return self.plan.backend
+
+
+def _environ() -> dict[str, str]:
+    import os
+
+    return dict(os.environ)
+
+
+def _read_record(path: Path) -> RunRecord | None:
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=RunRecord)
+    except (OSError, msgspec.DecodeError):
+        return None
+

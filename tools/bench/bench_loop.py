@@ -1,0 +1,151 @@
+"""Loop overhead per task: what `cub run` costs on top of the agents it runs (target < 10 ms).
+
+    python tools/bench/bench_loop.py [--tasks N] [--repeat R] [--profile FILE]
+
+Builds a git project with N open tasks (default 200) in a temporary directory and runs the real
+`cub run --harness command --harness-cmd true` on it: every agent is `true`, which exits at once.
+The agents' own time is measured apart, as N direct `subprocess.run(["true"])` calls, and
+subtracted:
+
+    overhead/task = (wall time of `cub run` - agents' time) / N
+
+That figure includes cub's start-up, paid once per run; the marginal figure also subtracts the
+wall time of a run on an empty backlog, leaving what each extra task costs. With ``--profile``
+the run is repeated under cProfile and the top costs are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "bench",
+    "GIT_AUTHOR_EMAIL": "bench@cub.invalid",
+    "GIT_COMMITTER_NAME": "bench",
+    "GIT_COMMITTER_EMAIL": "bench@cub.invalid",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def environment(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUB_")}
+    env.update(GIT_ENV)
+    env.update({"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")})
+    env["GIT_CONFIG_GLOBAL"] = str(home / ".gitconfig")
+    return env
+
+
+def make_project(path: Path, tasks: int, env: dict[str, str]) -> None:
+    path.mkdir(parents=True)
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=path, env=env, check=True, capture_output=True)
+
+    git("init", "-q", "-b", "main")
+    (path / "README.md").write_text("bench project\n")
+    git("add", "README.md")
+    git("commit", "-q", "-m", "initial commit")
+    (path / ".cub").mkdir()
+    lines = [
+        json.dumps({"id": f"t-{i}", "title": f"Task {i}", "status": "open", "priority": 2})
+        for i in range(tasks)
+    ]
+    (path / ".cub" / "tasks.jsonl").write_text("".join(line + "\n" for line in lines))
+
+
+def cub_run(project: Path, env: dict[str, str], prefix: list[str] | None = None) -> float:
+    argv = [
+        *(prefix or [sys.executable]),
+        "-m",
+        "cub",
+        "run",
+        "--harness",
+        "command",
+        "--harness-cmd",
+        "true",
+        "--quiet",
+    ]
+    start = time.perf_counter()
+    result = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"cub run failed ({result.returncode}):\n{result.stdout}{result.stderr}")
+    return elapsed
+
+
+def agents_time(count: int) -> float:
+    true = shutil.which("true") or "true"
+    start = time.perf_counter()
+    for _ in range(count):
+        subprocess.run([true])
+    return time.perf_counter() - start
+
+
+def measure(tasks: int, repeat: int, work: Path, env: dict[str, str]) -> dict[str, float]:
+    walls, empties = [], []
+    for i in range(repeat):
+        project = work / f"proj-{i}"
+        make_project(project, tasks, env)
+        walls.append(cub_run(project, env))
+        empty = work / f"empty-{i}"
+        make_project(empty, 0, env)
+        empties.append(cub_run(empty, env))
+    wall, empty = min(walls), min(empties)
+    agents = min(agents_time(tasks) for _ in range(repeat))
+    return {
+        "wall_s": wall,
+        "empty_run_s": empty,
+        "agents_s": agents,
+        "overhead_ms_per_task": (wall - agents) / tasks * 1000,
+        "marginal_ms_per_task": (wall - empty - agents) / tasks * 1000,
+    }
+
+
+def profile(tasks: int, work: Path, env: dict[str, str], out: Path) -> None:
+    project = work / "profiled"
+    make_project(project, tasks, env)
+    cub_run(project, env, prefix=[sys.executable, "-m", "cProfile", "-o", str(out)])
+    stats = pstats.Stats(str(out))
+    print(f"\nprofile of one run ({out}): top 25 by own time")
+    stats.sort_stats("tottime").print_stats(25)
+    print("top 25 by cumulative time")
+    stats.sort_stats("cumulative").print_stats(25)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=200)
+    parser.add_argument("--repeat", type=int, default=3, help="best of R runs (default 3)")
+    parser.add_argument("--profile", type=Path, help="also profile one run into this file")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cub-bench-loop-") as tmp:
+        work = Path(tmp)
+        (work / "home").mkdir()
+        env = environment(work / "home")
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        result = measure(args.tasks, args.repeat, work, env)
+        print(f"tasks:                 {args.tasks}")
+        print(f"cub run wall time:     {result['wall_s'] * 1000:.0f} ms (best of {args.repeat})")
+        print(f"empty-backlog run:     {result['empty_run_s'] * 1000:.0f} ms")
+        print(f"agents' own time:      {result['agents_s'] * 1000:.0f} ms")
+        print(f"overhead per task:     {result['overhead_ms_per_task']:.2f} ms  (target < 10 ms)")
+        print(
+            f"marginal per task:     {result['marginal_ms_per_task']:.2f} ms  (start-up excluded)"
+        )
+        if args.profile:
+            profile(args.tasks, work, env, args.profile)
+    return 0 if result["overhead_ms_per_task"] < 10 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Wall time of the real `cub` process: `cub run --ready` on a 10,000-task backlog (target
+< 300 ms), and start-up: `cub --version` and `cub run --help` (target < 150 ms).
+
+    python tools/bench/bench_ready.py [--tasks N] [--repeat R] [--startup-repeat S]
+
+The backlog is the one bench_selection.py generates: dependency chains of 10, labels, epics,
+mixed priorities and statuses, unknown keys. Each figure is the best of R (or S) runs of a new
+process, timed from the outside.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+from bench_selection import generate  # noqa: E402
+
+READY_TARGET_MS = 300
+STARTUP_TARGET_MS = 150
+
+
+def best_wall_ms(argv: list[str], cwd: Path, env: dict[str, str], repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
+        elapsed = time.perf_counter() - start
+        if result.returncode != 0:
+            raise SystemExit(f"{argv} failed ({result.returncode}):\n{result.stderr}")
+        best = min(best, elapsed)
+    return best * 1000
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--startup-repeat", type=int, default=10)
+    args = parser.parse_args()
+    cub = [sys.executable, "-m", "cub"]
+    with tempfile.TemporaryDirectory(prefix="cub-bench-ready-") as tmp:
+        work = Path(tmp)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CUB_")}
+        env.update({"HOME": str(work), "XDG_CONFIG_HOME": str(work / ".config")})
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        project = work / "proj"
+        (project / ".cub").mkdir(parents=True)
+        generate(project / ".cub" / "tasks.jsonl", args.tasks)
+
+        rows = [
+            (
+                f"cub run --ready ({args.tasks} tasks)",
+                READY_TARGET_MS,
+                best_wall_ms([*cub, "run", "--ready"], project, env, args.repeat),
+                args.repeat,
+            ),
+            (
+                f"cub run --ready --json ({args.tasks} tasks)",
+                READY_TARGET_MS,
+                best_wall_ms([*cub, "run", "--ready", "--json"], project, env, args.repeat),
+                args.repeat,
+            ),
+            (
+                "cub --version",
+                STARTUP_TARGET_MS,
+                best_wall_ms([*cub, "--version"], work, env, args.startup_repeat),
+                args.startup_repeat,
+            ),
+            (
+                "cub run --help",
+                STARTUP_TARGET_MS,
+                best_wall_ms([*cub, "run", "--help"], work, env, args.startup_repeat),
+                args.startup_repeat,
+            ),
+        ]
+    ok = True
+    print(f"{'benchmark':<42} {'target':>9} {'result':>10}")
+    for name, target, result, repeat in rows:
+        met = result < target
+        ok = ok and met
+        verdict = "ok" if met else "MISSED"
+        limit = f"<{target} ms"
+        print(f"{name:<42} {limit:>9} {result:>7.0f} ms  best of {repeat}, {verdict}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
