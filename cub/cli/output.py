@@ -115,7 +115,9 @@ def report_run(result: RunResult, *, json_output: bool, quiet: bool) -> int:
         return record.exit_code
     if result.ready is not None and not json_output:
         _print_ready(result.ready, human)
-    if not quiet or record.exit_code != 0:
+    if quiet:
+        print(f"cub: {record.state} (exit {record.exit_code}): {record.reason}", file=human)
+    else:
         _print_summary(result, human)
     return record.exit_code
 

@@ -52,6 +52,14 @@ def _resolve(command: str, run_id: str) -> Path | None:
         return None
 
 
+def _complete_run_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
+    """Shell completion of RUN_ID: `latest` and the recorded run ids, newest names first."""
+    from cub.records.reader import run_dirs
+
+    names = sorted((d.name for d in run_dirs(_project_dir()) if ".." not in d.name), reverse=True)
+    return [name for name in ["latest", *names] if name.startswith(incomplete)]
+
+
 @click.group("runs")
 def runs_group() -> None:
     """List and inspect recorded runs (.cub/runs/)."""
@@ -76,7 +84,8 @@ def list_command(json_: bool, state: str | None, since: str | None, limit: int |
         sys.stdout.write(msgspec.json.encode(summaries).decode() + "\n")
         return 0
     if not summaries:
-        print("no runs recorded", file=sys.stderr)
+        filtered = state is not None or since is not None
+        print("no runs match" if filtered else "no runs recorded", file=sys.stderr)
         return 0
     print(summary_header())
     for summary in summaries:
@@ -85,7 +94,7 @@ def list_command(json_: bool, state: str | None, since: str | None, limit: int |
 
 
 @runs_group.command("show")
-@click.argument("run_id", default="latest")
+@click.argument("run_id", default="latest", shell_complete=_complete_run_id)
 @click.option("--json", "json_", is_flag=True, help="Print the record as JSON.")
 @click.option("--events", is_flag=True, help="Print the run's event journal too.")
 def show_command(run_id: str, json_: bool, events: bool) -> int:
@@ -111,7 +120,7 @@ def show_command(run_id: str, json_: bool, events: bool) -> int:
 
 
 @runs_group.command("tail")
-@click.argument("run_id", default="latest")
+@click.argument("run_id", default="latest", shell_complete=_complete_run_id)
 @click.option("--interval", type=float, default=0.2, hidden=True)
 def tail_command(run_id: str, interval: float) -> int:
     """Follow a run's events and its agent's output until the run ends."""

@@ -31,8 +31,9 @@ def _default_tag() -> str:
 @click.option(
     "--base",
     metavar="IMAGE",
-    help="A local image that has python3 and git: copy cub and its dependencies into it "
-    "(no pip, no network). Without it, build from python:3.12-slim with pip.",
+    help="A local image that has python3 (same minor version as this cub's) and git: copy "
+    "cub and its dependencies into it (no pip, no network). Without it, build from "
+    "python:3.12-slim with pip. With --agent, IMAGE must have apt-get and pip.",
 )
 @click.option(
     "--tag",

@@ -84,6 +84,12 @@ def print_record(record: RunRecord | StatusRecord, run_dir: Path) -> None:
         )
     else:
         print(f"state     {record.state}  (live, updated {record.updated_at})")
+        print(f"started   {record.started_at}")
+        if record.current_task is not None:
+            task = record.current_task
+            print(
+                f"running   {task.id} attempt {task.attempt} since {task.started_at}: {task.title}"
+            )
     if record.harness is not None:
         print(
             f"harness   {record.harness.name} {record.harness.version or ''}"

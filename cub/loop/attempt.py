@@ -85,6 +85,8 @@ def run_attempt(
     ctx.current_task = CurrentTask(
         id=task.id, title=task.title, attempt=attempt, started_at=started_at
     )
+    watch: _Watch | None = None
+    recorded = False
     try:
         agent = AgentProcess.start(
             AgentRequest(
@@ -108,61 +110,69 @@ def run_attempt(
         )
         store.write_attempt(record)
         return AttemptResult(record=record)
-
-    ctx.current_task = CurrentTask(
-        id=task.id,
-        title=task.title,
-        attempt=attempt,
-        started_at=started_at,
-        harness_pid=agent.pid,
-        harness_pid_create_time=agent.create_time,
-    )
-    run.machine.note(
-        "agent_started",
-        task_id=task.id,
-        data={"pid": agent.pid, "argv": list(invocation.argv), "attempt": attempt},
-    )
-    run.machine.write_status()
-    watch = _Watch(
-        agent=agent,
-        parser=harness.parser(),
-        base_tokens=ctx.budget.tokens_used,
-        base_cost=ctx.budget.cost_usd,
-    )
-    try:
-        result = _supervise(run, watch, settings)
     except BaseException:
-        # A forced kill (second signal) or a crash: the tree goes at once, the attempt is
-        # still recorded, then the exception carries on to the driver.
-        agent.kill_tree()
+        # A forced kill while the agent was being started: whatever of it started goes too
+        # (it carries the run directory in its environment), and the attempt is recorded.
+        from cub.agents.supervisor import kill_processes_with_env
+
+        ((name, value),) = recovery.agent_env(store.run_dir).items()
+        kill_processes_with_env(f"{name}={value}")
+        store.write_attempt(_attempt_record(task, attempt, "killed", started_at, t0, Usage()))
+        raise
+
+    try:
+        ctx.current_task = CurrentTask(
+            id=task.id,
+            title=task.title,
+            attempt=attempt,
+            started_at=started_at,
+            harness_pid=agent.pid,
+            harness_pid_create_time=agent.create_time,
+        )
+        run.machine.note(
+            "agent_started",
+            task_id=task.id,
+            data={"pid": agent.pid, "argv": list(invocation.argv), "attempt": attempt},
+        )
+        run.machine.write_status()
+        watch = _Watch(
+            agent=agent,
+            parser=harness.parser(),
+            base_tokens=ctx.budget.tokens_used,
+            base_cost=ctx.budget.cost_usd,
+        )
+        result = _supervise(run, watch, settings)
+        agent.close()
+        _account(run, watch, settings)  # the attempt's final usage, however it ended
+        outcome, error = _outcome(result, watch)
+        state = watch.parser.state
         record = _attempt_record(
             task,
             attempt,
-            "killed",
+            outcome,
             started_at,
             t0,
-            watch.parser.state.usage,
+            state.usage,
             returncode=agent.returncode,
+            stuck_reason=state.stuck_reason,
+            error=error,
         )
         store.write_attempt(record)
+        recorded = True
+    except BaseException:
+        # A forced kill (second signal) or a crash, from the agent's start to its record: the
+        # tree goes at once, the attempt is still recorded, then the exception carries on.
+        agent.kill_tree()
+        if not recorded:
+            usage = watch.parser.state.usage if watch is not None else Usage()
+            store.write_attempt(
+                _attempt_record(
+                    task, attempt, "killed", started_at, t0, usage, returncode=agent.returncode
+                )
+            )
         raise
     finally:
         agent.close()
-    _account(run, watch, settings)  # the attempt's final usage, however it ended
-    outcome, error = _outcome(result, watch)
-    state = watch.parser.state
-    record = _attempt_record(
-        task,
-        attempt,
-        outcome,
-        started_at,
-        t0,
-        state.usage,
-        returncode=agent.returncode,
-        stuck_reason=state.stuck_reason,
-        error=error,
-    )
-    store.write_attempt(record)
     run.observer.task_finished(record)
     return AttemptResult(
         record=record,
@@ -202,13 +212,9 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
             return "timed_out", breaker
         current = run.ctx.current_task
         if current is not None:
-            budget = run.ctx.budget
+            use = run.ctx.budget
             run.observer.progress(
-                current.id,
-                current.attempt,
-                now - agent.started_at,
-                budget.tokens_used,
-                budget.cost_usd,
+                current.id, current.attempt, now - agent.started_at, use.tokens_used, use.cost_usd
             )
         if now - watch.status_written_at > _STATUS_EVERY_S:
             watch.status_written_at = now

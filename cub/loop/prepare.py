@@ -103,6 +103,7 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
     result = run.hooks.fire("pre-loop", stop_on_failure=settings.hooks_fail_fast)
     if result is not None and result.failed and settings.hooks_fail_fast:
         failure = result.first_failure
+        assert failure is not None
         raise SetupFailed(
             "hook_failed",
             f"pre-loop hook {failure.name} failed "

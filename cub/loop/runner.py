@@ -112,6 +112,7 @@ class TaskLoop:
         if pre is not None and pre.failed and self.settings.hooks_fail_fast:
             self._release(task, "a pre-task hook failed", uncount=True)
             failure = pre.first_failure
+            assert failure is not None
             run.end_with(
                 "hook_failed",
                 "hook_failed",

@@ -1,4 +1,4 @@
-"""The child runs of a parallel run, and what the parent does with their branches.
+"""The child runs of a parallel run: starting, watching, stopping and accounting for them.
 
 Each child is a separate `cub run --task ID --worktree` process: a full run with its own
 records under the same project's ``.cub/runs/<child_run_id>/``, its own worktree and branch
@@ -49,7 +49,6 @@ _STATE_BY_EXIT = {
 }
 _PR_SET_PDEATHSIG = 1
 _MAX_RUN_ID = 128
-_MERGE_TIMEOUT_S = 300.0
 
 
 def child_run_id(parent_id: str, task_id: str) -> str:
@@ -181,11 +180,16 @@ class ChildProcess:
     def state(self) -> str:
         if self.record is not None:
             return self.record.state
-        return _STATE_BY_EXIT.get(self.exit_code or 0, "failed")
+        code = self.exit_code
+        return "failed" if code is None else _STATE_BY_EXIT.get(code, "failed")
 
     def summary(self) -> ChildRun:
         return ChildRun(
-            run_id=self.run_id, state=self.state, task_id=self.task_id, exit_code=self.exit_code
+            run_id=self.run_id,
+            state=self.state,
+            task_id=self.task_id,
+            exit_code=self.exit_code,
+            reason_code=self.record.reason_code if self.record is not None else None,
         )
 
 

@@ -70,17 +70,29 @@ class MergeQueue:
                 machine.note("child_merged", task_id=child.task_id, data={"branch": branch})
                 continue
             self.conflicts.append(child.task_id)
+            for entry in ctx.children:
+                if entry.run_id == child.run_id:
+                    # The child itself completed; what failed is bringing its work back.
+                    entry.reason_code = "merge_conflict"
             ctx.tasks.succeeded -= 1
             ctx.tasks.failed += 1
             reason = (
                 f"merge_conflict: branch {branch} of run {child.run_id} did not merge into "
                 f"{ctx.branch} ({problem}); the branch is kept"
             )
-            fail_merged_task(self.backend, child.task_id, reason)
+            try:
+                marked: bool | str = fail_merged_task(self.backend, child.task_id, reason)
+            except Exception as exc:  # the backlog is unreadable now; the record still says so
+                marked = f"{type(exc).__name__}: {exc}"
             machine.note(
                 "merge_conflict",
                 task_id=child.task_id,
-                data={"run_id": child.run_id, "branch": branch, "problem": problem},
+                data={
+                    "run_id": child.run_id,
+                    "branch": branch,
+                    "problem": problem,
+                    "task_marked_failed": marked,
+                },
             )
             self.run.observer.message(f"✗ {child.task_id}: {reason}")
 

@@ -16,6 +16,7 @@ lock), and the host run ends `force_killed`.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -24,15 +25,22 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from cub.errors import CubError, ForceKillRequested, SetupFailed
+from cub.errors import ForceKillRequested, SetupFailed
+from cub.modes import sandbox_results as results
 from cub.modes import sandbox_workspace as ws
 from cub.modes.sandbox_container import (
     LogPump,
     container_env,
+    container_state,
     inner_command,
+    kill_container,
     run_kwargs,
 )
-from cub.records.schemas import ChildRun, RunRecord, StatusRecord
+from cub.modes.sandbox_container import (
+    client as docker_client,
+)
+from cub.modes.sandbox_results import Ending
+from cub.records.schemas import RunRecord, StatusRecord
 from cub.records.store import RUNS_DIR
 from cub.run.machine import signal_word
 
@@ -40,9 +48,6 @@ if TYPE_CHECKING:
     from cub.run.driver import Run
     from cub.run.validation import RunPlan
     from cub.tasks.model import Task
-
-# (trigger, reason_code, reason)
-Ending = tuple[str, str, str]
 
 POLL_S = 0.2
 # After a forwarded interrupt, the inner run gets its grace, plus this for SIGTERM, SIGKILL and
@@ -52,24 +57,10 @@ STOP_MARGIN_S = 15.0
 TIMEOUT_MARGIN_S = 60.0
 ENGINE_LOST_S = 10.0
 KILL_WAIT_S = 2.0
-TASK_FAILURE_CODES = (
-    "task_failed",
-    "tasks_failed",
-    "retries_exhausted",
-    "agent_stuck",
-    "verify_failed",
-    "hook_failed",
-)
 
 
 def _line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
-
-
-def _client(timeout: float) -> Any:
-    import docker
-
-    return docker.from_env(timeout=timeout)
 
 
 def prepare_sandbox(run: Run, plan: RunPlan) -> None:
@@ -102,7 +93,7 @@ def prepare_sandbox(run: Run, plan: RunPlan) -> None:
         )
     image = plan.config.sandbox.image
     try:
-        _client(30).images.get(image)
+        docker_client(30).images.get(image)
     except docker.errors.ImageNotFound:
         raise SetupFailed(
             "sandbox_failed", f"image {image} not found; run `cub sandbox build`"
@@ -130,7 +121,7 @@ def supervise_sandbox(run: Run) -> None:
     sandbox = SandboxRun(
         run=run,
         plan=plan,
-        client=_client(30),
+        client=docker_client(30),
         image=plan.config.sandbox.image,
         inner_id=f"{ctx.run_id[:122]}-inner",
         branch=branch,
@@ -217,10 +208,14 @@ class SandboxRun:
     def _make_workspace(self) -> None:
         from cub.config.load import user_config_path
 
+        if self.workspace.exists():
+            raise SetupFailed(
+                "sandbox_failed", f"cannot create the sandbox workspace: {self.workspace} exists"
+            )
+        self.workspace_made = True  # from here on the directory is this run's to remove
         created = ws.create_workspace(
             self.repo, self.workspace, self.branch, self.plan.request.from_branch
         )
-        self.workspace_made = True
         self.run.ctx.branch = self.branch
         self.before = ws.snapshot(self._host_backend())
         copied = ws.copy_project_files(self.project, self.inner_project, self.task_file)
@@ -263,7 +258,7 @@ class SandboxRun:
                 self.container.id,
                 store.run_dir / "container.log",
                 store.redact,
-                self.run.observer.message,
+                lambda line: self.run.observer.message(f"  │ {line}"),
             )
             self.pump.start()
         self.note(
@@ -328,23 +323,6 @@ class SandboxRun:
         self._collect()
         return self._ending()
 
-    def _state(self) -> dict[str, Any]:
-        import docker
-
-        deadline = time.monotonic() + ENGINE_LOST_S
-        while True:
-            try:
-                self.container.reload()
-                return dict(self.container.attrs.get("State") or {})
-            except docker.errors.NotFound:
-                return {"Status": "removed"}
-            except Exception as exc:  # the engine is busy or restarting; it may come back
-                if time.monotonic() > deadline:
-                    raise CubError(
-                        f"lost the Docker engine while supervising: {_line(exc)}"
-                    ) from exc
-                time.sleep(POLL_S)
-
     def _forward(self, signum: int) -> None:
         """The first interrupt: stopping, and the same signal to cub inside the container."""
         self.run.machine.interrupt(signal=signum)
@@ -366,85 +344,20 @@ class SandboxRun:
             status = msgspec.json.decode(data, type=StatusRecord)
         except (OSError, msgspec.DecodeError):
             return
-        self._take_counters(status.tasks, status.budget)
+        results.take_counters(self.run.ctx, status.tasks, status.budget)
         self.run.machine.write_status()
 
-    def _take_counters(self, tasks: Any, budget: Any) -> None:
-        ctx = self.run.ctx
-        ctx.tasks = msgspec.structs.replace(tasks)
-        for key in ("tokens_used", "cost_usd", "tasks_used", "iterations"):
-            setattr(ctx.budget, key, getattr(budget, key))
-
-    # -- endings --------------------------------------------------------------------------------
-
-    def _kept(self) -> str:
-        if self.plan.request.sandbox_keep and self.container is not None:
-            return f" (container {self.container.short_id} kept)"
-        return ""
-
-    def _ending(self) -> Ending:
-        inner, code = self.inner, self.exit_code
-        kept = self._kept()
-        if self.run.watch.requested:
-            word = signal_word(self.run.watch.first) or "sigint"
-            ended = f"ended {inner.state}" if inner else "left no record"
-            return (
-                "stopped",
-                word,
-                f"stopped on {word.upper()}; the sandboxed run {self.inner_id} {ended}{kept}",
-            )
-        if self.oom_killed and (inner is None or inner.state != "completed"):
-            memory = self.plan.config.sandbox.memory
-            return (
-                "children_failed",
-                "sandbox_oom",
-                f"the sandbox ran out of memory (sandbox.memory {memory}) and was "
-                f"OOM-killed (container exit {code}){kept}",
-            )
-        if inner is None:
-            last = self.pump.tail[-1] if self.pump and self.pump.tail else "no output"
-            return (
-                "children_failed",
-                "sandbox_failed",
-                f"the sandbox container exited {code} without a run record: {last}{kept}",
-            )
-        said = (
-            f"the sandboxed run {self.inner_id} ended {inner.state} ({inner.reason_code}): "
-            f"{inner.reason}{kept}"
-        )
-        if inner.state == "completed":
-            done = (
-                "no_ready_tasks"
-                if inner.reason_code in ("no_ready_tasks", "filtered_out")
-                else "all_tasks_done"
-            )
-            return ("children_done", done, said)
-        if inner.state == "budget_exhausted":
-            return ("exhaust_budget", inner.reason_code, said)
-        if inner.state == "failed" and inner.reason_code in TASK_FAILURE_CODES:
-            return ("children_failed", "tasks_failed", said)
-        return ("children_failed", "sandbox_failed", said)
+    def _state(self) -> dict[str, Any]:
+        return container_state(self.container, POLL_S, ENGINE_LOST_S)
 
     def _kill_container(self) -> None:
-        """SIGKILL, through a new client (the main one may be mid-request), and wait briefly."""
+        """SIGKILL now, and the state it ended in (the main client may be mid-request)."""
         if self.container is None:
             return
-        try:
-            client = _client(KILL_WAIT_S)
-            client.api.kill(self.container.id)
-        except Exception:
-            client = None  # already gone, or the engine is: nothing more to do here
-        deadline = time.monotonic() + KILL_WAIT_S
-        while client is not None and time.monotonic() < deadline:
-            try:
-                state = client.api.inspect_container(self.container.id)["State"]
-            except Exception:
-                break
-            if state.get("Status") in ("exited", "dead"):
-                self.exit_code = state.get("ExitCode")
-                self.oom_killed = bool(state.get("OOMKilled"))
-                break
-            time.sleep(0.05)
+        state = kill_container(self.container.id, KILL_WAIT_S)
+        if state is not None:
+            self.exit_code = state.get("ExitCode")
+            self.oom_killed = bool(state.get("OOMKilled"))
         self.note("sandbox_killed", container_id=self.container.id, exit_code=self.exit_code)
 
     def _kill_now(self) -> None:
@@ -456,97 +369,19 @@ class SandboxRun:
             self.note("sandbox_collect_failed", error=_line(exc))
         self.finish(self.run, "", "", "")
 
-    # -- after the container --------------------------------------------------------------------
-
-    def _step(self, name: str) -> bool:
-        """Each collection step runs once, even when a second signal re-enters collection."""
-        if name in self.done:
-            return False
-        self.done.add(name)
-        return True
-
     def _collect(self) -> None:
-        if self.pump is not None:
-            self.pump.join(2.0)
-        if not self.workspace_made:
-            return
-        if (
-            self._step("recover")
-            and self.inner_dir.is_dir()
-            and not (self.inner_dir / "run.json").exists()
-        ):
-            # The container is gone, and with it the lock the inner runner held: crash recovery
-            # works from the host. (The agent pids in the inner status are the container's; a
-            # host process is only ever killed by recovery when its pid *and* create_time
-            # match, and every process of the container died with it anyway.)
-            from cub.run.recovery import recover_run
+        results.collect(self)
 
-            message = recover_run(self.inner_project, self.inner_dir)
-            self.note("inner_recovered", message=message)
-        if self._step("copy") and self.copied_dir is not None:
-            if ws.copy_records(self.inner_dir, self.copied_dir):
-                self.note("inner_records_copied", path=str(self.copied_dir))
-            self.inner = _read_record(self.copied_dir / "run.json")
-        if self._step("sync"):
-            self._sync_tasks()
-        if self._step("fetch"):
-            ref, problem = ws.fetch_branch(self.repo, self.workspace, self.branch)
-            self.run.ctx.branch = ref
-            self.note("branch_fetched", branch=ref, problem=problem)
-        self._record_child()
+    def _ending(self) -> Ending:
+        return results.ending(self)
 
-    def _sync_tasks(self) -> None:
-        inner = self.inner
-        if inner is None or not inner.tasks.attempted:
-            return
-        host = self._host_backend()
-        copy = type(host)(
-            self.inner_project / self.task_file.relative_to(self.project), self.inner_project
-        )
-        try:
-            updated, conflicts = ws.sync_tasks(host, copy, list(inner.tasks.attempted), self.before)
-        except (CubError, OSError) as exc:
-            self.note("task_sync_failed", error=_line(exc))
-            return
-        self.note("task_sync", updated=",".join(updated), conflicts=",".join(conflicts))
-
-    def _record_child(self) -> None:
-        ctx, inner = self.run.ctx, self.inner
-        if inner is not None:
-            self._take_counters(inner.tasks, inner.budget)
-            if inner.harness is not None:
-                ctx.harness = inner.harness
-        ctx.children = [
-            ChildRun(
-                run_id=self.inner_id,
-                state=inner.state if inner is not None else "unknown",
-                exit_code=self.exit_code,
-                container_id=self.container.id if self.container is not None else None,
-                image=self.image,
-                oom_killed=self.oom_killed,
-                reason_code=inner.reason_code if inner is not None else None,
-            )
-        ]
+    def _kept(self) -> str:
+        return results.kept(self)
 
     def finish(self, run: Run, state: str, reason_code: str, reason: str) -> None:
         """Last, before the terminal state: remove the container (unless --sandbox-keep) and
         the workspace (the branch stays). Safe to call twice."""
-        if self.container is not None and self._step("container"):
-            if self.plan.request.sandbox_keep:
-                self.note("sandbox_kept", container_id=self.container.id)
-            else:
-                try:
-                    _client(10).api.remove_container(self.container.id, force=True)
-                    self.note("sandbox_removed", container_id=self.container.id)
-                except Exception as exc:
-                    self.note("sandbox_left", container_id=self.container.id, error=_line(exc))
-        if self.workspace_made and self._step("workspace"):
-            problem = ws.remove_workspace(self.workspace)
-            self.note(
-                "workspace_removed" if problem is None else "workspace_left",
-                path=str(self.workspace),
-                problem=problem,
-            )
+        results.clean_up(self)
 
     def _host_backend(self) -> Any:
         assert self.plan.backend is not None
@@ -554,14 +389,4 @@ class SandboxRun:
 
 
 def _environ() -> dict[str, str]:
-    import os
-
     return dict(os.environ)
-
-
-def _read_record(path: Path) -> RunRecord | None:
-    try:
-        return msgspec.json.decode(path.read_bytes(), type=RunRecord)
-    except (OSError, msgspec.DecodeError):
-        return None
-

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +89,9 @@ def container_env(
         "HOME": "/tmp",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
+        # This is the sandbox agents ask for before running unattended as root (Claude Code
+        # refuses --dangerously-skip-permissions for uid 0 without it).
+        "IS_SANDBOX": "1",
     }
     for name in (*config.env, *ENV_VARS):
         if host_env.get(name):
@@ -148,6 +152,55 @@ def run_kwargs(
     return kwargs
 
 
+def client(timeout: float | None) -> Any:
+    """A client for DOCKER_HOST (or the default socket), with this timeout per request."""
+    import docker
+
+    return docker.from_env(timeout=timeout)
+
+
+def container_state(container: Any, poll_s: float, lost_after_s: float) -> dict[str, Any]:
+    """The container's `State`, reloaded; ``{"Status": "removed"}`` when it is gone. An engine
+    that does not answer for ``lost_after_s`` is a `CubError`."""
+    import docker
+
+    from cub.errors import CubError
+
+    deadline = time.monotonic() + lost_after_s
+    while True:
+        try:
+            container.reload()
+            return dict(container.attrs.get("State") or {})
+        except docker.errors.NotFound:
+            return {"Status": "removed"}
+        except Exception as exc:  # the engine is busy or restarting; it may come back
+            if time.monotonic() > deadline:
+                detail = " ".join(str(exc).split())
+                raise CubError(f"lost the Docker engine while supervising: {detail}") from exc
+            time.sleep(poll_s)
+
+
+def kill_container(container_id: str, wait_s: float) -> dict[str, Any] | None:
+    """SIGKILL the container through a new client (another may be stuck mid-request) and wait
+    up to ``wait_s`` for it to be down; returns its last `State`, or None if unknown."""
+    try:
+        api = client(wait_s).api
+        api.kill(container_id)
+    except Exception:
+        return None  # already gone, or the engine is: nothing more to do here
+    deadline = time.monotonic() + wait_s
+    state: dict[str, Any] | None = None
+    while time.monotonic() < deadline:
+        try:
+            state = dict(api.inspect_container(container_id)["State"])
+        except Exception:
+            return state
+        if state.get("Status") in ("exited", "dead"):
+            return state
+        time.sleep(0.05)
+    return state
+
+
 class LogPump:
     """Streams the container's output into ``container.log`` (redacted, line by line) on a
     thread of its own, with a client without a read timeout (an agent may be silent for long);
@@ -174,12 +227,9 @@ class LogPump:
         self.thread.join(timeout)
 
     def _pump(self) -> None:
-        import docker
-
         pending = b""
         try:
-            client = docker.from_env(timeout=None)
-            stream = client.api.logs(self.container_id, stream=True, follow=True)
+            stream = client(None).api.logs(self.container_id, stream=True, follow=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             with open(fd, "a", encoding="utf-8") as log:
                 for chunk in stream:

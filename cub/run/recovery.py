@@ -1,11 +1,18 @@
 """Crash recovery: give every run whose runner died (SIGKILL, OOM, power loss) its record.
 
-A run is orphaned when its status.json is not terminal, it has no run.json, and nobody holds
-its runner lock (the kernel released it when the runner died). Recovery takes that lock itself,
-so two cub processes starting at once never finalise the same run twice; kills whatever agent
-processes the runner left (matched by pid and create_time, never a reused pid); puts the tasks
-it had claimed back to `open`; and fires `force_kill` on a machine restored at the last known
-state, so the record is written by the same terminal callback as every other ending.
+A run is orphaned when it has no run.json and nobody holds its runner lock (the kernel released
+it when the runner died; pids are never trusted for this). Recovery takes that lock itself, so
+two cub processes starting at once never finalise the same run twice; kills whatever agent
+processes the runner left (the recorded agent by pid and create_time, never a reused pid, and
+any process carrying the run's directory in its agent environment); puts the tasks it had
+claimed back to `open` (also a claim it died before writing down: the task's assignee says
+whose it is); records the attempt in flight as `killed`; and fires `force_kill` on a machine
+restored at the last known state, so the record is written by the same terminal callback as
+every other ending.
+
+Two deaths leave less to go on: before the first status.json (the run directory names the run,
+its lock file the runner), and after the terminal transition but before run.json (the journal
+has the ending, which recovery then records as it was).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from cub.records.store import (
 )
 from cub.run.context import RunContext
 from cub.run.machine import RunMachine
+from cub.tasks.model import Task
 
 # Set in every agent's environment to its run's directory, so that recovery can find what a
 # dead runner's agents left behind however they got away from their process tree.
@@ -69,12 +77,12 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
             return None
         store = RunStore(run_dir, Redactor(DEFAULT_SECRET_PATTERNS))
         _kill_leftovers(run_dir, status)
-        _release_claims(project_dir, status)
+        held = _release_claims(project_dir, status)
         if RUN_CHART.is_terminal(status.state):
             # The runner entered its terminal state and died writing run.json: write it.
             _restore_ending(project_dir, store, status).on_enter_terminal()
             return f"recovered run {status.run_id}: its runner died recording {status.state}"
-        _record_lost_attempt(store, status)
+        _record_lost_attempts(store, status, held)
         machine = _restore(project_dir, store, status)
         where = f" while {status.current_task.id} was running" if status.current_task else ""
         machine.force_kill(
@@ -148,7 +156,8 @@ def agent_env(run_dir: Path) -> dict[str, str]:
     return {AGENT_RUN_DIR_VAR: str(run_dir.resolve())}
 
 
-def _release_claims(project_dir: Path, status: StatusRecord) -> None:
+def _release_claims(project_dir: Path, status: StatusRecord) -> list[Task]:
+    """Give the dead run's claims back to the backlog; returns the tasks it held."""
     from cub.config.load import load_config
     from cub.errors import CubError
     from cub.tasks.backend import open_backend
@@ -158,43 +167,54 @@ def _release_claims(project_dir: Path, status: StatusRecord) -> None:
     try:
         backend = open_backend(project_dir, load_config(project_dir).config)
         # Also a claim the runner made but died before writing down in status.json.
-        held = [t.id for t in backend.load() if owned_by(t, status.run_id)]
-        for task_id in dict.fromkeys([*status.claimed_tasks, *held]):
+        held = [t for t in backend.load() if owned_by(t, status.run_id)]
+        for task_id in dict.fromkeys([*status.claimed_tasks, *(t.id for t in held)]):
             backend.release(task_id, status.run_id, note=note)
     except (CubError, OSError):
         # The backlog is unreadable right now; the run is still recorded, and the claim stays
         # visible (assignee = this run id) for a person to clear.
-        return
+        return []
+    return held
 
 
-def _record_lost_attempt(store: RunStore, status: StatusRecord) -> None:
-    """The attempt in flight when the runner died still gets its task.json."""
-    task = status.current_task
-    if task is None:
-        return
-    path = store.run_dir / "tasks" / task.id / "task.json"
-    if path.exists():
-        try:
-            if msgspec.json.decode(path.read_bytes(), type=TaskAttempt).attempt >= task.attempt:
-                return
-        except msgspec.DecodeError:
-            pass
-    store.write_attempt(
-        TaskAttempt(
-            task_id=task.id,
-            title=task.title,
-            attempt=task.attempt,
-            outcome="killed",
-            started_at=task.started_at,
-            ended_at=status.updated_at,
-            duration_s=0.0,
-            error=None,
+def _record_lost_attempts(store: RunStore, status: StatusRecord, held: list[Task]) -> None:
+    """The attempt in flight when the runner died still gets its task.json: the one status.json
+    names, or one of its claims whose agent had started (its harness.log exists) before the
+    runner could write that down."""
+    lost = []
+    if status.current_task is not None:
+        task = status.current_task
+        lost.append((task.id, task.title, task.attempt, task.started_at))
+    for claim in held:
+        task_dir = store.run_dir / "tasks" / claim.id
+        if (task_dir / "harness.log").exists() and all(claim.id != known for known, *_ in lost):
+            # The prompt is written just before the agent starts.
+            started = datetime.fromtimestamp((task_dir / "prompt.md").stat().st_mtime, UTC)
+            lost.append((claim.id, claim.title, claim.attempts, started.isoformat()))
+    for task_id, title, attempt, started_at in lost:
+        path = store.run_dir / "tasks" / task_id / "task.json"
+        if path.exists():
+            try:
+                if msgspec.json.decode(path.read_bytes(), type=TaskAttempt).attempt >= attempt:
+                    continue
+            except msgspec.DecodeError:
+                pass
+        store.write_attempt(
+            TaskAttempt(
+                task_id=task_id,
+                title=title,
+                attempt=attempt,
+                outcome="killed",
+                started_at=started_at,
+                ended_at=status.updated_at,
+                duration_s=0.0,
+                error=None,
+            )
         )
-    )
 
 
 def _events(run_dir: Path) -> list[Event]:
-    events = []
+    events: list[Event] = []
     try:
         lines = (run_dir / "events.jsonl").read_bytes().splitlines()
     except FileNotFoundError:

@@ -294,12 +294,18 @@ def validate(
 
     harness = None
     if _needs_harness(r):
-        harness = resolve_harness(
-            config.harness.name,
-            config.harness.command,
-            list(config.harness.priority),
-            env.get("PATH"),
-        )
+        try:
+            harness = resolve_harness(
+                config.harness.name,
+                config.harness.command,
+                list(config.harness.priority),
+                env.get("PATH"),
+            )
+        except Rejected as exc:
+            # A sandboxed agent runs in the container: the image is where it must be installed,
+            # and the run inside checks that.
+            if not (r.sandbox and exc.reason_code == "harness_not_found"):
+                raise
     if r.sandbox:
         check_docker()
     issue = None
@@ -313,7 +319,7 @@ def validate(
         request=r,
         project_dir=project_dir,
         config=config,
-        config_sources=list(loaded.sources),
+        config_sources=[str(source) for source in loaded.sources],
         git_root=git_root,
         backend=backend,
         harness=harness,

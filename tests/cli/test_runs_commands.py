@@ -174,7 +174,11 @@ class LiveRun:
         self.proc = start_cub(
             ["run", *harness(make_agent(bin_dir)), "--task", task_id, *extra], project
         )
-        self.agent_pid = int(wait_for_file(bin_dir / f"{task_id}.pid", timeout=20))
+        try:
+            self.agent_pid = int(wait_for_file(bin_dir / f"{task_id}.pid", timeout=20))
+        except BaseException:
+            self.kill()
+            raise
         self.run_dir = run_dir(project)
 
     def status(self) -> StatusRecord:
@@ -340,7 +344,7 @@ def test_list_filters_by_state_start_time_and_count(project: Path) -> None:
     # Filters combine, and an empty result is not an error.
     assert summaries(project, "--since", "1d", "--state", "interrupted") == []
     empty = cub(["runs", "list", "--state", "interrupted"], project)
-    assert empty.stdout == ""
+    assert (empty.stdout, empty.stderr) == ("", "no runs match\n")
     bad = run_cub(["runs", "list", "--since", "soon"], project)
     assert bad.returncode == 2 and "Invalid value for --since" in bad.stderr, bad.stderr
 
@@ -369,7 +373,7 @@ def test_show_latest_prints_ending_timeline_attempts_and_budget(recorded: Path) 
     first, first_log, second, second_log = lines[attempts_at + 1 : attempts_at + 5]
     assert first.split()[:3] == ["flaky1", "#1", "failed"]
     assert "150 tokens  $0.0100" in first
-    assert "the agent exited with code 1" in first
+    assert "code 1" in first  # why it failed
     assert first_log.strip() == str(
         run_dir(recorded, "r3-retry") / "tasks/flaky1/attempt-1/harness.log"
     )
@@ -496,7 +500,7 @@ def test_tail_follows_a_live_run_until_it_ends(tmp_path: Path) -> None:
     assert re.fullmatch(r"run run-\S+ ended completed \(exit 0\): .+", lines[-1]), lines[-1]
     # Streamed as it happened: the agent's first line was shown long before the run ended.
     first_output_at = next(at for at, line in got if line.startswith("  │ "))
-    assert run_ended - first_output_at > 1.0
+    assert run_ended - first_output_at > 0.5
 
 
 def test_tail_follows_the_next_attempt_of_a_retried_task(tmp_path: Path) -> None:
@@ -613,6 +617,7 @@ def test_status_and_listing_of_a_live_run(project: Path, tmp_path: Path) -> None
 
         show = cub(["runs", "show", "latest"], project).stdout
         assert "state     executing  (live, updated " in show
+        assert "running   sleep1 attempt 1 since " in show
         assert "tokens 25% of 1000" in show
         ended = live.finish()
     finally:
@@ -629,7 +634,11 @@ def test_status_without_runs_is_a_one_line_error(tmp_path: Path) -> None:
     one_line_error(result, 1, "no runs")
     assert result.stdout == ""
     one_line_error(run_cub(["status", "--json"], project), 1, "no runs")
-    assert run_cub(["runs", "list"], project).returncode == 0
+    one_line_error(run_cub(["runs", "show"], project), 1, "no runs")
+    one_line_error(run_cub(["runs", "tail"], project), 1, "no runs")
+    listing = cub(["runs", "list"], project)
+    assert (listing.stdout, listing.stderr) == ("", "no runs recorded\n")
+    assert cub(["runs", "list", "--json"], project).stdout == "[]\n"
 
 
 def test_status_of_a_finished_run(recorded: Path) -> None:
@@ -713,10 +722,29 @@ def test_parallel_run_is_listed_with_its_children(parallel_project: Path) -> Non
         ), show
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: each child run re-points .cub/runs/latest as it starts, so after "
-    "`cub run --parallel N` `latest` (and `cub status`) names a child, not the parallel run",
-)
 def test_latest_after_a_parallel_run_is_the_parallel_run(parallel_project: Path) -> None:
+    # Each child run is created after the parent, but `latest` (so `cub status` and
+    # `cub runs show`) is the run the user started.
     assert read_run(parallel_project).mode == "parallel"
+    out = cub(["status"], parallel_project).stdout
+    assert out.startswith(f"last run {read_run(parallel_project).run_id}: completed (exit 0)")
+
+
+# ------------------------------------------------------------------------ shell completion
+
+
+def test_run_ids_complete_in_the_shell(recorded: Path) -> None:
+    def complete(words: str) -> list[str]:
+        env = {
+            "_CUB_COMPLETE": "bash_complete",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split()) - (0 if words.endswith(" ") else 1)),
+        }
+        result = run_cub([], recorded, env=env)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert complete("cub runs show r") == ["plain,r3-retry", "plain,r2-stuck", "plain,r1-ok"]
+    assert complete("cub runs tail l") == ["plain,latest"]
+    assert complete("cub runs ") == ["plain,list", "plain,prune", "plain,show", "plain,tail"]
+    assert sorted(r.run_id for r in all_runs(recorded)) == ["r1-ok", "r2-stuck", "r3-retry"]

@@ -311,6 +311,9 @@ def _check_runs(trial: Trial) -> list[RunRecord]:
         if record.history and record.history[-1].to != record.state:
             raise trial.fail(f"{path}: history ends in {record.history[-1].to}, not the state")
         _check_events(trial, run_dir, record)
+        for log in run_dir.glob("tasks/**/harness.log"):
+            if not (log.parent / "task.json").exists():
+                raise trial.fail(f"an attempt that started has no task.json: {log.parent}")
         records.append(record)
     return records
 

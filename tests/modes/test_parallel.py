@@ -8,6 +8,8 @@ Every agent writes its pid to a file, so the tests can check that none outlives 
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 import subprocess
 import time
@@ -234,6 +236,10 @@ def test_a_branch_that_does_not_merge_fails_its_task(
     assert "T2" in parent.reason
     # Both children succeeded; the first branch in task order merged, the second did not.
     assert all(c.state == "completed" for c in children.values())
+    assert {(c.task_id, c.state, c.reason_code) for c in parent.children} == {
+        ("T1", "completed", "task_done"),
+        ("T2", "completed", "merge_conflict"),
+    }
     assert (parent.tasks.succeeded, parent.tasks.failed) == (1, 1)
     assert git(project, "show", f"{parent.branch}:shared.txt").startswith("T1 ")
     tasks = read_tasks(project)
@@ -377,3 +383,38 @@ def test_four_at_once_is_about_four_times_faster(
     parent, _ = _records(project)
     assert parent.state == "completed" and len(parent.children) == 8
     assert {f"{i}.txt" for i in ids} <= _on_branch(project, parent.branch or "")
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "prd", "beads"])
+def test_a_closed_task_whose_branch_did_not_merge_becomes_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    from cub.modes.parallel_merge import fail_merged_task
+    from cub.tasks.beads import BeadsBackend
+    from cub.tasks.jsonl import JsonlBackend
+    from cub.tasks.prd import PrdBackend
+    from tests.tasks.conftest import FAKE_BD, seed_beads
+
+    closed = _tasks("T1", status="closed", close_reason="done", closed_at="2025-01-01")
+    backend: JsonlBackend | PrdBackend | BeadsBackend
+    if kind == "jsonl":
+        path = tmp_path / ".cub" / "tasks.jsonl"
+        path.parent.mkdir()
+        path.write_text(json.dumps(closed[0]) + "\n")
+        backend = JsonlBackend(path, tmp_path)
+    elif kind == "prd":
+        path = tmp_path / "prd.json"
+        path.write_text(json.dumps({"tasks": closed}))
+        backend = PrdBackend(path, tmp_path)
+    else:
+        (tmp_path / "bin").mkdir()
+        write_script(tmp_path / "bin" / "bd", FAKE_BD)
+        monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}:{os.environ['PATH']}")
+        seed_beads(tmp_path, closed)
+        backend = BeadsBackend(tmp_path)
+    assert fail_merged_task(backend, "T1", "merge_conflict: conflicts in a.txt")
+    task = backend.get("T1")
+    assert task.status == "failed"
+    assert "merge_conflict: conflicts in a.txt" in (task.notes or "")
+    if kind != "beads":
+        assert task.close_reason is None and task.closed_at is None

@@ -26,6 +26,7 @@ from tests.helpers.cli import (
     run_dir,
     start_cub,
     task,
+    write_tasks,
 )
 from tests.helpers.git import git
 
@@ -333,3 +334,44 @@ def test_sandbox_build_refuses_a_base_image_that_is_not_there(docker_host: str) 
     assert done.stderr.strip() == (
         "cub sandbox build: error: base image no-such-image:1 not found in the local engine"
     )
+
+
+def test_the_agent_must_be_installed_in_the_image_not_on_the_host(
+    tmp_path: Path, docker_host: str
+) -> None:
+    """`--harness claude` is checked where the agent runs: the image (which has no claude)."""
+    project = sandbox_project(tmp_path, COMMITTING_AGENT)
+
+    done = run_cub(["run", "--sandbox", "--harness", "claude", "--name", "noclaude"], project,
+                   env={"DOCKER_HOST": docker_host, "PATH": "/usr/bin:/bin"})  # fmt: skip
+
+    assert done.returncode == 1, done.stdout + done.stderr
+    record = read_run(project, "noclaude")
+    assert (record.state, record.reason_code) == ("failed", "sandbox_failed")
+    child = child_of(record)
+    assert (child.state, child.reason_code, child.exit_code) == (
+        "validation_rejected",
+        "harness_not_found",
+        2,
+    )
+    assert "'claude'" in record.reason
+    assert read_tasks(project)["t1"]["status"] == "open"
+
+
+def test_a_project_in_a_subdirectory_of_the_repository(tmp_path: Path, docker_host: str) -> None:
+    repo = make_project(tmp_path / "repo")  # .cub/ at the top is not this project's
+    project = repo / "service"
+    project.mkdir()
+    (project / ".cub").mkdir()
+    write_tasks(project, [task("s1", "the service task")])
+    (project / "agent.py").write_text(textwrap.dedent(COMMITTING_AGENT).lstrip())
+    git(repo, "add", "service/agent.py")
+    git(repo, "commit", "-q", "-m", "add the agent")
+
+    done = run_cub(["run", "--sandbox", *HARNESS, "--name", "sub"], project,
+                   env={"DOCKER_HOST": docker_host})  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert read_run(project, "sub").state == "completed"
+    assert git(repo, "show", "cub/sub:service/work.txt") == "done in the sandbox"
+    assert read_tasks(project)["s1"]["status"] == "closed"

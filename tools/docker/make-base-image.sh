@@ -34,6 +34,7 @@ tarball="$cache/rootfs-$key.tar"
 if [ ! -s "$tarball" ]; then
   work="$(mktemp -d "$cache/build.XXXXXX")"
   trap 'rm -rf "$work"' EXIT
+  chmod 755 "$work"  # apt-get download fetches as the _apt user when it can
   (cd "$work" && apt-get download -qq "${packages[@]}" >/dev/null)
   root="$work/root"
   mkdir -p "$root"

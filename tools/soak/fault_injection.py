@@ -1,0 +1,148 @@
+"""Fault-injection soak: many real `cub run`s stopped at random moments, then checked.
+
+    .venv/bin/python tools/soak/fault_injection.py [--trials N] [--kinds K,...] [--workers W]
+                                                   [--first-seed S] [--record]
+    .venv/bin/python tools/soak/fault_injection.py --kind sigkill --seed 17 --keep   # replay one
+
+Each trial builds a git project with a random backlog of scripted agents (fast ones, chatty
+ones, ones that ignore SIGINT, ones that leave a setsid() grandchild), starts the real cub on
+it, and stops it with SIGKILL, SIGINT, SIGTERM or two SIGINTs at a random moment; then it runs
+recovery (`cub runs list`) and checks the records, the task file and that no agent process
+survived (see tests/helpers/faults.py for the checks, shared with the CI sample in
+tests/e2e/test_fault_injection.py). A trial is fully described by its kind and seed.
+
+SIGKILL lands anywhere from the process's first instant. The other signals land from the moment
+the run's directory exists: before that, cub is still importing and parsing its command line,
+and the CLI entry point (not the run) decides what a signal does.
+
+With ``--record`` a section is appended to tools/bench/RESULTS.md (appended in one write, never
+rewritten: other benchmarks append there too). Failures are printed in full and written to
+``failures.txt`` in the work directory, which is kept when anything failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tests.helpers.faults import (  # noqa: E402 - after the path set-up above
+    KINDS,
+    Summary,
+    TrialFailed,
+    isolate_environment,
+    run_trial,
+    run_trials,
+)
+
+RESULTS = REPO / "tools" / "bench" / "RESULTS.md"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=1000, help="trials per kind (1000)")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="comma-separated kinds")
+    parser.add_argument("--workers", type=int, default=4, help="trials at once (4)")
+    parser.add_argument("--first-seed", type=int, default=100_000, help="seed of the first trial")
+    parser.add_argument("--kind", choices=KINDS, help="replay one trial of this kind ...")
+    parser.add_argument("--seed", type=int, help="... with this seed")
+    parser.add_argument("--keep", action="store_true", help="keep every trial's directory")
+    parser.add_argument("--workdir", type=Path, help="where trials run (default: a temp dir)")
+    parser.add_argument("--record", action="store_true", help="append to tools/bench/RESULTS.md")
+    args = parser.parse_args()
+
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cub-soak-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    isolate_environment(workdir / "home")
+    if args.kind is not None or args.seed is not None:
+        if args.kind is None or args.seed is None:
+            parser.error("--kind and --seed go together")
+        return replay(args.kind, args.seed, workdir)
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    seeds = range(args.first_seed, args.first_seed + args.trials)
+    print(f"soak: {args.trials} trials of each of {', '.join(kinds)}; work in {workdir}")
+    summaries = []
+    for kind in kinds:
+        summary = run_trials(kind, seeds, workdir, workers=args.workers, keep=args.keep)
+        summaries.append(summary)
+        print(
+            f"  {kind:<14} {summary.trials} trials, {len(summary.failures)} failed, "
+            f"{summary.seconds:.0f}s",
+            flush=True,
+        )
+    failures = [f for s in summaries for f in s.failures]
+    if failures:
+        report = workdir / "failures.txt"
+        report.write_text("\n\n".join(failures) + "\n")
+        print("\n\n".join(failures))
+        print(f"\n{len(failures)} failed trial(s); details in {report}")
+    elif not args.keep and args.workdir is None:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if args.record:
+        record(summaries, args)
+        print(f"recorded in {RESULTS}")
+    return 1 if failures else 0
+
+
+def replay(kind: str, seed: int, workdir: Path) -> int:
+    try:
+        trial = run_trial(kind, seed, workdir)
+    except TrialFailed as exc:
+        print(exc)
+        return 1
+    print(
+        f"{kind} seed={seed}: passed (cub exit {trial.returncode}, signals after "
+        f"{', '.join(f'{d:.3f}s' for d in trial.delays)}); kept in {trial.root}"
+    )
+    return 0
+
+
+def record(summaries: list[Summary], args: argparse.Namespace) -> None:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        "",
+        f"## Fault-injection soak ({stamp})",
+        "",
+        f"`tools/soak/fault_injection.py --trials {args.trials} --workers {args.workers} "
+        f"--first-seed {args.first_seed}` on {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, {platform.system()} {platform.release()}. Each trial: a "
+        "real `cub run` on a random backlog of 3-14 scripted agents, stopped at a random "
+        "moment, then recovery (`cub runs list`) and the checks of tests/helpers/faults.py.",
+        "",
+        "| kind | trials | failed | time | how the runs ended |",
+        "|---|---|---|---|---|",
+    ]
+    for summary in summaries:
+        endings = "; ".join(
+            f"{name}: {count}" for name, count in sorted(summary.endings.items(), key=_by_count)
+        )
+        lines.append(
+            f"| {summary.kind} | {summary.trials} | {len(summary.failures)} | "
+            f"{summary.seconds:.0f} s | {endings} |"
+        )
+    failed = sum(len(s.failures) for s in summaries)
+    lines += ["", "Result: " + ("every trial passed." if not failed else f"{failed} failed."), ""]
+    # One append of the whole section: other writers may be appending to the same file.
+    with RESULTS.open("a", encoding="utf-8") as out:
+        out.write("\n".join(lines))
+
+
+def _by_count(item: tuple[str, int]) -> tuple[int, str]:
+    return (-item[1], item[0])
+
+
+if __name__ == "__main__":
+    started = time.monotonic()
+    code = main()
+    print(f"({time.monotonic() - started:.0f}s)")
+    sys.exit(code)
