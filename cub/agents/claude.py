@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cub.agents.adapters import count, decode_event, mapping, number, string
-from cub.agents.harness import Invocation, StreamState
+from cub.agents.harness import Invocation, ProgramHarness, StreamState
 from cub.agents.pricing import cost_of, price_for
 
 if TYPE_CHECKING:
@@ -188,25 +188,12 @@ class ClaudeParser:
         return True
 
 
-class ClaudeHarness:
+class ClaudeHarness(ProgramHarness):
     name = "claude"
-
-    def __init__(
-        self,
-        program: str = "claude",
-        *,
-        extra_args: tuple[str, ...] = (),
-        prices: Mapping[str, ModelPrice] | None = None,
-    ) -> None:
-        self.program = program
-        self.extra_args = tuple(extra_args)
-        self.prices = dict(prices or {})
-        self._model: str | None = None
 
     def invocation(
         self, *, system: str, task: str, prompt_file: Path, model: str | None
     ) -> Invocation:
-        # parser() belongs to the latest invocation(): it prices that invocation's model.
         self._model = model
         argv = [
             self.program,

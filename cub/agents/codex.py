@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cub.agents.adapters import count, decode_event, mapping, string
-from cub.agents.harness import Invocation, StreamState
+from cub.agents.harness import Invocation, ProgramHarness, StreamState
 from cub.agents.pricing import cost_of, price_for
 from cub.loop.prompts import combined
 
@@ -94,25 +94,12 @@ class CodexParser:
         return True
 
 
-class CodexHarness:
+class CodexHarness(ProgramHarness):
     name = "codex"
-
-    def __init__(
-        self,
-        program: str = "codex",
-        *,
-        extra_args: tuple[str, ...] = (),
-        prices: Mapping[str, ModelPrice] | None = None,
-    ) -> None:
-        self.program = program
-        self.extra_args = tuple(extra_args)
-        self.prices = dict(prices or {})
-        self._model: str | None = None
 
     def invocation(
         self, *, system: str, task: str, prompt_file: Path, model: str | None
     ) -> Invocation:
-        # parser() belongs to the latest invocation(): it prices that invocation's model.
         self._model = model
         argv = [
             self.program,

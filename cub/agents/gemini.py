@@ -34,7 +34,7 @@ from cub.agents.adapters import (
     positional,
     string,
 )
-from cub.agents.harness import Invocation, StreamState
+from cub.agents.harness import Invocation, ProgramHarness, StreamState
 from cub.agents.pricing import cost_of, price_for
 from cub.loop.prompts import combined
 
@@ -136,20 +136,17 @@ class GeminiParser:
             self.state.usage.cost_usd = cost_of(self.state.usage, price)
 
 
-class GeminiHarness:
+class GeminiHarness(ProgramHarness):
     name = "gemini"
 
     def __init__(
         self,
-        program: str = "gemini",
+        program: str | None = None,
         *,
         extra_args: tuple[str, ...] = (),
         prices: Mapping[str, ModelPrice] | None = None,
     ) -> None:
-        self.program = program
-        self.extra_args = tuple(extra_args)
-        self.prices = dict(prices or {})
-        self._model: str | None = None
+        super().__init__(program, extra_args=extra_args, prices=prices)
         self._prompt_chars = 0
 
     def invocation(

@@ -7,11 +7,15 @@ supervisor's job (cub/agents/supervisor.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cub.records.schemas import Usage
+
+if TYPE_CHECKING:
+    from cub.config.schema import ModelPrice
 
 STUCK = re.compile(r"<stuck>(.*?)</stuck>", re.DOTALL)
 PROMISE_COMPLETE = "<promise>COMPLETE</promise>"
@@ -64,3 +68,23 @@ class Harness(Protocol):
     ) -> Invocation: ...
 
     def parser(self) -> OutputParser: ...
+
+
+class ProgramHarness:
+    """What the adapters for agent CLIs share: the program, the extra arguments configured for
+    it (`harness.extra_args`), and the price table for agents that report no cost."""
+
+    name = ""
+
+    def __init__(
+        self,
+        program: str | None = None,
+        *,
+        extra_args: tuple[str, ...] = (),
+        prices: Mapping[str, ModelPrice] | None = None,
+    ) -> None:
+        self.program = program or self.name
+        self.extra_args = tuple(extra_args)
+        self.prices = dict(prices or {})
+        # parser() belongs to the latest invocation(): it prices that invocation's model.
+        self._model: str | None = None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cub.agents.adapters import count, decode_event, mapping, number, positional, string
-from cub.agents.harness import Invocation, StreamState
+from cub.agents.harness import Invocation, ProgramHarness, StreamState
 from cub.agents.pricing import cost_of, price_for
 from cub.loop.prompts import combined
 
@@ -89,25 +89,12 @@ def _error_text(error: Any) -> str:
     return message or name or "opencode reported an error"
 
 
-class OpenCodeHarness:
+class OpenCodeHarness(ProgramHarness):
     name = "opencode"
-
-    def __init__(
-        self,
-        program: str = "opencode",
-        *,
-        extra_args: tuple[str, ...] = (),
-        prices: Mapping[str, ModelPrice] | None = None,
-    ) -> None:
-        self.program = program
-        self.extra_args = tuple(extra_args)
-        self.prices = dict(prices or {})
-        self._model: str | None = None
 
     def invocation(
         self, *, system: str, task: str, prompt_file: Path, model: str | None
     ) -> Invocation:
-        # parser() belongs to the latest invocation(): it prices that invocation's model.
         self._model = model
         argv = [self.program, "run", "--format", "json"]
         if model:
