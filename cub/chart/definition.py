@@ -141,12 +141,10 @@ RUN_CHART = Chart(
             (
                 "branch_failed",
                 "worktree_failed",
-                "backend_failed",
                 "harness_failed",
                 "hook_failed",
                 "github_failed",
                 "sandbox_failed",
-                "mode_unavailable",
             ),
         ),
         Edge("start_task", "selecting", "executing", "a ready task was claimed"),

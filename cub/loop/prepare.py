@@ -14,9 +14,6 @@ if TYPE_CHECKING:
     from cub.run.driver import Run
     from cub.run.validation import RunPlan
 
-# Modes whose own preparation is not part of this build yet; they fail in the open.
-_UNAVAILABLE_MODES: dict[str, str] = {}
-
 
 def harness_for(choice: HarnessChoice, config: Config | None = None) -> Harness:
     from cub.agents.adapters import adapter_for
@@ -47,11 +44,6 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
     from cub.loop.settings import LoopSettings
 
     request = plan.request
-    if request.mode in _UNAVAILABLE_MODES:
-        flag = _UNAVAILABLE_MODES[request.mode]
-        raise SetupFailed(
-            "mode_unavailable", f"{flag} is not available in cub {run.ctx.cub_version}"
-        )
     if request.sandbox:
         # The agent, the branch and the hooks belong to the run inside the container.
         from cub.modes.sandbox import prepare_sandbox
