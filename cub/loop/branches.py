@@ -113,15 +113,21 @@ def commit_range(repo: Path, base: str | None) -> str | None:
     Also None without a base (the run started in a repository without commits) or when the
     base commit is no longer known: the range is a note on the task, not worth failing over.
     """
-    head = head_commit(repo)
-    if base is None or head is None or head == base:
-        return None
+    return commit_span(repo, base)[0]
+
+
+def commit_span(repo: Path, base: str | None) -> tuple[str | None, str | None]:
+    """(the range as in `commit_range`, HEAD abbreviated), in one git call."""
+    if base is None:
+        return None, None
     try:
-        short_base = git(repo, "rev-parse", "--short", "--verify", f"{base}^{{commit}}")
-        short_head = git(repo, "rev-parse", "--short", head)
-    except GitError:
-        return None
-    return f"{short_base}..{short_head}"
+        # `git show -s` abbreviates each commit it is given; `rev-parse --short` takes only one.
+        short_base, short_head = git(
+            repo, "show", "-s", "--format=%h", f"{base}^{{commit}}", "HEAD", "--"
+        ).splitlines()
+    except (GitError, ValueError):
+        return None, None
+    return (None if short_base == short_head else f"{short_base}..{short_head}"), short_head
 
 
 def _resolve_commit(repo: Path, ref: str) -> str:

@@ -43,6 +43,8 @@ class TaskLoop:
     skip: set[str] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
     attempts_run: int = 0
+    # HEAD after the last closed task: the next task's base commit.
+    _base_commit: str | None = None
 
     @property
     def plan(self) -> RunPlan:
@@ -97,8 +99,9 @@ class TaskLoop:
             ctx.tasks.attempted.append(task.id)
             ctx.tasks.selected += 1
             ctx.budget.tasks_used += 1
-        run.machine.note("task_claimed", task_id=task.id, data={"attempt": task.attempts})
-        run.machine.start_task(task_id=task.id)
+        # The claim is journaled by the transition (its data: task id and attempt), and the
+        # status.json it writes lists the claim for recovery.
+        run.machine.start_task(task_id=task.id, attempt=task.attempts)
         return self._attempt(task)
 
     def _attempt(self, task: Task) -> Ending | None:
@@ -121,8 +124,10 @@ class TaskLoop:
             return None
         from cub.git import head_commit
 
-        base = head_commit(self._work_dir()) if self.plan.git_root else None
-        backlog = self.backend.load()
+        base = self._base_commit or (head_commit(self._work_dir()) if self.plan.git_root else None)
+        self._base_commit = None
+        # The backlog is re-read only when the prompt shows the task's epic.
+        backlog = self.backend.load() if task.parent else [task]
         result = run_attempt(
             run, task, task.attempts, self.harness, self.settings, self._work_dir(), backlog
         )
@@ -151,8 +156,8 @@ class TaskLoop:
         self._post_task(task, record)
         ctx.current_task = None
         if record.outcome == "succeeded":
-            self._close(task, base)
-            run.machine.task_succeeded()
+            commits = self._close(task, base)
+            run.machine.task_succeeded(task_id=task.id, commits=commits)
             if result.promise_complete and not self._anything_left():
                 return (
                     "finish",
@@ -257,7 +262,8 @@ class TaskLoop:
         """Keep a finished attempt's work; anything else goes back to the backlog."""
         record = result.record
         if record.outcome == "succeeded":
-            self._close(task, base)
+            commits = self._close(task, base)
+            self.run.machine.note("task_closed", task_id=task.id, data={"commits": commits})
         else:
             self._release(task, f"attempt {task.attempts} {record.outcome} while the run stopped")
             self.run.ctx.tasks.interrupted += 1
@@ -269,16 +275,19 @@ class TaskLoop:
                 "post-task", task=task, outcome=record.outcome, exit_code=record.exit_code
             )
 
-    def _close(self, task: Task, base: str | None) -> None:
-        from cub.loop.branches import commit_range
+    def _close(self, task: Task, base: str | None) -> str | None:
+        """Close the task with its commit range; returns the range."""
+        from cub.loop.branches import commit_span
 
         ctx = self.run.ctx
-        commits = commit_range(self._work_dir(), base) if base else None
+        commits, head = commit_span(self._work_dir(), base) if base else (None, None)
+        # HEAD now is where the next task starts: no second git call for it.
+        self._base_commit = head
         reason = f"done in cub run {ctx.run_id}" + (f"; commits {commits}" if commits else "")
         self.backend.close(task.id, ctx.run_id, reason=reason)
         ctx.claimed_tasks.remove(task.id)
         ctx.tasks.succeeded += 1
-        self.run.machine.note("task_closed", task_id=task.id, data={"commits": commits})
+        return commits
 
     def _release(self, task: Task, note: str, uncount: bool = False) -> None:
         ctx = self.run.ctx

@@ -386,14 +386,21 @@ def _check_after_sigkill(trial: Trial, records: list[RunRecord]) -> None:
             )
         return
     for record in records:
-        if record.recorded_by == "recovery" and (
-            record.state,
-            record.exit_code,
-            record.reason_code,
-        ) != ("force_killed", 137, "runner_died"):
+        if record.recorded_by != "recovery":
+            continue  # cub wrote it just before the kill
+        ending = (record.state, record.exit_code, record.reason_code)
+        if ending == ("force_killed", 137, "runner_died"):
+            continue
+        # Or the runner had entered its terminal state and died writing run.json: recovery
+        # records that ending, as status.json and the journal (checked above) have it.
+        status = msgspec.json.decode(
+            (trial.runs / record.run_id / "status.json").read_bytes(), type=StatusRecord
+        )
+        if status.state != record.state or record.reason_code == "runner_died":
             raise trial.fail(
                 f"recovered run {record.run_id}: {record.state}/{record.exit_code}/"
-                f"{record.reason_code}, expected force_killed/137/runner_died"
+                f"{record.reason_code}, status.json says {status.state}; expected "
+                "force_killed/137/runner_died or the ending the runner had entered"
             )
 
 

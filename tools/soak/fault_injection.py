@@ -58,6 +58,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep every trial's directory")
     parser.add_argument("--workdir", type=Path, help="where trials run (default: a temp dir)")
     parser.add_argument("--record", action="store_true", help="append to tools/bench/RESULTS.md")
+    parser.add_argument("--note", default="", help="a sentence to add to the recorded section")
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cub-soak-"))
@@ -131,7 +132,10 @@ def record(summaries: list[Summary], args: argparse.Namespace) -> None:
             f"{summary.seconds:.0f} s | {endings} |"
         )
     failed = sum(len(s.failures) for s in summaries)
-    lines += ["", "Result: " + ("every trial passed." if not failed else f"{failed} failed."), ""]
+    lines += ["", "Result: " + ("every trial passed." if not failed else f"{failed} failed.")]
+    if args.note:
+        lines += ["", args.note]
+    lines.append("")
     # One append of the whole section: other writers may be appending to the same file.
     with RESULTS.open("a", encoding="utf-8") as out:
         out.write("\n".join(lines))
