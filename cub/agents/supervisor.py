@@ -231,6 +231,8 @@ class _TreeTracker:
     def _marked(self, pid: int, st: _Stat, me: int, full: bool) -> bool:
         if self.marker is None or not (full or st.ppid == me):
             return False
+        if st.starttime < self.root_start:
+            return False  # older than the agent: cannot be one of its descendants
         return _environ_has(pid, self.marker)
 
 
