@@ -158,12 +158,16 @@ class TaskLoop:
         if record.outcome == "succeeded":
             commits = self._close(task, base)
             run.machine.task_succeeded(task_id=task.id, commits=commits)
-            if result.promise_complete and not self._anything_left():
-                return (
-                    "finish",
-                    "promise_complete",
-                    "the agent reported the backlog complete, and nothing is left",
-                )
+            if result.promise_complete:
+                left = self._anything_left()
+                # Recorded either way: the agent's claim, and whether the backlog agreed.
+                run.machine.note("promise_complete", task_id=task.id, data={"tasks_left": left})
+                if not left:
+                    return (
+                        "finish",
+                        "promise_complete",
+                        "the agent reported the backlog complete, and nothing is left",
+                    )
             return None
         return self._after_failure(task, record.outcome, record)
 

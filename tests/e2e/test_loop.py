@@ -768,3 +768,17 @@ def test_every_directory_under_a_run_is_private(project: Path, bin_dir: Path) ->
     assert {str(p.relative_to(root)): oct(_mode(p)) for p in directories} == {
         str(p.relative_to(root)): oct(0o700) for p in directories
     }
+
+
+def test_promise_complete_is_recorded_and_ends_the_run_when_the_backlog_agrees(
+    project: Path, bin_dir: Path
+) -> None:
+    set_tasks(project, task("a", priority=0), task("b", priority=1))
+    script = agent(bin_dir, "say('<promise>COMPLETE</promise>')\ndone(0)\n")
+    result = run_cub(["run", *command_harness(script)], project)
+    # After "a" the backlog still has "b": the claim is recorded and the loop goes on; after
+    # "b" nothing is left, and the run ends on the agent's word.
+    record = assert_ended(result, project, "completed", 0, "promise_complete", "finish")
+    assert record.tasks.attempted == ["a", "b"]
+    promises = [e for e in read_events(project) if e.kind == "promise_complete"]
+    assert [(e.task_id, e.data["tasks_left"]) for e in promises] == [("a", True), ("b", False)]
