@@ -22,6 +22,13 @@ def make_private_dir(path: Path) -> None:
             directory.mkdir(mode=DIR_MODE)
 
 
+def flush_to_disk(fd: int) -> None:
+    """fsync a file's contents. ``fdatasync`` is the data-integrity form of fsync: it flushes
+    the data and the metadata needed to read it back (the size), and skips timestamps, which
+    nothing here relies on: about half the cost of a full fsync on ext4."""
+    os.fdatasync(fd)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -37,7 +44,7 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
-            os.fsync(fh.fileno())
+            flush_to_disk(fh.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
@@ -55,7 +62,7 @@ def append_line(path: Path, line: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line)
-        os.fsync(fd)
+        flush_to_disk(fd)
     finally:
         os.close(fd)
 
