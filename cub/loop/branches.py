@@ -122,12 +122,17 @@ def commit_span(repo: Path, base: str | None) -> tuple[str | None, str | None]:
         return None, None
     try:
         # `git show -s` abbreviates each commit it is given; `rev-parse --short` takes only one.
-        short_base, short_head = git(
+        shown = git(
             repo, "show", "-s", "--format=%h", f"{base}^{{commit}}", "HEAD", "--"
         ).splitlines()
-    except (GitError, ValueError):
+    except GitError:
         return None, None
-    return (None if short_base == short_head else f"{short_base}..{short_head}"), short_head
+    if len(shown) == 1:  # git shows a commit once: HEAD has not moved
+        return None, shown[0]
+    if len(shown) != 2:
+        return None, None
+    short_base, short_head = shown
+    return f"{short_base}..{short_head}", short_head
 
 
 def _resolve_commit(repo: Path, ref: str) -> str:
