@@ -78,9 +78,15 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
         store = RunStore(run_dir, Redactor(DEFAULT_SECRET_PATTERNS))
         _kill_leftovers(run_dir, status)
         held = _release_claims(project_dir, status)
-        if RUN_CHART.is_terminal(status.state):
-            # The runner entered its terminal state and died writing run.json: write it.
-            _restore_ending(project_dir, store, status).on_enter_terminal()
+        ended = _journaled_ending(run_dir)
+        if ended is not None or RUN_CHART.is_terminal(status.state):
+            # The runner entered its terminal state (the journal or status.json says so) and
+            # died before run.json: record that ending, status.json first, run.json last.
+            if ended is not None:
+                status = msgspec.structs.replace(status, state=ended)
+            machine = _restore_ending(project_dir, store, status)
+            machine.write_status()
+            machine.on_enter_terminal()
             return f"recovered run {status.run_id}: its runner died recording {status.state}"
         _record_lost_attempts(store, status, held)
         machine = _restore(project_dir, store, status)
@@ -93,6 +99,14 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
         return f"recovered run {status.run_id}: its runner died in state {status.state}"
     finally:
         unlock_run(fd)
+
+
+def _journaled_ending(run_dir: Path) -> str | None:
+    """The terminal state the journal's last transition entered, if it entered one."""
+    last = next((e for e in reversed(_events(run_dir)) if e.kind == "transition"), None)
+    if last is None or last.state_to is None or not RUN_CHART.is_terminal(last.state_to):
+        return None
+    return last.state_to
 
 
 def _drop_abandoned_staging(staging: Path) -> None:

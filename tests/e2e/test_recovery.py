@@ -357,6 +357,41 @@ def test_a_runner_that_died_writing_its_final_record(tmp_path: Path) -> None:
     assert [e.trigger for e in events if e.kind == "transition"][-1] == "finish"
 
 
+def test_a_runner_that_died_right_after_journaling_its_ending(tmp_path: Path) -> None:
+    """The terminal transition is in events.jsonl, but the runner died before status.json and
+    run.json: the journal is believed, and there is still exactly one ending in it."""
+    from cub.records.redact import Redactor
+    from cub.records.store import RunStore
+
+    project = make_project(tmp_path / "proj", [task("t1")])
+    orphan = orphaned_run(project, "journaled", ("validate", "accept", "prepared"))
+    RunStore(orphan, Redactor()).append_event(
+        "transition",
+        state_from="selecting",
+        state_to="failed",
+        trigger="finish_failed",
+        data={"reason": "nothing left to run; 1 task(s) failed: t1", "reason_code": "tasks_failed"},
+    )
+    assert read_status(project, "journaled").state == "selecting"
+
+    result = run_cub(["runs", "list"], project)
+
+    assert result.returncode == 0, result.stderr
+    record = read_run(project, "journaled")
+    assert (record.state, record.exit_code, record.reason_code, record.recorded_by) == (
+        "failed",
+        1,
+        "tasks_failed",
+        "recovery",
+    )
+    assert record.history[-1].trigger == "finish_failed"
+    assert read_status(project, "journaled").state == "failed"
+    endings = [
+        e for e in read_events(project, "journaled") if e.state_to in ("failed", "force_killed")
+    ]
+    assert len(endings) == 1
+
+
 # ------------------------------------------------------------------- concurrent recoveries
 
 

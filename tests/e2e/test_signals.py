@@ -481,14 +481,16 @@ def test_signal_while_cub_recovers_old_runs(
     died. The signal is kept, the recovery finishes, and the new run records the signal."""
     orphans = orphaned_runs(project, 60)
     cub = cubs(project, "--harness", "command", "--harness-cmd", "true")
-    wait_until(lambda: (orphans[1] / "run.json").exists(), what="recovery under way")
+    done = [run / "run.json" for run in orphans]
+    wait_until(lambda: any(p.exists() for p in done), what="recovery under way")
     for sig in signals:
         cub.send(sig)
         time.sleep(0.05)  # two signals sent at once may arrive as one
+    assert not all(p.exists() for p in done), "recovery ended before the signals"
 
     assert cub.wait() == code, cub.stderr
     cub.assert_clean_exit()
-    assert all((run / "run.json").exists() for run in orphans)
+    assert all(p.exists() for p in done)
     record = read_run(project)
     assert (record.state, record.exit_code) == (state, code)
     assert record.run_id not in {run.name for run in orphans}

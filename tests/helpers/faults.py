@@ -37,10 +37,16 @@ from tests.helpers.git import GIT_IDENTITY
 
 KINDS = ("sigkill", "sigint", "sigterm", "double_sigint")
 
-# The moment of the (first) signal: after this many seconds, drawn uniformly from [0, MAX].
-# SIGKILL counts from the start of the process; the others from the moment the run's directory
-# appears (before that cub is still importing; see the README of tools/soak).
+# The moment of the (first) signal: drawn uniformly from [0, MAX_DELAY_S] seconds, where the
+# maximum grows with the backlog (about as long as the run takes, so that most signals land
+# while it works, some after it ended). SIGKILL counts from the start of the process; the other
+# signals from the moment the run's directory appears (before that cub is still importing and
+# parsing its command line; see tools/soak/fault_injection.py).
 MAX_DELAY_S = 1.5
+DELAY_PER_TASK_S = 0.07
+DELAY_BASE_S = 0.25
+# SIGKILL's window also covers cub's start-up (interpreter, imports, recovery, run directory).
+STARTUP_S = 0.25
 # The second SIGINT follows the first after up to this long.
 MAX_GAP_S = 0.5
 GRACE = "0.2s"
@@ -221,7 +227,11 @@ def run_trial(kind: str, seed: int, base: Path) -> Trial:
 def _deliver(trial: Trial, proc: subprocess.Popen[str]) -> float:
     """Send the trial's signal(s); returns when the last one was sent (monotonic)."""
     rng = trial.rng
-    delay = rng.uniform(0.0, MAX_DELAY_S)
+    tasks = len(json.loads((trial.root / "plan.json").read_text()))
+    window = DELAY_BASE_S + DELAY_PER_TASK_S * tasks
+    if trial.kind == "sigkill":
+        window += STARTUP_S
+    delay = rng.uniform(0.0, min(MAX_DELAY_S, window))
     gap = rng.uniform(0.0, MAX_GAP_S)
     if trial.kind == "sigkill":
         time.sleep(delay)

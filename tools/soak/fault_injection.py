@@ -59,6 +59,9 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, help="where trials run (default: a temp dir)")
     parser.add_argument("--record", action="store_true", help="append to tools/bench/RESULTS.md")
     parser.add_argument("--note", default="", help="a sentence to add to the recorded section")
+    parser.add_argument(
+        "--results", type=Path, default=RESULTS, help="the file --record appends to"
+    )
     args = parser.parse_args()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cub-soak-"))
@@ -91,7 +94,7 @@ def main() -> int:
         shutil.rmtree(workdir, ignore_errors=True)
     if args.record:
         record(summaries, args)
-        print(f"recorded in {RESULTS}")
+        print(f"recorded in {args.results}")
     return 1 if failures else 0
 
 
@@ -137,7 +140,7 @@ def record(summaries: list[Summary], args: argparse.Namespace) -> None:
         lines += ["", args.note]
     lines.append("")
     # One append of the whole section: other writers may be appending to the same file.
-    with RESULTS.open("a", encoding="utf-8") as out:
+    with args.results.open("a", encoding="utf-8") as out:
         out.write("\n".join(lines))
 
 
