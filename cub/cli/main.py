@@ -11,9 +11,19 @@ import importlib
 import sys
 from typing import Any, NoReturn
 
-import click
+from cub.run.signals import InterruptWatch
 
-from cub import __version__
+# A `cub run` is a run from its first instant: a Ctrl+C or SIGTERM that lands while the CLI is
+# still importing or parsing options is held here (the handler only notes it) and becomes the
+# run's recorded interruption, instead of a traceback or a death by signal with no record.
+EARLY_WATCH = InterruptWatch(armed=False)
+if sys.argv[1:2] == ["run"]:
+    EARLY_WATCH.install()
+
+# After the watch, which must not wait for these imports.
+import click  # noqa: E402
+
+from cub import __version__  # noqa: E402
 
 # Subcommands are imported only when used, so `cub --version` stays fast.
 _COMMANDS: dict[str, tuple[str, str, str]] = {

@@ -156,7 +156,11 @@ def run_command(json_: bool, **params: Any) -> int:
         stream=request.stream and not request.quiet,
         to_stderr=json_,
     )
-    result = execute_run(request, argv=sys.argv[1:], cwd=Path.cwd(), observer=observer)
+    from cub.cli.main import EARLY_WATCH
+
+    result = execute_run(
+        request, argv=sys.argv[1:], cwd=Path.cwd(), observer=observer, watch=EARLY_WATCH
+    )
     return report_run(result, json_output=json_, quiet=request.quiet)
 
 

@@ -145,18 +145,25 @@ def run_hooks(
     redact: Callable[[str], str] = lambda s: s,
     user_dir: Path | None = None,
     stop_on_failure: bool = False,
+    interrupted: Callable[[], bool] | None = None,
 ) -> HookRunResult:
     """Run every hook of ``point`` in order and report how each one went.
 
     All hooks run even after one fails, unless ``stop_on_failure``. A hook that cannot be
     started is a failed outcome, never an exception. ``user_dir`` overrides the user's hook
-    directory for this point (default: see ``user_hooks_dir``).
+    directory for this point (default: see ``user_hooks_dir``). ``interrupted``: when it turns
+    true (the run got its first Ctrl+C), the running hook is stopped like a timed-out one and
+    no further hook starts.
     """
     hooks, skipped = _discover(point, project_dir, user_dir)
     result = HookRunResult(point=point, skipped=[str(p) for p in skipped])
     full_env = {**os.environ, **env, ENV_HOOK: point}
     for hook in hooks:
-        outcome, output = _run_one(point, hook, full_env, timeout, cwd or project_dir, redact)
+        if interrupted is not None and interrupted():
+            break
+        outcome, output = _run_one(
+            point, hook, full_env, timeout, cwd or project_dir, redact, interrupted
+        )
         result.outcomes.append(outcome)
         if log_dir is not None:
             _append_log(log_dir, outcome, output)
@@ -189,6 +196,7 @@ def _run_one(
     timeout: float,
     cwd: Path,
     redact: Callable[[str], str],
+    interrupted: Callable[[], bool] | None = None,
 ) -> tuple[HookOutcome, str]:
     # Output goes to an anonymous temporary file rather than a pipe: a background process the
     # hook leaves behind can keep writing to it without ever making us wait.
@@ -215,7 +223,7 @@ def _run_one(
                 error=str(exc),
             )
             return outcome, message
-        exit_code, timed_out = _wait(proc, timeout)
+        exit_code, timed_out = _wait(proc, timeout, interrupted)
         duration = time.monotonic() - started
         output = redact(_read_tail(out, MAX_LOG_BYTES))
     outcome = HookOutcome(
@@ -229,14 +237,20 @@ def _run_one(
     return outcome, output
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, bool]:
-    """Wait for the hook; on timeout stop its whole process group. Returns (code, timed_out)."""
+def _wait(
+    proc: subprocess.Popen[bytes], timeout: float, interrupted: Callable[[], bool] | None = None
+) -> tuple[int, bool]:
+    """Wait for the hook; on timeout (or interruption) stop its whole process group.
+    Returns (code, stopped)."""
+    deadline = time.monotonic() + timeout
     try:
-        try:
-            return proc.wait(timeout=timeout), False
-        except subprocess.TimeoutExpired:
-            _stop_group(proc)
-            return proc.wait(), True
+        while True:
+            try:
+                return proc.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic()))), False
+            except subprocess.TimeoutExpired:
+                if time.monotonic() >= deadline or (interrupted is not None and interrupted()):
+                    _stop_group(proc)
+                    return proc.wait(), True
     except BaseException:
         # Interrupted or force-killed while the hook runs: leave nothing behind, then go on up.
         _signal_group(proc.pid, signal.SIGKILL)

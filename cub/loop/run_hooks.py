@@ -11,6 +11,10 @@ if TYPE_CHECKING:
     from cub.tasks.model import Task
 
 
+# The hooks an orderly stop runs: a first Ctrl+C does not cut them short (a second one does).
+_ALWAYS_RUN = frozenset({"post-task", "post-loop"})
+
+
 class RunHooks:
     def __init__(self, run: Run, *, enabled: bool, timeout: float, work_dir: Path) -> None:
         self.run = run
@@ -55,6 +59,8 @@ class RunHooks:
             log_dir=store.run_dir if store else None,
             redact=store.redact if store else (lambda s: s),
             stop_on_failure=stop_on_failure,
+            # Hooks before work stop at the first Ctrl+C; those of the orderly stop run on.
+            interrupted=None if point in _ALWAYS_RUN else (lambda: self.run.watch.requested),
         )
         if result.outcomes:
             self.run.machine.note(

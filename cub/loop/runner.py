@@ -112,6 +112,9 @@ class TaskLoop:
             if hooks
             else None
         )
+        if run.watch.requested:  # interrupted while the pre-task hooks ran: the agent never started
+            self._release(task, "interrupted before the agent started", uncount=True)
+            raise StopRequested(run.watch.first or 2)
         if pre is not None and pre.failed and self.settings.hooks_fail_fast:
             self._release(task, "a pre-task hook failed", uncount=True)
             failure = pre.first_failure

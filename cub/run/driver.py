@@ -154,12 +154,14 @@ def execute_run(
     env: Mapping[str, str] | None = None,
     stdin: Any = None,
     observer: RunObserver | None = None,
+    watch: InterruptWatch | None = None,
 ) -> RunResult:
     env = os.environ if env is None else env
     # Watch from the start, so a signal during recovery or while the run directory is being
     # created is not lost (SIGTERM's default would kill cub without a record). Unarmed until
-    # the machine exists: a second signal before that is raised by `arm()` below.
-    watch = InterruptWatch(armed=False)
+    # the machine exists: a second signal before that is raised by `arm()` below. The CLI
+    # passes the watch it installed before parsing the command line.
+    watch = watch or InterruptWatch(armed=False)
     watch.install()
     try:
         run, early_rejection = _open_run(

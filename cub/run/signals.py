@@ -44,8 +44,8 @@ class InterruptWatch:
     def install(self) -> None:
         # Python only lets the main thread install handlers; elsewhere (an embedding test
         # harness, a worker thread) the run simply isn't interruptible by signal.
-        if threading.current_thread() is not threading.main_thread():
-            return
+        if threading.current_thread() is not threading.main_thread() or self._previous:
+            return  # not allowed here, or installed already (the CLI's early watch)
         for sig in STOP_SIGNALS:
             self._previous[sig] = signal.signal(sig, self._handle)
 

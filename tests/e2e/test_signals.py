@@ -425,7 +425,7 @@ def test_signal_during_a_slow_pre_loop_hook(
     ready, agent_ran = bin_dir / "ready", bin_dir / "agent-ran"
     hooks = project / ".cub" / "hooks" / "pre-loop.d"
     hooks.mkdir(parents=True)
-    write_script(hooks / "10-slow", f"#!/bin/sh\ntouch {ready}\nexec sleep 2\n")
+    write_script(hooks / "10-slow", f"#!/bin/sh\ntouch {ready}\nexec sleep 30\n")
     agent = write_script(bin_dir / "agent", f"open({str(agent_ran)!r}, 'w').close()\n")
     cub = cubs(project, *command_harness(agent))
     wait_for_file(ready)
@@ -438,6 +438,8 @@ def test_signal_during_a_slow_pre_loop_hook(
     assert cub.proc.returncode == code, cub.stderr
     if state == "force_killed":
         assert latency < 1.0, latency  # the hook's group is killed, not waited for
+    else:
+        assert latency < 5.0, latency  # the first signal stops the hook, not its 30 s sleep
     cub.assert_clean_exit()
     record = read_run(project)
     assert (record.state, record.exit_code, record.reason_code) == (state, code, reason_code)
@@ -568,3 +570,28 @@ def test_signals_after_the_record_is_written_change_nothing(tmp_path: Path, bin_
         git(project, "switch", "-q", "main")
     runs = [p for p in (project / ".cub" / "runs").iterdir() if not p.is_symlink()]
     assert len(runs) == 6
+
+
+@pytest.mark.parametrize("delay", [0.03, 0.06, 0.09, 0.12])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_cli_starts_up_is_a_recorded_interruption(
+    project: Path, bin_dir: Path, delay: float, signum: int
+) -> None:
+    """From the moment `cub run`'s entry module runs, a signal is the run's interruption:
+    never a traceback, never an unrecorded death. (Before that, Python itself is starting and
+    the signal's default action applies; then no run directory exists either.)"""
+    agent = write_script(bin_dir / "agent", "print('should not run')\n")
+    proc = start_cub(["run", *command_harness(agent)], project)
+    time.sleep(delay)
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert "Traceback" not in err, err
+    runs = project / ".cub" / "runs"
+    if proc.returncode == -signum:  # killed before any cub code ran
+        assert not runs.exists() or not any(runs.iterdir())
+        return
+    assert proc.returncode == (130 if signum == signal.SIGINT else 143), (out, err)
+    record = read_run(project)
+    assert record.state == "interrupted"
+    assert record.exit_code == proc.returncode
+    assert read_tasks(project)["t1"]["status"] == "open"

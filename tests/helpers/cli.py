@@ -24,20 +24,44 @@ def cub_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_cub(args: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None,
-            input: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_cub(
+    args: Sequence[str],
+    cwd: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 60,
+) -> subprocess.CompletedProcess[str]:
     """Run `cub ARGS` to completion; stdin is /dev/null unless ``input`` is given."""
-    return subprocess.run([*CUB, *args], cwd=cwd, env=cub_env(env), input=input,
-                          stdin=None if input is not None else subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*CUB, *args],
+        cwd=cwd,
+        env=cub_env(env),
+        input=input,
+        stdin=None if input is not None else subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-def start_cub(args: Sequence[str], cwd: Path, *, env: Mapping[str, str] | None = None,
-              ) -> subprocess.Popen[str]:
+def start_cub(
+    args: Sequence[str],
+    cwd: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[str]:
     """Start `cub ARGS` in its own session (so tests can signal it like a terminal would)."""
-    return subprocess.Popen([*CUB, *args], cwd=cwd, env=cub_env(env), text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [*CUB, *args],
+        cwd=cwd,
+        env=cub_env(env),
+        text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def write_tasks(project: Path, tasks: Sequence[Mapping[str, Any]]) -> Path:
@@ -48,12 +72,22 @@ def write_tasks(project: Path, tasks: Sequence[Mapping[str, Any]]) -> Path:
 
 
 def task(task_id: str, title: str | None = None, **fields: Any) -> dict[str, Any]:
-    return {"id": task_id, "title": title or f"task {task_id}", "status": "open",
-            "priority": 2, "issue_type": "task", **fields}
+    return {
+        "id": task_id,
+        "title": title or f"task {task_id}",
+        "status": "open",
+        "priority": 2,
+        "issue_type": "task",
+        **fields,
+    }
 
 
-def make_project(path: Path, tasks: Sequence[Mapping[str, Any]] = (),
-                 config: Mapping[str, Any] | None = None, branch: str = "main") -> Path:
+def make_project(
+    path: Path,
+    tasks: Sequence[Mapping[str, Any]] = (),
+    config: Mapping[str, Any] | None = None,
+    branch: str = "main",
+) -> Path:
     """A git repository with .cub/tasks.jsonl (and .cub/config.json when given)."""
     make_repo(path, branch=branch)
     (path / ".cub").mkdir()
@@ -68,13 +102,13 @@ def run_dir(project: Path, run_id: str = "latest") -> Path:
 
 
 def read_run(project: Path, run_id: str = "latest") -> RunRecord:
-    return msgspec.json.decode((run_dir(project, run_id) / "run.json").read_bytes(),
-                               type=RunRecord)
+    return msgspec.json.decode((run_dir(project, run_id) / "run.json").read_bytes(), type=RunRecord)
 
 
 def read_status(project: Path, run_id: str = "latest") -> StatusRecord:
-    return msgspec.json.decode((run_dir(project, run_id) / "status.json").read_bytes(),
-                               type=StatusRecord)
+    return msgspec.json.decode(
+        (run_dir(project, run_id) / "status.json").read_bytes(), type=StatusRecord
+    )
 
 
 def read_events(project: Path, run_id: str = "latest") -> list[Event]:
@@ -94,6 +128,8 @@ def read_tasks(project: Path) -> dict[str, dict[str, Any]]:
 
 def all_runs(project: Path) -> list[RunRecord]:
     root = project / ".cub" / "runs"
-    return [msgspec.json.decode((d / "run.json").read_bytes(), type=RunRecord)
-            for d in sorted(root.iterdir()) if d.is_dir() and not d.is_symlink()
-            and (d / "run.json").exists()]
+    return [
+        msgspec.json.decode((d / "run.json").read_bytes(), type=RunRecord)
+        for d in sorted(root.iterdir())
+        if d.is_dir() and not d.is_symlink() and (d / "run.json").exists()
+    ]
