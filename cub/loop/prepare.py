@@ -78,7 +78,7 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
 
             prepare_issue_branch(run, plan, wanted)
         else:
-            _prepare_branch(run, plan, wanted)
+            switch_to_run_branch(run, plan, wanted)
     if plan.issue is not None:
         from cub.modes.gh_issue import start_issue_run
 
@@ -116,7 +116,11 @@ def _prepare_worktree(run: Run, plan: RunPlan, branch: str) -> None:
     run.machine.note("worktree", data={"path": str(path), "branch": branch})
 
 
-def _prepare_branch(run: Run, plan: RunPlan, wanted: str) -> None:
+def switch_to_run_branch(
+    run: Run, plan: RunPlan, wanted: str, protected: list[str] | None = None
+) -> None:
+    """Put the run on its branch (SPEC §7.6) and journal which one. ``protected``: the
+    branches to leave for ``wanted`` (default: config branch.protected)."""
     from cub.loop.branches import prepare_branch
 
     assert plan.git_root is not None
@@ -124,7 +128,7 @@ def _prepare_branch(run: Run, plan: RunPlan, wanted: str) -> None:
     setup = prepare_branch(
         plan.git_root,
         run_id=run.ctx.run_id,
-        protected=list(plan.config.branch.protected),
+        protected=list(plan.config.branch.protected) if protected is None else protected,
         use_current_branch=request.use_current_branch,
         from_branch=request.from_branch,
         wanted=wanted,

@@ -309,27 +309,14 @@ def check_issue_fetched(run: Run, issue_run: IssueRun) -> None:
 def prepare_issue_branch(run: Run, plan: RunPlan, wanted: str) -> None:
     """Switch to ``wanted`` (``fix/issue-N-<slug>``), creating it from HEAD (or
     ``--from-branch``) when it does not exist: from any branch, not only from main."""
-    from cub.loop.branches import prepare_branch
+    from cub.loop.prepare import switch_to_run_branch
 
     assert plan.git_root is not None
-    request = plan.request
     here = current_branch(plan.git_root)
-    # prepare_branch creates a branch of the run's own only when leaving a protected one;
-    # for an issue run every branch it might start on counts as one.
+    # A branch of the run's own is made only when leaving a protected branch; for an issue run
+    # every branch it might start on counts as one.
     protected = [*plan.config.branch.protected, *([here] if here else [])]
-    setup = prepare_branch(
-        plan.git_root,
-        run_id=run.ctx.run_id,
-        protected=protected,
-        use_current_branch=request.use_current_branch,
-        from_branch=request.from_branch,
-        wanted=wanted,
-    )
-    run.ctx.branch = setup.branch
-    run.machine.note(
-        "branch",
-        data={"branch": setup.branch, "created": setup.created, "base_commit": setup.base_commit},
-    )
+    switch_to_run_branch(run, plan, wanted, protected)
 
 
 def start_issue_run(run: Run, issue_run: IssueRun) -> None:
