@@ -658,7 +658,8 @@ class AgentProcess:
                     logger.error("agent pid=%d: could not be reaped", self.pid)
                     return
                 self._tree.root_reaped = True
-            self._refresh()  # also reaps adopted members
+            if _is_subreaper:
+                self._refresh()  # reaps members that were re-parented to us
 
     # ----------------------------------------------------------------- threads
 
@@ -878,4 +879,13 @@ def become_subreaper(enabled: bool = True) -> bool:
     except (OSError, AttributeError):
         return False
     zero = ctypes.c_ulong(0)
-    return prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(int(enabled)), zero, zero, zero) == 0
+    done = prctl(_PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(int(enabled)), zero, zero, zero) == 0
+    if done:
+        global _is_subreaper
+        _is_subreaper = enabled
+    return done
+
+
+# Whether `become_subreaper` made this process one: only then can agent processes be
+# re-parented to us and need reaping after the agent itself is gone.
+_is_subreaper = False
