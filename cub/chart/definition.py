@@ -38,9 +38,6 @@ class Chart(msgspec.Struct, frozen=True):
             seen.setdefault(edge.trigger)
         return tuple(seen)
 
-    def edges_from(self, state: str) -> tuple[Edge, ...]:
-        return tuple(e for e in self.edges if e.source == state)
-
 
 # Terminal states, by the JSON value written to run.json's `state`.
 COMPLETED = "completed"

@@ -78,13 +78,6 @@ def resolve_run(project_dir: Path, run_id: str) -> Path:
     return root / run_id
 
 
-def list_records(project_dir: Path) -> list[RunRecord | StatusRecord]:
-    """Every readable run, newest first."""
-    records = [r for d in run_dirs(project_dir) if (r := load_record(d)) is not None]
-    records.sort(key=lambda r: (r.started_at, r.run_id), reverse=True)
-    return records
-
-
 class RunSummary(msgspec.Struct, kw_only=True):
     """The fields a listing shows, decoded from run.json (or status.json for a live run)
     without the history and config, which a listing never needs."""

@@ -17,7 +17,6 @@ the run is repeated under cProfile and the top costs are printed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pstats
 import shutil
@@ -28,39 +27,16 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "bench",
-    "GIT_AUTHOR_EMAIL": "bench@cub.invalid",
-    "GIT_COMMITTER_NAME": "bench",
-    "GIT_COMMITTER_EMAIL": "bench@cub.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
+sys.path.insert(0, str(REPO / "tools" / "bench"))
+
+from benchkit import environment, make_project  # noqa: E402
 
 
-def environment(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CUB_")}
-    env.update(GIT_ENV)
-    env.update({"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")})
-    env["GIT_CONFIG_GLOBAL"] = str(home / ".gitconfig")
-    return env
-
-
-def make_project(path: Path, tasks: int, env: dict[str, str]) -> None:
-    path.mkdir(parents=True)
-
-    def git(*args: str) -> None:
-        subprocess.run(["git", *args], cwd=path, env=env, check=True, capture_output=True)
-
-    git("init", "-q", "-b", "main")
-    (path / "README.md").write_text("bench project\n")
-    git("add", "README.md")
-    git("commit", "-q", "-m", "initial commit")
-    (path / ".cub").mkdir()
-    lines = [
-        json.dumps({"id": f"t-{i}", "title": f"Task {i}", "status": "open", "priority": 2})
-        for i in range(tasks)
+def backlog(count: int) -> list[dict[str, object]]:
+    return [
+        {"id": f"t-{i}", "title": f"Task {i}", "status": "open", "priority": 2}
+        for i in range(count)
     ]
-    (path / ".cub" / "tasks.jsonl").write_text("".join(line + "\n" for line in lines))
 
 
 def cub_run(project: Path, env: dict[str, str], prefix: list[str] | None = None) -> float:
@@ -95,10 +71,10 @@ def measure(tasks: int, repeat: int, work: Path, env: dict[str, str]) -> dict[st
     walls, empties = [], []
     for i in range(repeat):
         project = work / f"proj-{i}"
-        make_project(project, tasks, env)
+        make_project(project, backlog(tasks), env)
         walls.append(cub_run(project, env))
         empty = work / f"empty-{i}"
-        make_project(empty, 0, env)
+        make_project(empty, [], env)
         empties.append(cub_run(empty, env))
     wall, empty = min(walls), min(empties)
     agents = min(agents_time(tasks) for _ in range(repeat))
@@ -113,7 +89,7 @@ def measure(tasks: int, repeat: int, work: Path, env: dict[str, str]) -> dict[st
 
 def profile(tasks: int, work: Path, env: dict[str, str], out: Path) -> None:
     project = work / "profiled"
-    make_project(project, tasks, env)
+    make_project(project, backlog(tasks), env)
     cub_run(project, env, prefix=[sys.executable, "-m", "cProfile", "-o", str(out)])
     stats = pstats.Stats(str(out))
     print(f"\nprofile of one run ({out}): top 25 by own time")

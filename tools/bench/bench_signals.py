@@ -32,15 +32,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools" / "bench"))
+
+from benchkit import environment, make_project  # noqa: E402
+
 RESULTS = REPO / "tools" / "bench" / "RESULTS.md"
 CUB = [sys.executable, "-m", "cub"]
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "bench",
-    "GIT_AUTHOR_EMAIL": "bench@cub.invalid",
-    "GIT_COMMITTER_NAME": "bench",
-    "GIT_COMMITTER_EMAIL": "bench@cub.invalid",
-    "GIT_CONFIG_NOSYSTEM": "1",
-}
+
+BACKLOG = [{"id": f"t-{i}", "title": f"Task {i}", "status": "open"} for i in range(3)]
 
 PROMPT_AGENT = """#!{python}
 import os, signal, sys, time
@@ -69,29 +68,6 @@ while True:
     print("working", flush=True)
     time.sleep(0.01)
 """
-
-
-def environment(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CUB_")}
-    env.update(GIT_ENV)
-    env.update({"HOME": str(home), "XDG_CONFIG_HOME": str(home / ".config")})
-    env["GIT_CONFIG_GLOBAL"] = str(home / ".gitconfig")
-    return env
-
-
-def make_project(path: Path, env: dict[str, str]) -> None:
-    path.mkdir(parents=True)
-
-    def git(*args: str) -> None:
-        subprocess.run(["git", *args], cwd=path, env=env, check=True, capture_output=True)
-
-    git("init", "-q", "-b", "main")
-    (path / "README.md").write_text("bench project\n")
-    git("add", "README.md")
-    git("commit", "-q", "-m", "initial commit")
-    (path / ".cub").mkdir()
-    tasks = [{"id": f"t-{i}", "title": f"Task {i}", "status": "open"} for i in range(3)]
-    (path / ".cub" / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
 
 
 def wait_for(predicate: object, timeout: float = 20.0) -> None:
@@ -125,7 +101,7 @@ def run_state(project: Path, name: str) -> str | None:
 def first_sigint(work: Path, env: dict[str, str], stop_time: float) -> tuple[float, float]:
     """(SIGINT → exit, agent's exit → cub's exit) for one run."""
     project, ready, exited = work / "project", work / "ready", work / "exited"
-    make_project(project, env)
+    make_project(project, BACKLOG, env)
     agent = work / "agent"
     agent.write_text(
         PROMPT_AGENT.format(
@@ -147,7 +123,7 @@ def first_sigint(work: Path, env: dict[str, str], stop_time: float) -> tuple[flo
 def second_sigint(work: Path, env: dict[str, str]) -> float:
     """Second SIGINT → exit for one run."""
     project, ready = work / "project", work / "ready"
-    make_project(project, env)
+    make_project(project, BACKLOG, env)
     agent = work / "agent"
     agent.write_text(STUBBORN_AGENT.format(python=sys.executable, ready=str(ready)))
     agent.chmod(0o755)
