@@ -25,27 +25,12 @@ from cub.config.schema import BudgetConfig, Config, HarnessConfig, ModelPrice
 from cub.errors import SetupFailed
 from cub.loop.prompts import combined
 from cub.records.schemas import Usage
+from tests.helpers.agent_formats import CLAUDE_NOT_LOGGED_IN, CODEX_SAMPLE, json_line
 
 # ------------------------------------------------------------------ real captured samples
+# CLAUDE_NOT_LOGGED_IN and CODEX_SAMPLE: tests/helpers/agent_formats.py
 
-CLAUDE_NOT_LOGGED_IN = [
-    '{"type":"system","subtype":"init","cwd":"/tmp/x","session_id":"…","tools":[…],"model":"…","permissionMode":"bypassPermissions","apiKeySource":"none","claude_code_version":"2.1.197"}',
-    '{"type":"assistant","message":{"id":"…","model":"<synthetic>","role":"assistant","type":"message","usage":{"input_tokens":0,"output_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":0},"content":[{"type":"text","text":"Not logged in · Please run /login"}]},"parent_tool_use_id":null,"session_id":"…","error":"authentication_failed"}',  # noqa: E501
-    '{"type":"result","subtype":"success","is_error":true,"duration_ms":111,"num_turns":1,"result":"Not logged in · Please run /login","session_id":"…","total_cost_usd":0,"usage":{"input_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":0},"modelUsage":{},"permission_denials":[],"terminal_reason":"completed"}',  # noqa: E501
-]
-
-CODEX_SAMPLE = [
-    '{"type":"thread.started","thread_id":"01a2…"}',
-    '{"type":"turn.started"}',
-    '{"type":"item.started","item":{"type":"command_execution","command":"npm test"}}',
-    '{"type":"item.completed","item":{"id":"item_0","type":"agent_message","text":"…"}}',
-    '{"type":"turn.completed","usage":{"input_tokens":500,"cached_input_tokens":100,"output_tokens":200}}',
-    '{"type":"error","message":"Reconnecting... 2/5 (stream disconnected before completion: …)"}',
-]
-
-
-def _line(obj: object) -> str:
-    return json.dumps(obj, ensure_ascii=False)
+_line = json_line
 
 
 def _assistant(msg_id: str, usage: dict[str, int], *blocks: dict[str, object]) -> str:

@@ -25,6 +25,8 @@ import pytest
 from cub.agents.adapters import estimate_tokens
 from cub.records.schemas import Usage
 from tests.e2e.support import assert_rejected
+from tests.helpers.agent_formats import CLAUDE_NOT_LOGGED_IN as CAPTURED_NOT_LOGGED_IN
+from tests.helpers.agent_formats import CODEX_SAMPLE, json_line
 from tests.helpers.agents import TEST_TOKEN_VAR, is_alive, processes_with_token, write_script
 from tests.helpers.cli import (
     make_project,
@@ -188,8 +190,7 @@ def expect(result: subprocess.CompletedProcess[str], code: int) -> None:
     assert "Traceback" not in result.stderr, result.stderr
 
 
-def _j(obj: object) -> str:
-    return json.dumps(obj, ensure_ascii=False)
+_j = json_line
 
 
 # ------------------------------------------------------------------------- the streams
@@ -197,8 +198,7 @@ def _j(obj: object) -> str:
 # The captured lines (notes/harness-formats.md), with the trimmed "tools" list made valid.
 CLAUDE_NOT_LOGGED_IN = [
     '{"type":"system","subtype":"init","cwd":"/tmp/x","session_id":"…","tools":[],"model":"…","permissionMode":"bypassPermissions","apiKeySource":"none","claude_code_version":"2.1.197"}',
-    '{"type":"assistant","message":{"id":"…","model":"<synthetic>","role":"assistant","type":"message","usage":{"input_tokens":0,"output_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":0},"content":[{"type":"text","text":"Not logged in · Please run /login"}]},"parent_tool_use_id":null,"session_id":"…","error":"authentication_failed"}',  # noqa: E501
-    '{"type":"result","subtype":"success","is_error":true,"duration_ms":111,"num_turns":1,"result":"Not logged in · Please run /login","session_id":"…","total_cost_usd":0,"usage":{"input_tokens":0,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":0},"modelUsage":{},"permission_denials":[],"terminal_reason":"completed"}',  # noqa: E501
+    *CAPTURED_NOT_LOGGED_IN[1:],
 ]
 
 
@@ -297,14 +297,8 @@ CLAUDE_USAGE = Usage(
     estimated=False,
 )
 
-CODEX_STREAM = [
-    '{"type":"thread.started","thread_id":"01a2…"}',
-    '{"type":"turn.started"}',
-    '{"type":"item.started","item":{"type":"command_execution","command":"npm test"}}',
-    '{"type":"item.completed","item":{"id":"item_0","type":"agent_message","text":"…"}}',
-    '{"type":"error","message":"Reconnecting... 2/5 (stream disconnected before completion: …)"}',
-    '{"type":"turn.completed","usage":{"input_tokens":500,"cached_input_tokens":100,"output_tokens":200}}',
-]
+# The captured events, with the reconnect error before the turn's usage.
+CODEX_STREAM = [*CODEX_SAMPLE[:4], CODEX_SAMPLE[5], CODEX_SAMPLE[4]]
 
 GEMINI_STREAM = [
     _j({"type": "init", "timestamp": "t", "session_id": "g1", "model": "gemini-2.5-pro"}),
