@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -51,6 +53,12 @@ def head_commit(repo: Path) -> str | None:
     return out or None
 
 
+def head_ids(repo: Path) -> tuple[str, str] | None:
+    """HEAD's commit id in full and as git abbreviates it; None without commits."""
+    out = git(repo, "show", "-s", "--format=%H %h", "HEAD", "--", check=False).split()
+    return (out[0], out[1]) if len(out) == 2 else None
+
+
 def branch_exists(repo: Path, branch: str) -> bool:
     return bool(git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", check=False))
 
@@ -63,3 +71,63 @@ def failure_line(output: str) -> str:
             if line.startswith(marker):
                 return line.removeprefix(marker).rstrip(":")
     return lines[0] if lines else "git failed"
+
+
+def git_dirs(repo: Path) -> tuple[Path, Path] | None:
+    """(git dir, common dir) of the repository at ``repo``; they differ in a linked worktree.
+
+    None where the ref files cannot tell HEAD apart (the reftable ref storage): callers then
+    ask git every time.
+    """
+    out = git(
+        repo, "rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir", check=False
+    ).splitlines()
+    if len(out) != 2:
+        return None
+    git_dir, common_dir = Path(out[0]), Path(out[1])
+    if (common_dir / "reftable").exists():
+        return None
+    return git_dir, common_dir
+
+
+_HEX = re.compile(r"[0-9a-f]+")
+
+# What HEAD resolves through: HEAD's text, the loose ref's text, and packed-refs' identity.
+HeadStamp = tuple[bytes, bytes | None, tuple[int, int, int, int] | None]
+
+
+def head_stamp(git_dir: Path, common_dir: Path) -> HeadStamp | None:
+    """A fingerprint of the files HEAD resolves through, read without starting git.
+
+    git changes HEAD, a loose ref or packed-refs only by renaming a new file over the old
+    one, so while the fingerprint stays the same HEAD names the same commit. A different
+    fingerprint only means "ask git"; None means it cannot be had here (ask git too).
+    """
+    try:
+        head = (git_dir / "HEAD").read_bytes()
+        if not head.startswith(b"ref: "):
+            return head, None, None  # detached: HEAD holds the commit itself
+        ref = head[5:].strip().decode()
+        try:
+            loose = (common_dir / ref).read_bytes()
+        except FileNotFoundError:
+            loose = None
+        if loose is not None and loose.startswith(b"ref: "):
+            return None  # a symbolic ref behind HEAD: rare, leave it to git
+        packed = None
+        if loose is None:
+            st = os.stat(common_dir / "packed-refs")
+            packed = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return head, loose, packed
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def stamped_commit(stamp: HeadStamp) -> str | None:
+    """The commit id a fingerprint names directly (detached HEAD, or a loose ref), if any."""
+    head, loose, _ = stamp
+    text = loose if head.startswith(b"ref: ") else head
+    if text is None:
+        return None
+    commit = text.strip().decode("ascii", "replace")
+    return commit if len(commit) in (40, 64) and _HEX.fullmatch(commit) else None

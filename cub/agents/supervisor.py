@@ -130,11 +130,18 @@ class _Stat(NamedTuple):
 
 
 def _read_stat(pid: int) -> _Stat | None:
+    # Plain os calls: a sweep reads one of these per process, and a buffered file object
+    # doubles its cost. The line is a few hundred bytes; one read gets it whole.
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
+        fd = os.open(f"/proc/{pid}/stat", os.O_RDONLY)
     except OSError:
         return None
+    try:
+        data = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     # The command name may contain spaces and parentheses: fields start after the last ')'.
     fields = data[data.rfind(b")") + 2 :].split()
     try:
@@ -460,7 +467,10 @@ class AgentProcess:
 
     def read_lines(self, timeout: float) -> list[str]:
         """Complete lines that have arrived; waits up to ``timeout`` for one (or for the end)."""
-        self._refresh_if_stale()
+        if time.monotonic() - self.started_at >= _SAMPLE_INTERVAL / 2:
+            # Not at once: an agent done within the first moments (a short command) then
+            # costs one /proc sweep, the full one at close.
+            self._refresh_if_stale()
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
             while not self._lines:

@@ -47,7 +47,7 @@ class _Watch:
     parser: OutputParser
     base_tokens: int
     base_cost: float
-    status_written_at: float = 0.0
+    status_written_at: float = float("-inf")  # never: the first look writes it
     # The agent reported a (successful or failed) result, then was stopped for lingering.
     stopped_after_result: bool = False
 
@@ -134,7 +134,8 @@ def run_attempt(
             task_id=task.id,
             data={"pid": agent.pid, "argv": list(invocation.argv), "attempt": attempt},
         )
-        run.machine.write_status()
+        # status.json gets the agent's pid from the watch below, as soon as it sees the agent
+        # running: an agent already gone by then is not worth a rewrite (the journal has it).
         watch = _Watch(
             agent=agent,
             parser=harness.parser(),
@@ -189,6 +190,9 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
     agent, state = watch.agent, watch.parser.state
     finish_deadline: float | None = None
     while not agent.finished():
+        if time.monotonic() - watch.status_written_at > _STATUS_EVERY_S:
+            watch.status_written_at = time.monotonic()
+            run.machine.write_status()
         _take_output(run, watch, settings, agent.read_lines(_POLL_S))
         now = time.monotonic()
         if state.result_seen and agent.returncode is None:
@@ -216,9 +220,6 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
             run.observer.progress(
                 current.id, current.attempt, now - agent.started_at, use.tokens_used, use.cost_usd
             )
-        if now - watch.status_written_at > _STATUS_EVERY_S:
-            watch.status_written_at = now
-            run.machine.write_status()
     # The agent is gone; what it printed last still counts (its usage, a <stuck> signal).
     _take_output(run, watch, settings, agent.read_lines(0))
     return None, None

@@ -15,7 +15,18 @@ from pathlib import Path
 import msgspec
 
 from cub.errors import SetupFailed
-from cub.git import GitError, branch_exists, current_branch, git, head_commit
+from cub.git import (
+    GitError,
+    HeadStamp,
+    branch_exists,
+    current_branch,
+    git,
+    git_dirs,
+    head_commit,
+    head_ids,
+    head_stamp,
+    stamped_commit,
+)
 
 SLUG_MAX_CHARS = 40
 _UNSAFE_REF_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
@@ -113,26 +124,65 @@ def commit_range(repo: Path, base: str | None) -> str | None:
     Also None without a base (the run started in a repository without commits) or when the
     base commit is no longer known: the range is a note on the task, not worth failing over.
     """
-    return commit_span(repo, base)[0]
-
-
-def commit_span(repo: Path, base: str | None) -> tuple[str | None, str | None]:
-    """(the range as in `commit_range`, HEAD abbreviated), in one git call."""
     if base is None:
-        return None, None
+        return None
     try:
         # `git show -s` abbreviates each commit it is given; `rev-parse --short` takes only one.
         shown = git(
             repo, "show", "-s", "--format=%h", f"{base}^{{commit}}", "HEAD", "--"
         ).splitlines()
     except GitError:
-        return None, None
-    if len(shown) == 1:  # git shows a commit once: HEAD has not moved
-        return None, shown[0]
-    if len(shown) != 2:
-        return None, None
-    short_base, short_head = shown
-    return f"{short_base}..{short_head}", short_head
+        return None
+    return f"{shown[0]}..{shown[1]}" if len(shown) == 2 else None  # one line: HEAD has not moved
+
+
+class HeadTracker:
+    """HEAD when the current task started, and the commits the task added.
+
+    Asking git costs a process per task. Whether HEAD moved, and most of the time where to,
+    can be read from the ref files themselves (`git.head_stamp`); git is asked only when they
+    cannot tell.
+    """
+
+    def __init__(self, repo: Path) -> None:
+        self.repo = repo
+        self._dirs = git_dirs(repo)
+        self.base: str | None = None  # a full commit id
+        self._stamp: HeadStamp | None = None
+        self._abbrev = 7  # git's abbreviation length for this repository, once it is known
+
+    def start(self) -> str | None:
+        """HEAD now: the base commit of the task about to run (None without commits)."""
+        stamp = self._read_stamp()  # before HEAD is read: a move in between means "changed"
+        if self.base is None or stamp is None or stamp != self._stamp:
+            self.base = self._ask_git()
+        self._stamp = stamp
+        return self.base
+
+    def commits(self) -> str | None:
+        """The task's commits as ``abc1234..def5678``, None if HEAD has not moved since
+        `start`; the HEAD found here is the next task's base."""
+        if self.base is None:
+            return None
+        stamp = self._read_stamp()
+        if stamp is not None and stamp == self._stamp:
+            return None
+        head = stamped_commit(stamp) if stamp is not None else None
+        base, self.base, self._stamp = self.base, head or self._ask_git(), stamp
+        if self.base is None or self.base == base:
+            return None
+        return f"{base[: self._abbrev]}..{self.base[: self._abbrev]}"
+
+    def _ask_git(self) -> str | None:
+        ids = head_ids(self.repo)
+        if ids is None:
+            return None
+        full, short = ids
+        self._abbrev = len(short)
+        return full
+
+    def _read_stamp(self) -> HeadStamp | None:
+        return head_stamp(*self._dirs) if self._dirs is not None else None
 
 
 def _resolve_commit(repo: Path, ref: str) -> str:

@@ -157,6 +157,8 @@ def run_hooks(
     """
     hooks, skipped = _discover(point, project_dir, user_dir)
     result = HookRunResult(point=point, skipped=[str(p) for p in skipped])
+    if not hooks:
+        return result
     full_env = {**os.environ, **env, ENV_HOOK: point}
     for hook in hooks:
         if interrupted is not None and interrupted():

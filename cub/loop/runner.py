@@ -18,6 +18,7 @@ from cub.tasks import changes
 
 if TYPE_CHECKING:
     from cub.agents.harness import Harness
+    from cub.loop.branches import HeadTracker
     from cub.loop.settings import LoopSettings
     from cub.records.schemas import TaskAttempt
     from cub.run.driver import Run
@@ -43,8 +44,8 @@ class TaskLoop:
     skip: set[str] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
     attempts_run: int = 0
-    # HEAD after the last closed task: the next task's base commit.
-    _base_commit: str | None = None
+    # HEAD at each task's start, to record the commits it added (None outside git).
+    _head: HeadTracker | None = None
 
     @property
     def plan(self) -> RunPlan:
@@ -125,10 +126,12 @@ class TaskLoop:
                 f"pre-task hook {failure.name} failed for {task.id} and hooks.fail_fast is set",
             )
             return None
-        from cub.git import head_commit
+        if self._head is None and self.plan.git_root:
+            from cub.loop.branches import HeadTracker
 
-        base = self._base_commit or (head_commit(self._work_dir()) if self.plan.git_root else None)
-        self._base_commit = None
+            self._head = HeadTracker(self._work_dir())
+        if self._head is not None:
+            self._head.start()
         # The backlog is re-read only when the prompt shows the task's epic.
         backlog = self.backend.load() if task.parent else [task]
         result = run_attempt(
@@ -141,12 +144,12 @@ class TaskLoop:
             raise StopRequested(run.watch.first or 2)
         if run.machine.state == "stopping":
             # `loop.on_interrupt: finish`: the attempt ended by itself after the interrupt.
-            self._settle_while_stopping(task, result, base)
+            self._settle_while_stopping(task, result)
             raise StopRequested(run.watch.first or 2)
         run.machine.attempt_ended(outcome=result.record.outcome)
-        return self._settle(task, result, base)
+        return self._settle(task, result)
 
-    def _settle(self, task: Task, result: AttemptResult, base: str | None) -> Ending | None:
+    def _settle(self, task: Task, result: AttemptResult) -> Ending | None:
         run, ctx, record = self.run, self.run.ctx, result.record
         if record.outcome == "succeeded" and self.settings.verify:
             record = self._verify(task, record)
@@ -159,7 +162,7 @@ class TaskLoop:
         self._post_task(task, record)
         ctx.current_task = None
         if record.outcome == "succeeded":
-            commits = self._close(task, base)
+            commits = self._close(task)
             run.machine.task_succeeded(task_id=task.id, commits=commits)
             if result.promise_complete:
                 left = self._anything_left()
@@ -265,11 +268,11 @@ class TaskLoop:
         self.run.ctx.tasks.interrupted += 1
         self._post_task(task, result.record)
 
-    def _settle_while_stopping(self, task: Task, result: AttemptResult, base: str | None) -> None:
+    def _settle_while_stopping(self, task: Task, result: AttemptResult) -> None:
         """Keep a finished attempt's work; anything else goes back to the backlog."""
         record = result.record
         if record.outcome == "succeeded":
-            commits = self._close(task, base)
+            commits = self._close(task)
             self.run.machine.note("task_closed", task_id=task.id, data={"commits": commits})
         else:
             self._release(task, f"attempt {task.attempts} {record.outcome} while the run stopped")
@@ -282,14 +285,10 @@ class TaskLoop:
                 "post-task", task=task, outcome=record.outcome, exit_code=record.exit_code
             )
 
-    def _close(self, task: Task, base: str | None) -> str | None:
+    def _close(self, task: Task) -> str | None:
         """Close the task with its commit range; returns the range."""
-        from cub.loop.branches import commit_span
-
         ctx = self.run.ctx
-        commits, head = commit_span(self._work_dir(), base) if base else (None, None)
-        # HEAD now is where the next task starts: no second git call for it.
-        self._base_commit = head
+        commits = self._head.commits() if self._head is not None else None
         reason = f"done in cub run {ctx.run_id}" + (f"; commits {commits}" if commits else "")
         self.backend.close(task.id, ctx.run_id, reason=reason)
         ctx.claimed_tasks.remove(task.id)

@@ -8,18 +8,25 @@ import tempfile
 from pathlib import Path
 
 DIR_MODE = 0o700
+_MKSTEMP_MODE = 0o600  # what tempfile.mkstemp creates files with
 
 
 def make_private_dir(path: Path) -> None:
     """Create ``path`` and any missing parents readable only by the owner: records may hold
-    secrets. (``mkdir(parents=True)`` would give the parents the default mode.)"""
+    secrets. (``mkdir(parents=True)`` would give the parents the default mode.)
+
+    Each directory created is made durable in its parent, or a file later made durable inside
+    it could still be lost with the directory's own entry after a power cut."""
     missing = []
     while not path.exists():
         missing.append(path)
         path = path.parent
     for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
+        try:
             directory.mkdir(mode=DIR_MODE)
+        except FileExistsError:
+            continue
+        fsync_dir(directory.parent)
 
 
 def flush_to_disk(fd: int) -> None:
@@ -37,22 +44,32 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to a unique temp file beside ``path``, fsync it, replace, fsync the dir."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o600, *, sync_dir: bool = True) -> None:
+    """Write ``data`` to a unique temp file beside ``path``, fsync it, replace, fsync the dir.
+
+    ``sync_dir=False`` leaves the directory's fsync to the caller's next durable write in the
+    same directory: until then a power cut may lose the new name (the file is then its old
+    self, or absent), never its content.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            flush_to_disk(fh.fileno())
-        os.chmod(tmp, mode)
+        try:
+            if mode != _MKSTEMP_MODE:  # before the flush, so the mode is durable with the data
+                os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            flush_to_disk(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         # Interrupted or failed before the replace: the old file is untouched; drop the temp.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def append_line(path: Path, line: bytes) -> None:

@@ -174,7 +174,9 @@ class RunStore:
 
     def write_prompt(self, task_id: str, text: str) -> Path:
         path = self.task_dir(task_id) / "prompt.md"
-        write_atomic(path, self.redact(text).encode())
+        # Its name is made durable with the attempt's task.json, which every attempt that
+        # starts gets, in the same directory.
+        write_atomic(path, self.redact(text).encode(), sync_dir=False)
         return path
 
     def harness_log_path(self, task_id: str) -> Path:

@@ -57,6 +57,10 @@ class FileTaskBackend:
         self.project_dir = project_dir
         self.label = _relative_label(path, project_dir)
         self._lock = filelock.FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
+        # The last document read or written, with the identity of the file it came from: a
+        # loop claims and closes task after task, and re-parsing a large backlog for each
+        # change would cost more than the change.
+        self._cached: tuple[_FileIdentity, TaskDocument] | None = None
 
     def describe(self) -> str:
         return f"{self.kind} {self.label}"
@@ -67,7 +71,7 @@ class FileTaskBackend:
     # --- reading ---------------------------------------------------------------------------
 
     def load(self) -> list[Task]:
-        return self._read().tasks
+        return list(self._read().tasks)  # a copy: the document itself may be cached and change
 
     def get(self, task_id: str) -> Task:
         document = self._read()
@@ -178,13 +182,20 @@ class FileTaskBackend:
         return document.update(index, change)
 
     def _read(self) -> TaskDocument:
+        identity: _FileIdentity | None = None
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as f:
+                identity = _identity(os.fstat(f.fileno()))
+                if self._cached is not None and self._cached[0] == identity:
+                    return self._cached[1]
+                data = f.read()
         except FileNotFoundError:
             data = b""  # removed since detection: an empty backlog, re-created on add
         except OSError as exc:
             raise BackendError(f"{self.label}: cannot read: {exc.strerror or exc}") from None
-        return self.parse(data)
+        document = self.parse(data)
+        self._cached = (identity, document) if identity is not None else None
+        return document
 
     @contextmanager
     def _transaction(self) -> Iterator[TaskDocument]:
@@ -198,10 +209,13 @@ class FileTaskBackend:
         try:
             document = self._read()
             before = document.to_bytes()
+            self._cached = None  # changed in place from here on: cached again once written
             yield document
             after = document.to_bytes()
             if after != before:
                 write_atomic(self.path, after, mode=_file_mode(self.path))
+            # Under the lock nobody else has replaced the file since: this is its content.
+            self._cached = (_identity(os.stat(self.path)), document) if after else None
         finally:
             self._lock.release()
 
@@ -222,6 +236,16 @@ def next_task_id(existing: Sequence[str]) -> str:
     while f"{prefix}-{candidate}" in taken:
         candidate += 1
     return f"{prefix}-{candidate}"
+
+
+# (inode, size, mtime, ctime): every write of a task file, by cub or anyone else, gives at
+# least one of them a new value (cub and editors replace the file; an in-place edit moves the
+# times).
+_FileIdentity = tuple[int, int, int, int]
+
+
+def _identity(st: os.stat_result) -> _FileIdentity:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _file_mode(path: Path) -> int:

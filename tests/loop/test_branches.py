@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -8,7 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cub.errors import SetupFailed
-from cub.loop.branches import BranchSetup, branch_name_for, commit_range, prepare_branch
+from cub.loop.branches import (
+    BranchSetup,
+    HeadTracker,
+    branch_name_for,
+    commit_range,
+    prepare_branch,
+)
 from tests.helpers.git import git, make_repo
 
 PROTECTED = ("main", "master")
@@ -348,3 +356,118 @@ def test_commit_range_with_an_unknown_base_is_none(tmp_path: Path) -> None:
     repo = make_repo(tmp_path / "repo")
 
     assert commit_range(repo, "0" * 40) is None
+
+
+# --- the commits each task adds (HeadTracker) ----------------------------------------------
+
+
+@pytest.fixture
+def git_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A `git` first on PATH that notes each call in a file, then runs the real git."""
+    real = shutil.which("git")
+    assert real is not None
+    shim_dir = tmp_path / "shim"
+    shim_dir.mkdir()
+    log = tmp_path / "git-calls.log"
+    shim = shim_dir / "git"
+    shim.write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {real} "$@"\n')
+    shim.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shim_dir}{os.pathsep}{os.environ['PATH']}")
+    log.touch()
+    return log
+
+
+def calls(log: Path) -> list[str]:
+    return log.read_text().splitlines()
+
+
+def tracking(repo: Path) -> tuple[HeadTracker, str]:
+    """A tracker with its first task started, and that task's base commit."""
+    tracker = HeadTracker(repo)
+    base = tracker.start()
+    assert base is not None
+    return tracker, base
+
+
+def short(repo: Path, commit: str) -> str:
+    return git(repo, "rev-parse", "--short", commit)
+
+
+def test_head_tracker_asks_git_nothing_while_no_task_commits(
+    tmp_path: Path, git_calls: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    tracker = HeadTracker(repo)
+    assert tracker.start() == git(repo, "rev-parse", "HEAD")
+    asked = len(calls(git_calls))
+
+    for _ in range(3):  # three tasks that commit nothing
+        assert tracker.commits() is None
+        tracker.start()
+
+    assert len(calls(git_calls)) == asked
+
+
+def test_head_tracker_range_of_each_task_matches_git(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    tracker, first = tracking(repo)
+    one = commit_file(repo, "one.txt")
+    commit_file(repo, "two.txt")
+    three = git(repo, "rev-parse", "HEAD")
+    assert tracker.commits() == f"{short(repo, first)}..{short(repo, three)}"
+
+    tracker.start()
+    assert tracker.commits() is None  # the next task committed nothing
+    tracker.start()
+    four = commit_file(repo, "four.txt")
+    assert tracker.commits() == f"{short(repo, three)}..{short(repo, four)}"
+    assert one != four
+
+
+def test_head_tracker_sees_commits_with_packed_refs_and_detached_head(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "pack-refs", "--all")  # no loose ref for main any more
+    assert not (repo / ".git" / "refs" / "heads" / "main").exists()
+    tracker, base = tracking(repo)
+    assert tracker.commits() is None
+    tracker.start()
+    head = commit_file(repo, "packed.txt")
+    assert tracker.commits() == f"{short(repo, base)}..{short(repo, head)}"
+
+    git(repo, "switch", "-q", "--detach")
+    tracker.start()
+    detached = commit_file(repo, "detached.txt")
+    assert tracker.commits() == f"{short(repo, head)}..{short(repo, detached)}"
+
+
+def test_head_tracker_follows_a_reset_and_a_failed_task_that_committed(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    tracker, base = tracking(repo)
+    # A task that fails after committing: its commits are not the next task's.
+    after_failure = commit_file(repo, "failed-work.txt")
+    assert tracker.start() == after_failure
+    git(repo, "reset", "-q", "--hard", base)
+    assert tracker.commits() == f"{short(repo, after_failure)}..{short(repo, base)}"
+
+
+def test_head_tracker_in_a_linked_worktree(tmp_path: Path) -> None:
+    repo = make_repo(tmp_path / "repo")
+    worktree = tmp_path / "wt"
+    git(repo, "worktree", "add", "-q", "-b", "side", str(worktree))
+    tracker, base = tracking(worktree)
+    commit_file(repo, "on-main.txt")  # the main checkout moving is not this worktree's HEAD
+    assert tracker.commits() is None
+    tracker.start()
+    head = commit_file(worktree, "on-side.txt")
+    assert tracker.commits() == f"{short(repo, base)}..{short(repo, head)}"
+
+
+def test_head_tracker_without_commits_records_no_range(tmp_path: Path) -> None:
+    repo = tmp_path / "empty"
+    repo.mkdir()
+    git(repo, "init", "-q", "-b", "main")
+    tracker = HeadTracker(repo)
+    assert tracker.start() is None
+    commit_file(repo, "first.txt")
+    assert tracker.commits() is None  # no base to measure from
+    assert tracker.start() == git(repo, "rev-parse", "HEAD")

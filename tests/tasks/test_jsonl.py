@@ -252,3 +252,60 @@ def test_ten_thousand_tasks_load_and_select_fast(project: Path, tasks_file: Path
         best = min(best, time.perf_counter() - start)
     assert ready
     assert best < 0.25  # typically ~30 ms; generous for slow machines
+
+
+# --- the parsed document kept between changes ------------------------------------------------
+
+
+def test_a_change_by_another_process_between_two_of_ours_is_not_lost(
+    project: Path, tasks_file: Path
+) -> None:
+    write_tasks(tasks_file, [{"id": "a", "title": "A"}, {"id": "b", "title": "B"}])
+    ours, theirs = backend(project, tasks_file), backend(project, tasks_file)
+    claimed = ours.claim_next("run-1", epic=None, label=None)
+    assert claimed is not None and claimed.id == "a"
+
+    theirs.add("C", task_id="c")  # replaces the file behind our kept document
+    ours.close("a", "run-1", reason="done")
+
+    by_id = {line["id"]: line for line in read_lines(tasks_file)}
+    assert set(by_id) == {"a", "b", "c"}
+    assert by_id["a"]["status"] == "closed"
+    assert [t.id for t in ours.load()] == ["a", "b", "c"]
+
+
+def test_an_edit_in_place_of_the_same_size_is_seen(project: Path, tasks_file: Path) -> None:
+    write_tasks(tasks_file, [{"id": "a", "title": "A", "status": "open"}])
+    store = backend(project, tasks_file)
+    assert store.load()[0].status == "open"
+    time.sleep(0.02)  # past the coarsest file-time granularity a kernel may use
+    text = tasks_file.read_text()
+    edited = text.replace('"A"', '"B"')
+    assert len(edited) == len(text)
+    with open(tasks_file, "r+") as f:  # same inode, same size: only the times differ
+        f.write(edited)
+    assert store.load()[0].title == "B"
+
+
+def test_a_change_that_fails_midway_leaves_nothing_behind(project: Path, tasks_file: Path) -> None:
+    from cub.tasks import changes
+
+    write_tasks(tasks_file, [{"id": "a", "title": "A"}])
+    store = backend(project, tasks_file)
+    task = store.load()[0]
+    with pytest.raises(RuntimeError), store._transaction() as document:
+        document.update(0, changes.claim(task, "run-1"))
+        raise RuntimeError("interrupted before the write")
+
+    assert store.load()[0].status == "open"
+    assert read_lines(tasks_file)[0].get("status", "open") == "open"
+
+
+def test_loaded_lists_do_not_change_under_the_caller(project: Path, tasks_file: Path) -> None:
+    write_tasks(tasks_file, [{"id": "a", "title": "A"}])
+    store = backend(project, tasks_file)
+    before = store.load()
+    store.claim_next("run-1", epic=None, label=None)
+
+    assert before[0].status == "open"
+    assert store.load()[0].status == "in_progress"

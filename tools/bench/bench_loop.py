@@ -12,6 +12,10 @@ subtracted:
 That figure includes cub's start-up, paid once per run; the marginal figure also subtracts the
 wall time of a run on an empty backlog, leaving what each extra task costs. With ``--profile``
 the run is repeated under cProfile and the top costs are printed.
+
+``--agent CMD`` runs another agent command instead of ``true``; its own time is then measured
+as N runs of CMD in a copy of the project. ``--agent "git commit -q --allow-empty -m work"``
+shows what a task costs when the agent commits (cub then asks git for the commit range).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import pstats
+import shlex
 import shutil
 import subprocess
 import sys
@@ -39,7 +44,9 @@ def backlog(count: int) -> list[dict[str, object]]:
     ]
 
 
-def cub_run(project: Path, env: dict[str, str], prefix: list[str] | None = None) -> float:
+def cub_run(
+    project: Path, env: dict[str, str], agent: str, prefix: list[str] | None = None
+) -> float:
     argv = [
         *(prefix or [sys.executable]),
         "-m",
@@ -48,7 +55,7 @@ def cub_run(project: Path, env: dict[str, str], prefix: list[str] | None = None)
         "--harness",
         "command",
         "--harness-cmd",
-        "true",
+        agent,
         "--quiet",
     ]
     start = time.perf_counter()
@@ -59,25 +66,28 @@ def cub_run(project: Path, env: dict[str, str], prefix: list[str] | None = None)
     return elapsed
 
 
-def agents_time(count: int) -> float:
-    true = shutil.which("true") or "true"
+def agents_time(count: int, agent: str, project: Path, env: dict[str, str]) -> float:
+    argv = shlex.split(agent)
+    argv[0] = shutil.which(argv[0]) or argv[0]
     start = time.perf_counter()
     for _ in range(count):
-        subprocess.run([true])
+        subprocess.run(argv, cwd=project, env=env, stdin=subprocess.DEVNULL, check=True)
     return time.perf_counter() - start
 
 
-def measure(tasks: int, repeat: int, work: Path, env: dict[str, str]) -> dict[str, float]:
-    walls, empties = [], []
+def measure(
+    tasks: int, repeat: int, work: Path, env: dict[str, str], agent: str
+) -> dict[str, float]:
+    walls, empties, agents_runs = [], [], []
     for i in range(repeat):
         project = work / f"proj-{i}"
         make_project(project, backlog(tasks), env)
-        walls.append(cub_run(project, env))
+        walls.append(cub_run(project, env, agent))
         empty = work / f"empty-{i}"
         make_project(empty, [], env)
-        empties.append(cub_run(empty, env))
-    wall, empty = min(walls), min(empties)
-    agents = min(agents_time(tasks) for _ in range(repeat))
+        empties.append(cub_run(empty, env, agent))
+        agents_runs.append(agents_time(tasks, agent, empty, env))
+    wall, empty, agents = min(walls), min(empties), min(agents_runs)
     return {
         "wall_s": wall,
         "empty_run_s": empty,
@@ -87,10 +97,10 @@ def measure(tasks: int, repeat: int, work: Path, env: dict[str, str]) -> dict[st
     }
 
 
-def profile(tasks: int, work: Path, env: dict[str, str], out: Path) -> None:
+def profile(tasks: int, work: Path, env: dict[str, str], agent: str, out: Path) -> None:
     project = work / "profiled"
     make_project(project, backlog(tasks), env)
-    cub_run(project, env, prefix=[sys.executable, "-m", "cProfile", "-o", str(out)])
+    cub_run(project, env, agent, prefix=[sys.executable, "-m", "cProfile", "-o", str(out)])
     stats = pstats.Stats(str(out))
     print(f"\nprofile of one run ({out}): top 25 by own time")
     stats.sort_stats("tottime").print_stats(25)
@@ -103,13 +113,15 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3, help="best of R runs (default 3)")
     parser.add_argument("--profile", type=Path, help="also profile one run into this file")
+    parser.add_argument("--agent", default="true", help="the agent command (default: true)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cub-bench-loop-") as tmp:
         work = Path(tmp)
         (work / "home").mkdir()
         env = environment(work / "home")
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-        result = measure(args.tasks, args.repeat, work, env)
+        result = measure(args.tasks, args.repeat, work, env, args.agent)
+        print(f"agent:                 {args.agent}")
         print(f"tasks:                 {args.tasks}")
         print(f"cub run wall time:     {result['wall_s'] * 1000:.0f} ms (best of {args.repeat})")
         print(f"empty-backlog run:     {result['empty_run_s'] * 1000:.0f} ms")
@@ -119,7 +131,7 @@ def main() -> int:
             f"marginal per task:     {result['marginal_ms_per_task']:.2f} ms  (start-up excluded)"
         )
         if args.profile:
-            profile(args.tasks, work, env, args.profile)
+            profile(args.tasks, work, env, args.agent, args.profile)
     return 0 if result["overhead_ms_per_task"] < 10 else 1
 
 
