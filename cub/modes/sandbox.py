@@ -267,6 +267,7 @@ class SandboxRun:
             name=kwargs["name"],
             image=self.image,
             inner_run_id=self.inner_id,
+            keep=self.plan.request.sandbox_keep,  # for recovery, should this host die
             network=config.network,
             memory=config.memory,
             cpus=config.cpus,

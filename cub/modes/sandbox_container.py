@@ -201,6 +201,30 @@ def kill_container(container_id: str, wait_s: float) -> dict[str, Any] | None:
     return state
 
 
+def stop_containers_of(run_id: str, *, keep: bool, timeout: float) -> tuple[list[str], str | None]:
+    """After the host run ``run_id`` died: kill its containers (found by their label), and
+    remove them unless ``keep`` (``--sandbox-keep``). Returns the ids handled and, when the
+    engine could not be asked or refused, why."""
+    try:
+        api = client(timeout).api
+        found = api.containers(all=True, filters={"label": f"cub.run_id={run_id}"})
+    except Exception as exc:
+        return [], " ".join(str(exc).split())
+    handled: list[str] = []
+    problem = None
+    for container in found:
+        try:
+            if keep:
+                if container.get("State") == "running":
+                    api.kill(container["Id"])
+            else:
+                api.remove_container(container["Id"], force=True)  # force: killed first
+            handled.append(container["Id"])
+        except Exception as exc:
+            problem = " ".join(str(exc).split())
+    return handled, problem
+
+
 class LogPump:
     """Streams the container's output into ``container.log`` (redacted, line by line) on a
     thread of its own, with a client without a read timeout (an agent may be silent for long);

@@ -19,6 +19,7 @@ from tests.helpers.cli import (
     CUB,
     cub_env,
     make_project,
+    read_events,
     read_run,
     read_status,
     read_tasks,
@@ -257,6 +258,50 @@ def test_a_second_sigint_kills_the_container_at_once(
     assert (inner.state, inner.recorded_by) == ("force_killed", "recovery")
     assert read_tasks(project)["t1"]["status"] == "open"  # released, not left claimed
     assert_cleaned_up(project, docker_client, "killme")
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["removed", "kept"])
+def test_recovery_stops_the_container_of_a_host_killed_with_sigkill(
+    tmp_path: Path, docker_host: str, docker_client: Any, keep: bool
+) -> None:
+    project = sandbox_project(tmp_path, SLEEPING_AGENT.format(ignore=""))
+    flags = ["--sandbox-keep"] if keep else []
+    proc = start_cub(["run", "--sandbox", *flags, *HARNESS, "--name", "orphan"], project,
+                     env={"DOCKER_HOST": docker_host})  # fmt: skip
+    try:
+        wait_for_file(project / ".cub" / "worktrees" / "orphan" / "ready", timeout=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (running,) = containers_of(docker_client, "orphan")
+    assert running.status == "running"  # nothing on the host stops it: the host is gone
+
+    listed = run_cub(["runs", "list"], project, env={"DOCKER_HOST": docker_host})
+
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    record = read_run(project, "orphan")
+    assert (record.state, record.reason_code, record.recorded_by) == (
+        "force_killed",
+        "runner_died",
+        "recovery",
+    )
+    workspace = project / ".cub" / "worktrees" / "orphan"
+    assert f"its workspace is kept at {workspace}" in record.reason
+    assert workspace.is_dir()  # the agent's commits are there, not yet fetched
+    (note,) = [e for e in read_events(project, "orphan") if e.kind == "sandbox_recovered"]
+    assert note.data is not None
+    assert note.data["containers"] == [running.id]
+    assert note.data["kept"] is keep
+    if keep:
+        assert "its container was stopped and kept" in record.reason
+        (left,) = containers_of(docker_client, "orphan")
+        assert left.status == "exited"
+    else:
+        assert "its container was stopped;" in record.reason
+        assert containers_of(docker_client, "orphan") == []
+    assert read_tasks(project)["t1"]["status"] == "open"
 
 
 def test_sandbox_keep_keeps_the_hardened_container(
