@@ -118,24 +118,6 @@ def prepare_branch(
     )
 
 
-def commit_range(repo: Path, base: str | None) -> str | None:
-    """``abc1234..def5678`` when HEAD moved since ``base``, else None.
-
-    Also None without a base (the run started in a repository without commits) or when the
-    base commit is no longer known: the range is a note on the task, not worth failing over.
-    """
-    if base is None:
-        return None
-    try:
-        # `git show -s` abbreviates each commit it is given; `rev-parse --short` takes only one.
-        shown = git(
-            repo, "show", "-s", "--format=%h", f"{base}^{{commit}}", "HEAD", "--"
-        ).splitlines()
-    except GitError:
-        return None
-    return f"{shown[0]}..{shown[1]}" if len(shown) == 2 else None  # one line: HEAD has not moved
-
-
 class HeadTracker:
     """HEAD when the current task started, and the commits the task added.
 

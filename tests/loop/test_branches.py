@@ -14,7 +14,6 @@ from cub.loop.branches import (
     BranchSetup,
     HeadTracker,
     branch_name_for,
-    commit_range,
     prepare_branch,
 )
 from tests.helpers.git import git, make_repo
@@ -329,33 +328,6 @@ def test_repository_without_commits_with_use_current_branch(tmp_path: Path) -> N
     assert setup == BranchSetup(
         branch="trunk", created=False, base_commit=None, previous_branch="trunk"
     )
-
-
-# --- commit ranges -------------------------------------------------------------------------
-
-
-def test_commit_range_after_a_commit(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo")
-    setup = prepare(repo)
-    assert commit_range(repo, setup.base_commit) is None
-
-    head = commit_file(repo, "work.txt")
-
-    base_short = git(repo, "rev-parse", "--short", str(setup.base_commit))
-    head_short = git(repo, "rev-parse", "--short", head)
-    assert commit_range(repo, setup.base_commit) == f"{base_short}..{head_short}"
-
-
-def test_commit_range_without_a_base_is_none(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo")
-
-    assert commit_range(repo, None) is None
-
-
-def test_commit_range_with_an_unknown_base_is_none(tmp_path: Path) -> None:
-    repo = make_repo(tmp_path / "repo")
-
-    assert commit_range(repo, "0" * 40) is None
 
 
 # --- the commits each task adds (HeadTracker) ----------------------------------------------
