@@ -217,7 +217,14 @@ class SandboxRun:
             self.repo, self.workspace, self.branch, self.plan.request.from_branch
         )
         self.run.ctx.branch = self.branch
-        self.before = ws.snapshot(self._host_backend())
+        host = self._host_backend()
+        store = self.run.ctx.store
+        if store is not None:
+            # The snapshot comes from the recorded copy, so both are the same backlog.
+            at_start = ws.keep_backlog_at_start(self.task_file, store.run_dir)
+            self.before = ws.snapshot(type(host)(at_start, self.project))
+        else:
+            self.before = ws.snapshot(host)
         copied = ws.copy_project_files(self.project, self.inner_project, self.task_file)
         self.config_home = ws.copy_user_config(user_config_path(_environ()), self.workspace)
         self.note(
@@ -267,7 +274,9 @@ class SandboxRun:
             name=kwargs["name"],
             image=self.image,
             inner_run_id=self.inner_id,
-            keep=self.plan.request.sandbox_keep,  # for recovery, should this host die
+            # For recovery, should this host die while the container runs.
+            inner_dir=str(self.inner_dir),
+            keep=self.plan.request.sandbox_keep,
             network=config.network,
             memory=config.memory,
             cpus=config.cpus,

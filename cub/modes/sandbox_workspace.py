@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from cub.errors import CubError, SetupFailed
 from cub.git import GitError, branch_exists, git
-from cub.records.durable import make_private_dir
+from cub.records.durable import make_private_dir, write_atomic
 
 if TYPE_CHECKING:
     from cub.tasks.backend import TaskBackend
@@ -176,6 +176,28 @@ def fetch_branch(repo: Path, workspace: Path, branch: str) -> tuple[str, str | N
             fallback,
             f"{branch} could not be fast-forwarded ({exc.reason}); the work is on {fallback}",
         )
+
+
+# Under the host run's directory: the backlog as the sandbox got it.
+BACKLOG_AT_START_DIR = "sandbox-backlog"
+
+
+def keep_backlog_at_start(task_file: Path, run_dir: Path) -> Path:
+    """Copy the host backlog into the run's records as the sandbox gets it, so that even a
+    recovery after the host died can tell the host's own later changes from the sandbox's."""
+    target = run_dir / BACKLOG_AT_START_DIR / task_file.name
+    make_private_dir(target.parent)
+    try:
+        data = task_file.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    write_atomic(target, data)
+    return target
+
+
+def backlog_at_start(run_dir: Path, task_file: Path) -> Path | None:
+    path = run_dir / BACKLOG_AT_START_DIR / task_file.name
+    return path if path.is_file() else None
 
 
 def copy_records(source: Path, target: Path) -> bool:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import msgspec
 
@@ -92,12 +91,16 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
         _record_lost_attempts(store, status, held)
         machine = _restore(project_dir, store, status)
         where = f" while {status.current_task.id} was running" if status.current_task else ""
-        sandbox = _stop_sandbox(project_dir, run_dir, status)
-        if sandbox is not None:
-            machine.note("sandbox_recovered", data=sandbox)
+        salvaged = ""
+        if status.mode == "sandbox":
+            # Its container outlives it, and its work is still in the sandbox's workspace.
+            from cub.modes.sandbox_recovery import recover_sandbox
+
+            done, salvaged = recover_sandbox(project_dir, run_dir, machine.ctx, _events(run_dir))
+            machine.note("sandbox_recovered", data=done)
         machine.force_kill(
             reason=f"the runner (pid {status.runner.pid} on {status.runner.host}) died in state "
-            f"{status.state}{where}; recorded by recovery{_sandbox_words(sandbox)}",
+            f"{status.state}{where}; recorded by recovery{salvaged}",
             reason_code="runner_died",
         )
         return f"recovered run {status.run_id}: its runner died in state {status.state}"
@@ -167,39 +170,6 @@ def _kill_leftovers(run_dir: Path, status: StatusRecord) -> None:
     # was never written down, or that escaped with setsid(): agents carry the run directory.
     ((name, value),) = agent_env(run_dir).items()
     kill_processes_with_env(f"{name}={value}")
-
-
-def _stop_sandbox(project_dir: Path, run_dir: Path, status: StatusRecord) -> dict[str, Any] | None:
-    """A sandboxed run's container outlives its host: stop it (remove it unless the run
-    keeps it). The workspace stays: it holds the agent's commits, not yet fetched."""
-    if status.mode != "sandbox":
-        return None
-    from cub.modes.sandbox_container import stop_containers_of
-    from cub.modes.sandbox_workspace import workspace_path
-
-    started = [e.data or {} for e in _events(run_dir) if e.kind == "sandbox_started"]
-    keep = any(data.get("keep") for data in started)
-    containers, problem = stop_containers_of(status.run_id, keep=keep, timeout=10)
-    workspace = workspace_path(project_dir, status.run_id)
-    return {
-        "containers": containers,
-        "kept": keep,
-        "problem": problem,
-        "workspace": str(workspace) if workspace.exists() else None,
-    }
-
-
-def _sandbox_words(sandbox: dict[str, Any] | None) -> str:
-    if sandbox is None:
-        return ""
-    words = ""
-    if sandbox["problem"] is not None:
-        words += f"; the Docker engine could not stop its container: {sandbox['problem']}"
-    elif sandbox["containers"]:
-        words += "; its container was stopped" + (" and kept" if sandbox["kept"] else "")
-    if sandbox["workspace"] is not None:
-        words += f"; its workspace is kept at {sandbox['workspace']}"
-    return words
 
 
 def agent_env(run_dir: Path) -> dict[str, str]:

@@ -43,6 +43,16 @@ subprocess.run(["git", "commit", "-q", "-m", "agent work"], check=True)
 print("committed", flush=True)
 """
 
+# Commits, then is still at work when the host dies.
+COMMITTING_SLEEPER = (
+    COMMITTING_AGENT
+    + """
+import time
+open("ready", "w").close()
+time.sleep(60)
+"""
+)
+
 NETWORK_AGENT = """
 import socket, sys
 try:
@@ -261,15 +271,16 @@ def test_a_second_sigint_kills_the_container_at_once(
 
 
 @pytest.mark.parametrize("keep", [False, True], ids=["removed", "kept"])
-def test_recovery_stops_the_container_of_a_host_killed_with_sigkill(
+def test_recovery_after_the_host_is_sigkilled_stops_the_container_and_salvages_the_work(
     tmp_path: Path, docker_host: str, docker_client: Any, keep: bool
 ) -> None:
-    project = sandbox_project(tmp_path, SLEEPING_AGENT.format(ignore=""))
+    project = sandbox_project(tmp_path, COMMITTING_SLEEPER)
     flags = ["--sandbox-keep"] if keep else []
     proc = start_cub(["run", "--sandbox", *flags, *HARNESS, "--name", "orphan"], project,
                      env={"DOCKER_HOST": docker_host})  # fmt: skip
+    workspace = project / ".cub" / "worktrees" / "orphan"
     try:
-        wait_for_file(project / ".cub" / "worktrees" / "orphan" / "ready", timeout=60)
+        wait_for_file(workspace / "ready", timeout=60)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     finally:
@@ -277,6 +288,7 @@ def test_recovery_stops_the_container_of_a_host_killed_with_sigkill(
             proc.kill()
     (running,) = containers_of(docker_client, "orphan")
     assert running.status == "running"  # nothing on the host stops it: the host is gone
+    assert read_tasks(project)["t1"].get("attempts", 0) == 0  # the claim is the sandbox's
 
     listed = run_cub(["runs", "list"], project, env={"DOCKER_HOST": docker_host})
 
@@ -287,13 +299,23 @@ def test_recovery_stops_the_container_of_a_host_killed_with_sigkill(
         "runner_died",
         "recovery",
     )
-    workspace = project / ".cub" / "worktrees" / "orphan"
-    assert f"its workspace is kept at {workspace}" in record.reason
-    assert workspace.is_dir()  # the agent's commits are there, not yet fetched
+    branch = record.branch
+    assert branch is not None and f"its work was fetched back to {branch}" in record.reason
+    # The commit made inside reached the host repository; the workspace is gone.
+    assert git(project, "log", "-1", "--format=%s", branch) == "agent work"
+    assert not workspace.exists()
+    # The inner run was recovered and its records copied under the host run.
+    child = child_of(record)
+    assert (child.state, child.container_id) == ("force_killed", running.id)
+    inner = inner_record(project, record)
+    assert (inner.reason_code, inner.recorded_by) == ("runner_died", "recovery")
+    # Its task results reached the host backlog: the attempt counted, the task open again.
+    t1 = read_tasks(project)["t1"]
+    assert (t1["status"], t1["attempts"]) == ("open", 1)
     (note,) = [e for e in read_events(project, "orphan") if e.kind == "sandbox_recovered"]
     assert note.data is not None
-    assert note.data["containers"] == [running.id]
-    assert note.data["kept"] is keep
+    assert (note.data["containers"], note.data["kept"]) == ([running.id], keep)
+    assert note.data["tasks_updated"] == ["t1"]
     if keep:
         assert "its container was stopped and kept" in record.reason
         (left,) = containers_of(docker_client, "orphan")
@@ -301,7 +323,6 @@ def test_recovery_stops_the_container_of_a_host_killed_with_sigkill(
     else:
         assert "its container was stopped;" in record.reason
         assert containers_of(docker_client, "orphan") == []
-    assert read_tasks(project)["t1"]["status"] == "open"
 
 
 def test_sandbox_keep_keeps_the_hardened_container(
