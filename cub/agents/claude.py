@@ -55,6 +55,16 @@ _SUBTYPE_TEXT = {
 _Turn = tuple[int, int, int, int]  # input, output, cache read, cache creation
 
 
+def _tokens(usage: Mapping[str, Any]) -> _Turn:
+    """(input, output, cache read, cache creation) tokens of a `usage` object."""
+    return (
+        count(usage.get("input_tokens")),
+        count(usage.get("output_tokens")),
+        count(usage.get("cache_read_input_tokens")),
+        count(usage.get("cache_creation_input_tokens")),
+    )
+
+
 class ClaudeParser:
     def __init__(
         self, *, model: str | None = None, prices: Mapping[str, ModelPrice] | None = None
@@ -107,12 +117,7 @@ class ClaudeParser:
         usage = message.get("usage")
         if self._final or not isinstance(usage, dict):
             return False
-        turn: _Turn = (
-            count(usage.get("input_tokens")),
-            count(usage.get("output_tokens")),
-            count(usage.get("cache_read_input_tokens")),
-            count(usage.get("cache_creation_input_tokens")),
-        )
+        turn = _tokens(usage)
         key = string(message.get("id")) or f"#{len(self._turns)}"
         seen = self._turns.get(key)
         if seen is not None:  # the same message again (another content block): keep maxima
@@ -128,12 +133,7 @@ class ClaudeParser:
         changed = False
         usage = event.get("usage")
         if isinstance(usage, dict):
-            changed = self._set_tokens(
-                count(usage.get("input_tokens")),
-                count(usage.get("output_tokens")),
-                count(usage.get("cache_read_input_tokens")),
-                count(usage.get("cache_creation_input_tokens")),
-            )
+            changed = self._set_tokens(*_tokens(usage))
         cost = number(event.get("total_cost_usd"))
         if cost is not None and cost != state.usage.cost_usd:
             state.usage.cost_usd = cost

@@ -138,16 +138,7 @@ class GeminiParser:
 
 class GeminiHarness(ProgramHarness):
     name = "gemini"
-
-    def __init__(
-        self,
-        program: str | None = None,
-        *,
-        extra_args: tuple[str, ...] = (),
-        prices: Mapping[str, ModelPrice] | None = None,
-    ) -> None:
-        super().__init__(program, extra_args=extra_args, prices=prices)
-        self._prompt_chars = 0
+    _prompt_chars = 0  # of the latest invocation's prompt
 
     def invocation(
         self, *, system: str, task: str, prompt_file: Path, model: str | None

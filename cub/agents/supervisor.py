@@ -160,22 +160,22 @@ def _scan_proc() -> dict[int, _Stat]:
     return procs
 
 
-def _environ_has(pid: int, marker: bytes) -> bool:
+def _environ(pid: int) -> list[bytes]:
+    """The process's environment entries; empty when it is gone or another user's."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
-            return marker in f.read().split(b"\0")
-    except OSError:  # gone, or another user's process
-        return False
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def _environ_has(pid: int, marker: bytes) -> bool:
+    return marker in _environ(pid)
 
 
 def _read_marker(pid: int) -> bytes | None:
     prefix = TREE_MARKER_VAR.encode() + b"="
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            entries = f.read().split(b"\0")
-    except OSError:
-        return None
-    return next((e for e in entries if e.startswith(prefix)), None)
+    return next((e for e in _environ(pid) if e.startswith(prefix)), None)
 
 
 def _ancestors_and_self(procs: Mapping[int, _Stat]) -> set[int]:
@@ -853,11 +853,7 @@ def kill_processes_with_env(entry: str, rounds: int = 5) -> list[int]:
 
 
 def _environ_matches(pid: int, entry: bytes, marker_prefix: bytes) -> bool:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            entries = f.read().split(b"\0")
-    except OSError:  # gone, or another user's process
-        return False
+    entries = _environ(pid)
     return entry in entries and any(e.startswith(marker_prefix) for e in entries)
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from cub.agents.harness import Harness, OutputParser
 from cub.loop import prompts
 from cub.loop.budget import exhausted_while_running
@@ -65,10 +67,8 @@ def run_attempt(
 
     ctx, store = run.ctx, run.ctx.store
     assert store is not None
-    previous_log = None
-    if attempt > 1 and (store.task_dir(task.id) / "task.json").exists():
-        store.archive_attempt(task.id)
-        previous_log = store.task_dir(task.id) / f"attempt-{attempt - 1}" / "harness.log"
+    archived = store.archive_attempt(task.id) if attempt > 1 else None
+    previous_log = archived / "harness.log" if archived is not None else None
     system = prompts.system_prompt(ctx.project_dir or work_dir)
     direct = run.plan.direct_prompt if run.plan is not None else None
     task_text = direct or prompts.task_prompt(task, backlog, previous_log)
@@ -82,9 +82,8 @@ def run_attempt(
 
     started_at, t0 = utc_now(), time.monotonic()
     run.observer.task_started(task, attempt)
-    ctx.current_task = CurrentTask(
-        id=task.id, title=task.title, attempt=attempt, started_at=started_at
-    )
+    current = CurrentTask(id=task.id, title=task.title, attempt=attempt, started_at=started_at)
+    ctx.current_task = current
     watch: _Watch | None = None
     recorded = False
     try:
@@ -113,21 +112,13 @@ def run_attempt(
     except BaseException:
         # A forced kill while the agent was being started: whatever of it started goes too
         # (it carries the run directory in its environment), and the attempt is recorded.
-        from cub.agents.supervisor import kill_processes_with_env
-
-        ((name, value),) = recovery.agent_env(store.run_dir).items()
-        kill_processes_with_env(f"{name}={value}")
+        recovery.kill_agents_of(store.run_dir)
         store.write_attempt(_attempt_record(task, attempt, "killed", started_at, t0, Usage()))
         raise
 
     try:
-        ctx.current_task = CurrentTask(
-            id=task.id,
-            title=task.title,
-            attempt=attempt,
-            started_at=started_at,
-            harness_pid=agent.pid,
-            harness_pid_create_time=agent.create_time,
+        ctx.current_task = msgspec.structs.replace(
+            current, harness_pid=agent.pid, harness_pid_create_time=agent.create_time
         )
         run.machine.note(
             "agent_started",

@@ -73,7 +73,6 @@ def issue_branch_slug(title: str) -> str:
 def prepare_branch(
     repo: Path,
     *,
-    run_id: str,
     protected: Sequence[str],
     use_current_branch: bool,
     from_branch: str | None,
@@ -88,8 +87,7 @@ def prepare_branch(
 
     If ``wanted`` already exists it is switched to as it is, never reset (``from_branch`` is
     then only checked, not used). Uncommitted changes come along; if git refuses to carry
-    them, ``SetupFailed("branch_failed", reason)``. ``run_id`` identifies the run for callers
-    and is not needed to switch.
+    them, ``SetupFailed("branch_failed", reason)``.
     """
     previous = current_branch(repo)
     if use_current_branch:

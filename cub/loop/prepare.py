@@ -8,17 +8,9 @@ from typing import TYPE_CHECKING
 from cub.errors import SetupFailed
 
 if TYPE_CHECKING:
-    from cub.agents.harness import Harness
     from cub.agents.registry import HarnessChoice
-    from cub.config.schema import Config
     from cub.run.driver import Run
     from cub.run.validation import RunPlan
-
-
-def harness_for(choice: HarnessChoice, config: Config | None = None) -> Harness:
-    from cub.agents.adapters import adapter_for
-
-    return adapter_for(choice, config)  # config: harness.extra_args, budget.prices
 
 
 def harness_version(choice: HarnessChoice) -> str | None:
@@ -56,7 +48,9 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
         check_issue_fetched(run, plan.issue)
     ctx = run.ctx
     assert plan.harness is not None
-    run.harness = harness_for(plan.harness, plan.config)
+    from cub.agents.adapters import adapter_for
+
+    run.harness = adapter_for(plan.harness, plan.config)  # extra_args and prices from config
     if ctx.harness is not None:
         ctx.harness.version = harness_version(plan.harness)
 
@@ -127,7 +121,6 @@ def switch_to_run_branch(
     request = plan.request
     setup = prepare_branch(
         plan.git_root,
-        run_id=run.ctx.run_id,
         protected=list(plan.config.branch.protected) if protected is None else protected,
         use_current_branch=request.use_current_branch,
         from_branch=request.from_branch,

@@ -1,7 +1,7 @@
 """The task loop: claim the next ready task, run an attempt, settle it, until the run ends.
 
-Each pass ends in exactly one machine trigger. Endings go through `_end`, which runs the
-post-loop hooks (they see the state the run is about to enter) and then fires the trigger.
+Each pass ends in exactly one machine trigger. Endings go through `Run.end_with`, which runs
+the post-loop hooks (they see the state the run is about to enter) and then fires the trigger.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class TaskLoop:
                     if self.run.machine.is_terminal:
                         return  # the pass ended the run itself (a fail-fast pre-task hook)
                     if ending is not None:
-                        self._end(*ending)
+                        self.run.end_with(*ending)
                         return
             except StopRequested as stop:
                 self._stop(stop.signum)
@@ -175,10 +175,10 @@ class TaskLoop:
                         "the agent reported the backlog complete, and nothing is left",
                     )
             return None
-        return self._after_failure(task, record.outcome, record)
+        return self._after_failure(task, record)
 
-    def _after_failure(self, task: Task, outcome: str, record: TaskAttempt) -> Ending | None:
-        run, ctx, settings = self.run, self.run.ctx, self.settings
+    def _after_failure(self, task: Task, record: TaskAttempt) -> Ending | None:
+        run, ctx, settings, outcome = self.run, self.run.ctx, self.settings, record.outcome
         if run.hooks is not None:
             run.hooks.fire("on-error", task=task, outcome=outcome, exit_code=record.exit_code)
         ctx.claimed_tasks.remove(task.id)
@@ -248,9 +248,6 @@ class TaskLoop:
 
         request = self.plan.request
         return bool(ready_tasks(self.backend.load(), epic=request.epic, label=request.label))
-
-    def _end(self, trigger: str, reason_code: str, reason: str) -> None:
-        self.run.end_with(trigger, reason_code, reason)
 
     def _stop(self, signum: int) -> None:
         """The orderly stop after a first signal: nothing runs any more; hooks, then record."""

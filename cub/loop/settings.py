@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from cub.loop.hooks import ENV_RUN_ID, ENV_TASK_ID, ENV_TASK_TITLE
 from cub.records.schemas import BudgetUse
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class LoopSettings:
         else:
             env = dict(base)
         env.update(self.agent_set_env)
-        env.update({"CUB_RUN_ID": run_id, "CUB_TASK_ID": task.id, "CUB_TASK_TITLE": task.title})
+        env.update({ENV_RUN_ID: run_id, ENV_TASK_ID: task.id, ENV_TASK_TITLE: task.title})
         return env
 
     def model_for(self, task: Task) -> str | None:

@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from cub.records.durable import append_line
 
 
 def run_verify(
-    commands: tuple[str, ...], work_dir: Path, log_path: Path, timeout: float, redact: object = None
+    commands: tuple[str, ...],
+    work_dir: Path,
+    log_path: Path,
+    timeout: float,
+    redact: Callable[[str], str],
 ) -> str | None:
     """Run each command in a shell; return None when all pass, else one line saying which
     failed. Output goes to ``log_path``."""
@@ -35,9 +40,7 @@ def run_verify(
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
             raise
-        text = out.decode("utf-8", "replace")
-        if callable(redact):
-            text = redact(text)
+        text = redact(out.decode("utf-8", "replace"))
         append_line(log_path, f"$ {command}\n{text}[exit {proc.returncode}]".encode())
         if proc.returncode != 0:
             return f"verify command {command!r} failed with exit code {proc.returncode}"

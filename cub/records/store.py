@@ -185,18 +185,20 @@ class RunStore:
     def write_attempt(self, attempt: TaskAttempt) -> None:
         self._write_json(self.task_dir(attempt.task_id) / "task.json", attempt)
 
-    def archive_attempt(self, task_id: str) -> None:
-        """Before a retry in the same run, keep the previous attempt's files under attempt-N/."""
+    def archive_attempt(self, task_id: str) -> Path | None:
+        """Before a retry in the same run, keep the previous attempt's files under attempt-N/;
+        returns that directory (None when this run has no earlier attempt of the task)."""
         current = self.task_dir(task_id)
         record = current / "task.json"
         if not record.exists():
-            return
+            return None
         previous = msgspec.json.decode(record.read_bytes(), type=TaskAttempt)
         archive = current / f"attempt-{previous.attempt}"
         make_private_dir(archive)
         for name in ("prompt.md", "harness.log", "task.json"):
             if (current / name).exists():
                 os.replace(current / name, archive / name)
+        return archive
 
 
 def _last_seq(events: Path) -> int:

@@ -20,12 +20,13 @@ from __future__ import annotations
 import shutil
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from cub import __version__
 from cub.chart.definition import RUN_CHART
-from cub.records.reader import run_dirs
+from cub.records.reader import read_events, run_dirs
 from cub.records.redact import DEFAULT_SECRET_PATTERNS, Redactor
 from cub.records.schemas import Event, RunnerInfo, StatusRecord, TaskAttempt, Transition
 from cub.records.store import (
@@ -39,11 +40,13 @@ from cub.records.store import (
 )
 from cub.run.context import RunContext
 from cub.run.machine import RunMachine
-from cub.tasks.model import Task
+
+if TYPE_CHECKING:
+    from cub.tasks.model import Task
 
 # Set in every agent's environment to its run's directory, so that recovery can find what a
 # dead runner's agents left behind however they got away from their process tree.
-AGENT_RUN_DIR_VAR = "CUB_RUN_DIR"
+AGENT_RUN_DIR_VAR = "CUB_RUN_DIR"  # hooks get the same variable (cub.loop.hooks.ENV_RUN_DIR)
 
 _status_decoder = msgspec.json.Decoder(StatusRecord)
 
@@ -78,25 +81,26 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
         store = RunStore(run_dir, Redactor(DEFAULT_SECRET_PATTERNS))
         _kill_leftovers(run_dir, status)
         held = _release_claims(project_dir, status)
-        ended = _journaled_ending(run_dir)
+        events = read_events(run_dir)
+        ended = _journaled_ending(events)
         if ended is not None or RUN_CHART.is_terminal(status.state):
             # The runner entered its terminal state (the journal or status.json says so) and
             # died before run.json: record that ending, status.json first, run.json last.
             if ended is not None:
                 status = msgspec.structs.replace(status, state=ended)
-            machine = _restore_ending(project_dir, store, status)
+            machine = _restore_ending(project_dir, store, status, events)
             machine.write_status()
             machine.on_enter_terminal()
             return f"recovered run {status.run_id}: its runner died recording {status.state}"
         _record_lost_attempts(store, status, held)
-        machine = _restore(project_dir, store, status)
+        machine = _restore(project_dir, store, status, events)
         where = f" while {status.current_task.id} was running" if status.current_task else ""
         salvaged = ""
         if status.mode == "sandbox":
             # Its container outlives it, and its work is still in the sandbox's workspace.
             from cub.modes.sandbox_recovery import recover_sandbox
 
-            done, salvaged = recover_sandbox(project_dir, run_dir, machine.ctx, _events(run_dir))
+            done, salvaged = recover_sandbox(project_dir, run_dir, machine.ctx, events)
             machine.note("sandbox_recovered", data=done)
         machine.force_kill(
             reason=f"the runner (pid {status.runner.pid} on {status.runner.host}) died in state "
@@ -108,9 +112,9 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
         unlock_run(fd)
 
 
-def _journaled_ending(run_dir: Path) -> str | None:
+def _journaled_ending(events: list[Event]) -> str | None:
     """The terminal state the journal's last transition entered, if it entered one."""
-    last = next((e for e in reversed(_events(run_dir)) if e.kind == "transition"), None)
+    last = next((e for e in reversed(events) if e.kind == "transition"), None)
     if last is None or last.state_to is None or not RUN_CHART.is_terminal(last.state_to):
         return None
     return last.state_to
@@ -161,15 +165,21 @@ def _status_before_any(project_dir: Path, run_dir: Path) -> StatusRecord | None:
 
 
 def _kill_leftovers(run_dir: Path, status: StatusRecord) -> None:
-    from cub.agents.supervisor import kill_process_tree, kill_processes_with_env
+    from cub.agents.supervisor import kill_process_tree
 
     task = status.current_task
     if task is not None and task.harness_pid is not None:
         kill_process_tree(task.harness_pid, task.harness_pid_create_time)
     # Whatever is left of any agent it started, even one whose root has exited, whose pid
-    # was never written down, or that escaped with setsid(): agents carry the run directory.
-    ((name, value),) = agent_env(run_dir).items()
-    kill_processes_with_env(f"{name}={value}")
+    # was never written down, or that escaped with setsid().
+    kill_agents_of(run_dir)
+
+
+def kill_agents_of(run_dir: Path) -> None:
+    """Kill every process that carries the run in ``run_dir`` in its agent environment."""
+    from cub.agents.supervisor import kill_processes_with_env
+
+    kill_processes_with_env(f"{AGENT_RUN_DIR_VAR}={run_dir.resolve()}")
 
 
 def agent_env(run_dir: Path) -> dict[str, str]:
@@ -234,33 +244,21 @@ def _record_lost_attempts(store: RunStore, status: StatusRecord, held: list[Task
         )
 
 
-def _events(run_dir: Path) -> list[Event]:
-    events: list[Event] = []
-    try:
-        lines = (run_dir / "events.jsonl").read_bytes().splitlines()
-    except FileNotFoundError:
-        return events
-    for line in lines:
-        try:
-            events.append(msgspec.json.decode(line, type=Event))
-        except msgspec.DecodeError:
-            continue  # a line cut short by the crash
-    return events
-
-
-def _history(run_dir: Path) -> list[Transition]:
+def _history(events: list[Event]) -> list[Transition]:
     return [
         Transition(from_=e.state_from, to=e.state_to, trigger=e.trigger or "", at=e.at)
-        for e in _events(run_dir)
+        for e in events
         if e.kind == "transition" and e.state_from and e.state_to
     ]
 
 
-def _restore_ending(project_dir: Path, store: RunStore, status: StatusRecord) -> RunMachine:
+def _restore_ending(
+    project_dir: Path, store: RunStore, status: StatusRecord, events: list[Event]
+) -> RunMachine:
     """A machine at the terminal state the runner entered, with the ending its journal gave."""
-    machine = _restore(project_dir, store, status)
+    machine = _restore(project_dir, store, status, events)
     ctx = machine.ctx
-    last = next((e for e in reversed(_events(store.run_dir)) if e.state_to == status.state), None)
+    last = next((e for e in reversed(events) if e.state_to == status.state), None)
     data = last.data if last is not None else {}
     code = data.get("reason_code")
     if code is None and last is not None:  # the trigger was fired without one: its default
@@ -276,7 +274,9 @@ def _restore_ending(project_dir: Path, store: RunStore, status: StatusRecord) ->
     return machine
 
 
-def _restore(project_dir: Path, store: RunStore, status: StatusRecord) -> RunMachine:
+def _restore(
+    project_dir: Path, store: RunStore, status: StatusRecord, events: list[Event]
+) -> RunMachine:
     ctx = RunContext(
         run_id=status.run_id,
         mode=status.mode,
@@ -293,7 +293,7 @@ def _restore(project_dir: Path, store: RunStore, status: StatusRecord) -> RunMac
         branch=status.branch,
         tasks=status.tasks,
         budget=status.budget,
-        history=_history(store.run_dir),
+        history=_history(events),
         current_task=status.current_task,
         runner_create_time=status.runner.create_time,
         ended_at=status.updated_at or utc_now(),

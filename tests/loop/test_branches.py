@@ -28,7 +28,6 @@ def valid_branch_name(name: str) -> bool:
 
 def prepare(repo: Path, **kwargs: object) -> BranchSetup:
     options: dict[str, object] = {
-        "run_id": "r-1",
         "protected": PROTECTED,
         "use_current_branch": False,
         "from_branch": None,
