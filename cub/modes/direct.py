@@ -38,7 +38,7 @@ class DirectBackend:
         return [self.task]
 
     def get(self, task_id: str) -> Task:
-        if task_id != DIRECT_TASK_ID:
+        if task_id != self.task.id:
             raise TaskNotFound(task_id)
         return self.task
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from cub.errors import Rejected, SetupFailed, TaskNotFound
+from cub.errors import Rejected, SetupFailed
 from cub.git import GitError, current_branch, git, head_commit
 from cub.modes.direct import DirectBackend
 from cub.modes.github_api import (
@@ -100,11 +100,6 @@ class IssueBackend(DirectBackend):
 
     def describe(self) -> str:
         return f"GitHub issue {self.ref}"
-
-    def get(self, task_id: str) -> Task:
-        if task_id != self.task.id:
-            raise TaskNotFound(task_id)
-        return self.task
 
 
 # ---------------------------------------------------------------------------------- validation
@@ -277,9 +272,11 @@ def issue_prompt(ref: str, issue: Issue, comments: list[Comment]) -> str:
 # --------------------------------------------------------------------------------- preparation
 
 
-def _journal_calls(run: Run, issue_run: IssueRun, kind: str = "github_request") -> None:
+def _journal_calls(run: Run, issue_run: IssueRun) -> None:
     for call in issue_run.client.calls:
-        run.machine.note(kind, data={"repo": issue_run.ref, **msgspec.structs.asdict(call)})
+        run.machine.note(
+            "github_request", data={"repo": issue_run.ref, **msgspec.structs.asdict(call)}
+        )
     issue_run.client.calls.clear()
 
 
@@ -345,14 +342,14 @@ def branch_commit_range(repo: Path | None, base: str | None, branch: str | None)
     if repo is None or base is None or not branch:
         return None
     try:
-        head = git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}^{{commit}}")
-        if not head or head == base:
-            return None
-        short_base = git(repo, "rev-parse", "--short", base)
-        short_head = git(repo, "rev-parse", "--short", head)
+        # `git show -s` abbreviates each commit it is given, and shows one commit only once.
+        shown = git(
+            repo, "show", "-s", "--format=%h", f"{base}^{{commit}}",
+            f"refs/heads/{branch}^{{commit}}", "--",
+        ).splitlines()  # fmt: skip
     except GitError:
         return None
-    return f"{short_base}..{short_head}"
+    return f"{shown[0]}..{shown[1]}" if len(shown) == 2 else None  # one line: not moved
 
 
 def comment_body(

@@ -95,37 +95,33 @@ class ApiCall(msgspec.Struct, kw_only=True):
 class GitHubError(CubError):
     """A GitHub API call failed; ``str(exc)`` is one line."""
 
-    kind = "error"
-
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
 
 
 class NotFound(GitHubError):
-    kind = "not_found"
+    """404/410: no such repository or issue (or no access to see it)."""
 
 
 class AuthFailed(GitHubError):
-    kind = "auth"
+    """401/403: the token is missing, wrong, or lacks access."""
 
 
 class RateLimited(GitHubError):
-    kind = "rate_limit"
+    """The API's rate limit is spent."""
 
 
 class NetworkError(GitHubError):
-    kind = "network"
+    """No answer: DNS, connection or timeout."""
 
 
 class ServerError(GitHubError):
-    kind = "server"
+    """5xx: GitHub's side failed."""
 
 
 class ApiError(GitHubError):
     """Any other unexpected answer (a 4xx cub does not expect, a body that is not JSON)."""
-
-    kind = "api"
 
 
 # ------------------------------------------------------------------------------ configuration

@@ -22,19 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-import msgspec
 import psutil
 
 from cub.chart.definition import RUN_CHART
 from cub.records.durable import make_private_dir, replace_symlink
-from cub.records.schemas import BudgetUse, ChildRun, RunRecord, StatusRecord
+from cub.records.reader import read_run_json, read_status_json
+from cub.records.schemas import BudgetUse, ChildRun, RunRecord
 
 if TYPE_CHECKING:
     from cub.run.context import RunContext
     from cub.run.validation import RunPlan
 
-_run_decoder = msgspec.json.Decoder(RunRecord)
-_status_decoder = msgspec.json.Decoder(StatusRecord)
 
 # A child that left no record at all (it died before it could write one): its state, by the
 # exit code it ended with.
@@ -137,10 +135,8 @@ class ChildProcess:
         return (self.run_dir / "status.json").exists()
 
     def live_budget(self) -> BudgetUse | None:
-        try:
-            return _status_decoder.decode((self.run_dir / "status.json").read_bytes()).budget
-        except (OSError, msgspec.DecodeError):
-            return None
+        status = read_status_json(self.run_dir)
+        return status.budget if status is not None else None
 
     def signal_group(self, sig: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -161,12 +157,12 @@ class ChildProcess:
         without one (which also releases its task and kills what its agent left)."""
         with contextlib.suppress(OSError):
             self.log.close()
-        record = read_record(self.run_dir)
+        record = read_run_json(self.run_dir)
         if record is None and self.run_dir.is_dir():
             from cub.run.recovery import recover_run
 
             recover_run(project_dir, self.run_dir)
-            record = read_record(self.run_dir)
+            record = read_run_json(self.run_dir)
         self.record = record
         return record
 
@@ -249,13 +245,6 @@ def _terminate_with_parent() -> Callable[[], None] | None:
         prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
 
     return arm
-
-
-def read_record(run_dir: Path) -> RunRecord | None:
-    try:
-        return _run_decoder.decode((run_dir / "run.json").read_bytes())
-    except (OSError, msgspec.DecodeError):
-        return None
 
 
 # -- accounting -------------------------------------------------------------------------------

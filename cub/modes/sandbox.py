@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
-from cub.errors import ForceKillRequested, SetupFailed
+from cub.errors import SetupFailed
 from cub.modes import sandbox_results as results
 from cub.modes import sandbox_workspace as ws
 from cub.modes.sandbox_container import (
@@ -40,7 +38,9 @@ from cub.modes.sandbox_container import (
     client as docker_client,
 )
 from cub.modes.sandbox_results import Ending
-from cub.records.schemas import RunRecord, StatusRecord
+from cub.modes.worktree import worktree_path
+from cub.records.reader import read_status_json
+from cub.records.schemas import RunRecord
 from cub.records.store import RUNS_DIR
 from cub.run.machine import signal_word
 
@@ -128,7 +128,7 @@ def supervise_sandbox(run: Run) -> None:
         project=project,
         repo=plan.git_root.resolve(),
         task_file=plan.backend.path.resolve(),
-        workspace=ws.workspace_path(project, ctx.run_id),
+        workspace=worktree_path(project, ctx.run_id),  # the same place as --worktree's
     )
     run.finishers.append(sandbox.finish)
     sandbox.supervise()
@@ -192,11 +192,9 @@ class SandboxRun:
                 container_id=self.container.id, image=self.image, inner_run_id=self.inner_id
             )
             run.end_with(*self._wait())
-        except ForceKillRequested:
-            # A second interrupt: the container dies now; what it leaves is recorded.
-            self._kill_now()
-            raise
         except BaseException:
+            # A second interrupt, or a crash: the container dies now; what it leaves is
+            # recorded.
             self._kill_now()
             raise
 
@@ -303,22 +301,17 @@ class SandboxRun:
                 self._forward(watch.first or signal.SIGINT)
                 stop_deadline = now + loop.grace + STOP_MARGIN_S
             elif stop_deadline is not None and now > stop_deadline:
-                self._kill_container()
-                self._collect()
-                return (
+                return self._killed(
                     "force_kill",
                     "grace_expired",
                     f"the sandboxed run did not stop within {loop.grace:g}s of "
-                    f"{self._signal_name()}; its container was killed" + self._kept(),
+                    f"{self._signal_name()}; its container was killed",
                 )
             if run_deadline is not None and now > run_deadline:
-                self._kill_container()
-                self._collect()
-                return (
+                return self._killed(
                     "children_failed",
                     "sandbox_failed",
-                    "the sandboxed run did not end within its --timeout; its container "
-                    "was killed" + self._kept(),
+                    "the sandboxed run did not end within its --timeout; its container was killed",
                 )
             if now >= next_mirror:
                 self._mirror_status()
@@ -332,6 +325,12 @@ class SandboxRun:
         self.note("sandbox_exited", exit_code=self.exit_code, oom_killed=self.oom_killed)
         self._collect()
         return self._ending()
+
+    def _killed(self, trigger: str, reason_code: str, reason: str) -> Ending:
+        """Kill the container before it is done, keep what it left, and end so."""
+        self._kill_container()
+        self._collect()
+        return (trigger, reason_code, reason + self._kept())
 
     def _forward(self, signum: int) -> None:
         """The first interrupt: stopping, and the same signal to cub inside the container."""
@@ -349,10 +348,8 @@ class SandboxRun:
 
     def _mirror_status(self) -> None:
         """The inner run's live counters, in the host's status.json."""
-        try:
-            data = (self.inner_dir / "status.json").read_bytes()
-            status = msgspec.json.decode(data, type=StatusRecord)
-        except (OSError, msgspec.DecodeError):
+        status = read_status_json(self.inner_dir)
+        if status is None:
             return
         results.take_counters(self.run.ctx, status.tasks, status.budget)
         self.run.machine.write_status()

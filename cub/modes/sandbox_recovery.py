@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from cub.errors import CubError
 from cub.modes import sandbox_workspace as ws
-from cub.modes.sandbox_results import read_record, take_counters
-from cub.records.schemas import ChildRun, Event
+from cub.modes.sandbox_results import child_entry, recover_inner, take_counters
+from cub.modes.worktree import worktree_path
+from cub.records.reader import read_run_json
+from cub.records.schemas import Event
 
 if TYPE_CHECKING:
     from cub.run.context import RunContext
@@ -41,7 +43,7 @@ def recover_sandbox(
         words = "; its container was stopped" + (" and kept" if keep else "")
     else:
         words = ""
-    workspace = Path(workspace_note.get("path") or ws.workspace_path(project_dir, ctx.run_id))
+    workspace = Path(workspace_note.get("path") or worktree_path(project_dir, ctx.run_id))
     if not workspace.is_dir():
         return done, words
     if problem is None and started.get("inner_dir") and workspace_note.get("branch"):
@@ -74,16 +76,15 @@ def _salvage(
 ) -> dict[str, Any]:
     """The steps of a normal ending after the container (see `sandbox_results.collect`)."""
     from cub.git import repo_root
-    from cub.run.recovery import recover_run
 
     inner_project = inner_dir.parents[2]  # <inner project>/.cub/runs/<inner run id>
     inner_id = inner_dir.name
     done: dict[str, Any] = {"inner_run_id": inner_id}
-    if inner_dir.is_dir() and not (inner_dir / "run.json").exists():
-        # The container is gone, and with it the lock the inner runner held.
-        done["inner_recovered"] = recover_run(inner_project, inner_dir)
+    needed, message = recover_inner(inner_project, inner_dir)
+    if needed:
+        done["inner_recovered"] = message
     copied = run_dir / "inner" / inner_id
-    inner = read_record(copied / "run.json") if ws.copy_records(inner_dir, copied) else None
+    inner = read_run_json(copied) if ws.copy_records(inner_dir, copied) else None
     notes: list[str] = []  # worth saying, but the workspace has nothing more to give
     if inner is not None:
         take_counters(ctx, inner.tasks, inner.budget)
@@ -93,12 +94,8 @@ def _salvage(
         if task_problem is not None:
             notes.append(task_problem)
     ctx.children = [
-        ChildRun(
-            run_id=inner_id,
-            state=inner.state if inner is not None else "unknown",
-            reason_code=inner.reason_code if inner is not None else None,
-            container_id=started.get("container_id"),
-            image=started.get("image"),
+        child_entry(
+            inner_id, inner, container_id=started.get("container_id"), image=started.get("image")
         )
     ]
     repo = repo_root(project_dir)
@@ -132,12 +129,11 @@ def _sync_tasks(
         host = open_backend(project_dir, load_config(project_dir).config)
         if not isinstance(host, FileTaskBackend):
             return [], f"cannot apply task results to {host.describe()}"
-        kind = type(host)
         at_start = ws.backlog_at_start(run_dir, host.path)
         if at_start is None:
             return [], "the backlog as the sandbox got it was not recorded"
-        before = ws.snapshot(kind(at_start, project_dir))
-        copy = kind(inner_project / host.path.relative_to(project_dir), inner_project)
+        before = ws.snapshot(type(host)(at_start, project_dir))
+        copy = ws.inner_backlog(host, host.path, project_dir, inner_project)
         updated, conflicts = ws.sync_tasks(host, copy, attempted, before)
     except (CubError, OSError, ValueError) as exc:
         return [], f"task results not applied: {' '.join(str(exc).split())}"

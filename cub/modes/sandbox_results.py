@@ -8,18 +8,21 @@ fetched back, and the host run's `children` entry.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from cub.errors import CubError
 from cub.modes import sandbox_workspace as ws
-from cub.records.schemas import ChildRun, RunRecord
+from cub.records.reader import read_run_json
+from cub.records.schemas import ChildRun
 from cub.run.machine import signal_word
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from cub.modes.sandbox import SandboxRun
+    from cub.records.schemas import RunRecord
     from cub.run.context import RunContext
 
 # (trigger, reason_code, reason)
@@ -47,31 +50,20 @@ def _step(sb: SandboxRun, name: str) -> bool:
     return True
 
 
-def read_record(path: Path) -> RunRecord | None:
-    try:
-        return msgspec.json.decode(path.read_bytes(), type=RunRecord)
-    except (OSError, msgspec.DecodeError):
-        return None
-
-
 def collect(sb: SandboxRun) -> None:
     if sb.pump is not None:
         sb.pump.join(2.0)
     if not sb.workspace_made or sb.container is None:
         return  # no container ever ran: nothing to collect
-    if _step(sb, "recover") and sb.inner_dir.is_dir() and not (sb.inner_dir / "run.json").exists():
-        # The container is gone, and with it the lock the inner runner held: crash recovery
-        # works from the host. (The agent pids in the inner status are the container's; a host
-        # process is only ever killed by recovery when its pid *and* create_time match, and
-        # every process of the container died with it anyway.)
-        from cub.run.recovery import recover_run
-
-        sb.note("inner_recovered", message=recover_run(sb.inner_project, sb.inner_dir))
+    if _step(sb, "recover"):
+        needed, message = recover_inner(sb.inner_project, sb.inner_dir)
+        if needed:
+            sb.note("inner_recovered", message=message)
     copied = sb.copied_dir
     if _step(sb, "copy") and copied is not None:
         if ws.copy_records(sb.inner_dir, copied):
             sb.note("inner_records_copied", path=str(copied))
-        sb.inner = read_record(copied / "run.json")
+        sb.inner = read_run_json(copied)
     if _step(sb, "sync"):
         _sync_tasks(sb)
     if _step(sb, "fetch"):
@@ -89,8 +81,7 @@ def _sync_tasks(sb: SandboxRun) -> None:
 
     host = sb.plan.backend
     assert isinstance(host, FileTaskBackend)  # checked when the run was prepared
-    # The inner run's copy of the task file, read the way the host reads its own.
-    copy = type(host)(sb.inner_project / sb.task_file.relative_to(sb.project), sb.inner_project)
+    copy = ws.inner_backlog(host, sb.task_file, sb.project, sb.inner_project)
     try:
         updated, conflicts = ws.sync_tasks(host, copy, list(inner.tasks.attempted), sb.before)
     except (CubError, OSError) as exc:
@@ -113,16 +104,49 @@ def _record_child(sb: SandboxRun) -> None:
         if inner.harness is not None:
             ctx.harness = inner.harness
     ctx.children = [
-        ChildRun(
-            run_id=sb.inner_id,
-            state=inner.state if inner is not None else "unknown",
-            exit_code=sb.exit_code,
-            reason_code=inner.reason_code if inner is not None else None,
+        child_entry(
+            sb.inner_id,
+            inner,
             container_id=sb.container.id if sb.container is not None else None,
             image=sb.image,
+            exit_code=sb.exit_code,
             oom_killed=sb.oom_killed,
         )
     ]
+
+
+def child_entry(
+    inner_id: str,
+    inner: RunRecord | None,
+    *,
+    container_id: str | None,
+    image: str | None,
+    exit_code: int | None = None,
+    oom_killed: bool | None = None,
+) -> ChildRun:
+    """The host run's `children` entry for the run inside the container."""
+    return ChildRun(
+        run_id=inner_id,
+        state=inner.state if inner is not None else "unknown",
+        exit_code=exit_code,
+        reason_code=inner.reason_code if inner is not None else None,
+        container_id=container_id,
+        image=image,
+        oom_killed=oom_killed,
+    )
+
+
+def recover_inner(inner_project: Path, inner_dir: Path) -> tuple[bool, str | None]:
+    """Record the inner run if it has no run.json: its container is gone, and with it the
+    lock the inner runner held, so crash recovery works from the host. (The agent pids in the
+    inner status are the container's; a host process is only ever killed by recovery when its
+    pid *and* create_time match, and every process of the container died with it anyway.)
+    Returns whether it had to, and what recovery said."""
+    if not inner_dir.is_dir() or (inner_dir / "run.json").exists():
+        return False, None
+    from cub.run.recovery import recover_run
+
+    return True, recover_run(inner_project, inner_dir)
 
 
 def kept(sb: SandboxRun) -> str:

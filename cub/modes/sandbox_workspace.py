@@ -36,26 +36,18 @@ from cub.records.durable import make_private_dir, write_atomic
 
 if TYPE_CHECKING:
     from cub.tasks.backend import TaskBackend
+    from cub.tasks.file_store import FileTaskBackend
     from cub.tasks.model import Task
 
-WORKSPACES_DIR = Path(".cub") / "worktrees"
 # Where the user's cub config and hooks are copied inside the clone (XDG_CONFIG_HOME).
 USER_CONFIG_DIR = Path(".git") / "cub-sandbox-config"
 _PROJECT_FILES = ("config.json", "runloop.md")
 SYNC_KEYS = ("status", "assignee", "attempts", "notes", "close_reason", "closed_at", "updated_at")
 
 
-def workspace_path(project_dir: Path, run_id: str) -> Path:
-    return project_dir / WORKSPACES_DIR / run_id
-
-
 def create_workspace(repo: Path, workspace: Path, branch: str, base: str | None) -> bool:
     """Create ``branch`` in the host repo (unless it exists) and clone it into ``workspace``.
-    Returns whether the branch was created."""
-    if workspace.exists():
-        raise SetupFailed(
-            "sandbox_failed", f"cannot create the sandbox workspace: {workspace} already exists"
-        )
+    Returns whether the branch was created. (The caller has made sure it does not exist.)"""
     created = False
     try:
         if not branch_exists(repo, branch):
@@ -147,29 +139,17 @@ def fetch_branch(repo: Path, workspace: Path, branch: str) -> tuple[str, str | N
     Returns (the host ref that now holds the work, a problem or None). When the host branch
     cannot be fast-forwarded (changed meanwhile, or checked out), the work is kept under
     ``<branch>-sandbox`` instead, never lost and never forced over the host's branch."""
+
+    def fetch(refspec: str) -> None:
+        git(repo, "fetch", "--quiet", "--no-tags", str(workspace), refspec, timeout=600)
+
     try:
-        git(
-            repo,
-            "fetch",
-            "--quiet",
-            "--no-tags",
-            str(workspace),
-            f"refs/heads/{branch}:refs/heads/{branch}",
-            timeout=600,
-        )
+        fetch(f"refs/heads/{branch}:refs/heads/{branch}")
         return branch, None
     except GitError as exc:
         fallback = f"{branch}-sandbox"
         try:
-            git(
-                repo,
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                str(workspace),
-                f"+refs/heads/{branch}:refs/heads/{fallback}",
-                timeout=600,
-            )
+            fetch(f"+refs/heads/{branch}:refs/heads/{fallback}")
         except GitError as again:
             return branch, f"could not fetch {branch} back: {exc.reason}; {again.reason}"
         return (
@@ -198,6 +178,13 @@ def keep_backlog_at_start(task_file: Path, run_dir: Path) -> Path:
 def backlog_at_start(run_dir: Path, task_file: Path) -> Path | None:
     path = run_dir / BACKLOG_AT_START_DIR / task_file.name
     return path if path.is_file() else None
+
+
+def inner_backlog(
+    host: FileTaskBackend, task_file: Path, project: Path, inner_project: Path
+) -> FileTaskBackend:
+    """The inner run's copy of the host's task file, read the way the host reads its own."""
+    return type(host)(inner_project / task_file.relative_to(project), inner_project)
 
 
 def copy_records(source: Path, target: Path) -> bool:

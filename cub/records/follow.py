@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 import msgspec
 
+from cub.records.reader import read_run_json
 from cub.records.schemas import Event, RunRecord
 
 
@@ -107,7 +108,4 @@ class RunFollower:
         return archived if os.path.exists(archived) else task_dir / "harness.log"
 
     def final_record(self) -> RunRecord | None:
-        try:
-            return msgspec.json.decode((self.run_dir / "run.json").read_bytes(), type=RunRecord)
-        except (FileNotFoundError, msgspec.DecodeError):
-            return None
+        return read_run_json(self.run_dir)

@@ -56,14 +56,25 @@ def unfinished_run_dirs(project_dir: Path) -> list[Path]:
     ]
 
 
+def read_run_json(run_dir: Path) -> RunRecord | None:
+    """The run's final record; None until it is written (or if it cannot be read)."""
+    try:
+        return _run_decoder.decode((run_dir / "run.json").read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
+def read_status_json(run_dir: Path) -> StatusRecord | None:
+    """The run's live status; None if there is none (or it cannot be read)."""
+    try:
+        return _status_decoder.decode((run_dir / "status.json").read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+
+
 def load_record(run_dir: Path) -> RunRecord | StatusRecord | None:
     """run.json if the run has ended, else status.json; None if neither is readable."""
-    for name, decoder in (("run.json", _run_decoder), ("status.json", _status_decoder)):
-        try:
-            return decoder.decode((run_dir / name).read_bytes())  # type: ignore[no-any-return]
-        except (FileNotFoundError, msgspec.DecodeError):
-            continue
-    return None
+    return read_run_json(run_dir) or read_status_json(run_dir)
 
 
 def resolve_run(project_dir: Path, run_id: str) -> Path:

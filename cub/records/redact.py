@@ -31,6 +31,3 @@ class Redactor:
 
     def bytes(self, data: bytes) -> bytes:
         return self(data.decode("utf-8", "replace")).encode()
-
-
-NO_REDACTION = Redactor(())

@@ -117,10 +117,6 @@ class RunStore:
         replace_symlink(runs / "latest", run_id)
         return store
 
-    @property
-    def run_id(self) -> str:
-        return self.run_dir.name
-
     # -- records ----------------------------------------------------------------------------
 
     def _write_json(self, path: Path, record: msgspec.Struct) -> None:

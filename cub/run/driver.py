@@ -37,7 +37,6 @@ class RunResult:
     record: RunRecord
     run_dir: Path | None
     ready: list[Task] | None = None  # the dry run's listing
-    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -68,11 +67,7 @@ class Run:
         """End the run in order: post-loop hooks and the mode's finishers see the terminal state
         about to be entered; then the trigger enters it and the record is written."""
         machine = self.machine
-        dest = next(
-            e.dest
-            for e in machine.chart.edges
-            if e.trigger == trigger and e.source == machine.state
-        )
+        dest = machine.edge(trigger).dest
         if self.hooks is not None:
             self.hooks.fire("post-loop", run_state=dest)
         for finish in self.finishers:
@@ -113,7 +108,7 @@ def _open_run(
     store = None
     if root is not None or anywhere:
         try:
-            store = RunStore.create(project_dir, run_id, Redactor(DEFAULT_SECRET_PATTERNS))
+            store = RunStore.create(project_dir, run_id, Redactor())
         except Rejected as exc:  # a run by that --name exists already
             early_rejection = exc
             run_id = new_run_id(mode)
@@ -223,7 +218,7 @@ def interrupt_invocation(argv: list[str], cwd: Path, signum: int) -> RunResult:
 
 def _try_store(project_dir: Path, run_id: str) -> RunStore | None:
     try:
-        return RunStore.create(project_dir, run_id, Redactor(DEFAULT_SECRET_PATTERNS))
+        return RunStore.create(project_dir, run_id, Redactor())
     except (OSError, Rejected):
         return None
 

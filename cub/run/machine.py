@@ -132,8 +132,9 @@ class RunMachine:
     def exit_code(self) -> int | None:
         return self.record.exit_code if self.record else None
 
-    def can(self, trigger: str) -> bool:
-        return (trigger, self.state) in self._edges
+    def edge(self, trigger: str) -> Edge:
+        """The edge ``trigger`` takes from the current state."""
+        return self._edges[(trigger, self.state)]
 
     # -- journal --------------------------------------------------------------------------------
 

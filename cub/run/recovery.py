@@ -26,7 +26,7 @@ import msgspec
 
 from cub import __version__
 from cub.chart.definition import RUN_CHART
-from cub.records.reader import read_events, run_dirs
+from cub.records.reader import read_events, read_status_json, run_dirs
 from cub.records.redact import DEFAULT_SECRET_PATTERNS, Redactor
 from cub.records.schemas import Event, RunnerInfo, StatusRecord, TaskAttempt, Transition
 from cub.records.store import (
@@ -47,8 +47,6 @@ if TYPE_CHECKING:
 # Set in every agent's environment to its run's directory, so that recovery can find what a
 # dead runner's agents left behind however they got away from their process tree.
 AGENT_RUN_DIR_VAR = "CUB_RUN_DIR"  # hooks get the same variable (cub.loop.hooks.ENV_RUN_DIR)
-
-_status_decoder = msgspec.json.Decoder(StatusRecord)
 
 
 def recover_runs(project_dir: Path) -> list[str]:
@@ -75,7 +73,7 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
     try:
         if (run_dir / "run.json").exists():
             return None
-        status = _read_status(run_dir) or _status_before_any(project_dir, run_dir)
+        status = read_status_json(run_dir) or _status_before_any(project_dir, run_dir)
         if status is None:
             return None
         store = RunStore(run_dir, Redactor(DEFAULT_SECRET_PATTERNS))
@@ -129,13 +127,6 @@ def _drop_abandoned_staging(staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
     finally:
         unlock_run(fd)
-
-
-def _read_status(run_dir: Path) -> StatusRecord | None:
-    try:
-        return _status_decoder.decode((run_dir / "status.json").read_bytes())
-    except (FileNotFoundError, msgspec.DecodeError):
-        return None
 
 
 def _status_before_any(project_dir: Path, run_dir: Path) -> StatusRecord | None:

@@ -226,10 +226,12 @@ def _needs_harness(r: RunRequest) -> bool:
 
 
 def check_branch(r: RunRequest, git_root: Path, protected: list[str]) -> None:
+    if not r.use_current_branch or r.main_ok:
+        return
     from cub.git import current_branch
 
     branch = current_branch(git_root)
-    if r.use_current_branch and not r.main_ok and branch in protected:
+    if branch in protected:
         raise Rejected(
             "main_branch",
             f"--use-current-branch would run on {branch!r}; pass --main-ok to allow work "

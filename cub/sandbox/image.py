@@ -247,9 +247,7 @@ def build_image(
             forcerm=True,
             pull=False,
         )
-    except docker.errors.BuildError as exc:
-        raise ImageBuildError(f"building {tag} failed: {_line(exc)}") from exc
-    except docker.errors.DockerException as exc:
+    except docker.errors.DockerException as exc:  # BuildError included
         raise ImageBuildError(f"building {tag} failed: {_line(exc)}") from exc
     if progress is not None:
         for chunk in logs:
