@@ -10,14 +10,13 @@ option) it came from; the merged dict is then decoded once into ``Config``.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from cub.config.messages import describe_validation_error
+from cub.config.messages import describe_validation_error, json_error_parts, relative_label
 from cub.config.schema import (
     Config,
     decode_hook,
@@ -28,7 +27,6 @@ from cub.durations import ACCEPTED_FORMS, parse_duration
 from cub.errors import ConfigError
 
 PROJECT_CONFIG = Path(".cub") / "config.json"
-_BYTE_OFFSET = re.compile(r"\s*\(byte (\d+)\)")
 
 
 class LoadedConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -56,7 +54,7 @@ def load_config(
     merged: dict[str, Any] = {}
     sources: list[Path] = []
     for path in (user_config_path(env), project_dir / PROJECT_CONFIG):
-        layer = _read_file_layer(path, _label(path, project_dir))
+        layer = _read_file_layer(path, relative_label(path, project_dir))
         if layer is not None:
             sources.append(path)
             _deep_merge(merged, layer)
@@ -83,13 +81,6 @@ def default_config_dict() -> dict[str, Any]:
     return result
 
 
-def _label(path: Path, project_dir: Path) -> str:
-    try:
-        return str(path.relative_to(project_dir))
-    except ValueError:
-        return str(path)
-
-
 def _read_file_layer(path: Path, label: str) -> dict[str, Any] | None:
     try:
         data = path.read_bytes()
@@ -109,10 +100,8 @@ def _read_file_layer(path: Path, label: str) -> dict[str, Any] | None:
 
 
 def _json_error(data: bytes, message: str) -> str:
-    found = _BYTE_OFFSET.search(message)
-    offset = int(found.group(1)) if found else len(data)
-    line = data[:offset].count(b"\n") + 1
-    detail = _BYTE_OFFSET.sub("", message).removeprefix("JSON is malformed: ")
+    offset, detail = json_error_parts(message)
+    line = data[: len(data) if offset is None else offset].count(b"\n") + 1
     return f"line {line}: invalid JSON: {detail}"
 
 

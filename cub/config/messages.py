@@ -12,6 +12,7 @@ import difflib
 import re
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, NamedTuple, Union
 
 import msgspec
@@ -22,6 +23,7 @@ _UNKNOWN_FIELD = re.compile(r"^Object contains unknown field `(?P<name>[^`]*)`$"
 _BAD_ENUM = re.compile(r"^Invalid enum value (?P<value>.*)$")
 _MISSING_FIELD = re.compile(r"^Object missing required field `(?P<name>[^`]*)`$")
 _MISSING = object()
+_BYTE_OFFSET = re.compile(r"\s*\(byte (\d+)\)")
 
 
 class Problem(NamedTuple):
@@ -187,3 +189,18 @@ def _other_members(tp: Any) -> list[str]:
         if typing.get_origin(member) is not Literal and member is not type(None):
             names.append(getattr(member, "__name__", str(member)))
     return names
+
+
+def json_error_parts(message: str) -> tuple[int | None, str]:
+    """A msgspec JSON decode error as (byte offset if it gives one, what is wrong)."""
+    found = _BYTE_OFFSET.search(message)
+    detail = _BYTE_OFFSET.sub("", message).removeprefix("JSON is malformed: ")
+    return (int(found.group(1)) if found else None), detail
+
+
+def relative_label(path: Path, project_dir: Path) -> str:
+    """How messages name a file: relative to the project when it is inside it."""
+    try:
+        return str(path.relative_to(project_dir))
+    except ValueError:
+        return str(path)

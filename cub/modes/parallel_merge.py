@@ -156,41 +156,14 @@ def fail_merged_task(backend: TaskBackend, task_id: str, reason: str) -> bool:
     """Mark a task `failed` after its child closed it but its branch did not merge.
 
     The backend interface only fails a task still claimed by the failing run, and this one is
-    closed by its child, so the change is made here under each backend's own lock: closed →
-    failed, close fields removed, the reason appended to the notes. A backend this does not
-    know gets the note only. Returns whether the status changed.
+    closed by its child, so the backends that can do it have `fail_closed`: closed → failed,
+    close fields removed, the reason appended to the notes. Another backend gets the note
+    only. Returns whether the status changed.
     """
-    from cub.tasks import changes
     from cub.tasks.beads import BeadsBackend
     from cub.tasks.file_store import FileTaskBackend
-    from cub.tasks.model import now_iso
 
-    note = f"failed: {reason}"
-    if isinstance(backend, FileTaskBackend):
-        with backend._transaction() as document:
-            index = document.position(task_id)
-            if index is None:
-                return False
-            task = document.tasks[index]
-            document.update(
-                index,
-                {
-                    "status": "failed",
-                    "assignee": None,
-                    "closed_at": None,
-                    "close_reason": None,
-                    "updated_at": now_iso(),
-                    "notes": changes.append_note(task.notes, note),
-                },
-            )
-        return True
-    if isinstance(backend, BeadsBackend):
-        with backend._locked():
-            state = backend._read_state()
-            task = backend._show(task_id, state)
-            backend._update(task_id, status="blocked", notes=changes.append_note(task.notes, note))
-            state.failed[task_id] = reason
-            backend._write_state(state)
-        return True
-    backend.update_notes(task_id, note)
+    if isinstance(backend, (FileTaskBackend, BeadsBackend)):
+        return backend.fail_closed(task_id, reason)
+    backend.update_notes(task_id, f"failed: {reason}")
     return False

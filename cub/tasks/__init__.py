@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from cub.tasks.backend import TaskBackend, open_backend
 from cub.tasks.model import Task, parse_priority, validate_task_id
-from cub.tasks.selection import explain_empty, has_failed, pick_task, ready_tasks
+from cub.tasks.selection import explain_empty, pick_task, ready_tasks
 
 __all__ = [
     "Task",
     "TaskBackend",
     "explain_empty",
-    "has_failed",
     "open_backend",
     "parse_priority",
     "pick_task",

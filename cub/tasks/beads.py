@@ -61,7 +61,9 @@ class BeadsBackend:
     # --- reading ---------------------------------------------------------------------------
 
     def load(self) -> list[Task]:
-        state = self._read_state()
+        return self._load(self._read_state())
+
+    def _load(self, state: CubState) -> list[Task]:
         issues = self._run_json("list")
         if not isinstance(issues, list):
             raise BackendError(f"`{self.bd} list --json` did not return a JSON array")
@@ -88,7 +90,8 @@ class BeadsBackend:
         exclude: Collection[str] = (),
     ) -> Task | None:
         with self._locked():
-            tasks = self.load()
+            state = self._read_state()
+            tasks = self._load(state)
             if task_id is not None:
                 picked = pick_task(tasks, task_id=task_id, exclude=exclude)
                 candidates = [picked] if picked else []
@@ -97,7 +100,6 @@ class BeadsBackend:
                     t for t in ready_tasks(tasks, epic=epic, label=label) if t.id not in exclude
                 ]
                 candidates = ready[:_CANDIDATES_CHECKED]
-            state = self._read_state()
             for candidate in candidates:
                 # `bd list` may leave dependencies out; `bd show` has them all, so confirm.
                 full = self._show(candidate.id, state)
@@ -136,6 +138,17 @@ class BeadsBackend:
             state.failed[task_id] = reason
             self._write_state(state)
             return True
+
+    def fail_closed(self, task_id: str, reason: str) -> bool:
+        """Closed → failed (beads: blocked, with cub's failed mark), whoever closed it."""
+        with self._locked():
+            state = self._read_state()
+            task = self._show(task_id, state)
+            note = changes.append_note(task.notes, f"failed: {reason}")
+            self._update(task_id, status="blocked", notes=note)
+            state.failed[task_id] = reason
+            self._write_state(state)
+        return True
 
     def close(self, task_id: str, run_id: str, reason: str) -> Task:
         validate_task_id(task_id)
@@ -286,7 +299,7 @@ def _issue_entry(issue: Any) -> TaskEntry:
         issue["issue_type"] = "gate"
     deps = issue.get("dependencies")
     if isinstance(deps, list):
-        issue["dependencies"] = [_dependency(dep) for dep in deps if _dependency(dep)]
+        issue["dependencies"] = [d for dep in deps if (d := _dependency(dep))]
     try:
         return msgspec.convert(issue, TaskEntry)
     except msgspec.ValidationError as exc:

@@ -52,6 +52,18 @@ def fail(task: Task, run_id: str, reason: str) -> Changes | None:
     return _with_note(task, f"failed: {reason}", changes)
 
 
+def fail_closed(task: Task, reason: str) -> Changes:
+    """A task its child run closed, whose work then did not merge: failed after all."""
+    return {
+        "status": "failed",
+        "assignee": None,
+        "closed_at": None,
+        "close_reason": None,
+        "updated_at": now_iso(),
+        "notes": append_note(task.notes, f"failed: {reason}"),
+    }
+
+
 def close(task: Task, run_id: str, reason: str) -> Changes:
     # Closing is allowed from any state: a person may close a task by hand with `cub tasks close`.
     stamp = now_iso()

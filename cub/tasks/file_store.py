@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import filelock
 
+from cub.config.messages import relative_label
 from cub.errors import BackendError, TaskNotFound
 from cub.records.durable import write_atomic
 from cub.tasks import changes
@@ -33,6 +34,8 @@ class TaskDocument(Protocol):
     """A parsed task file that can change tasks in place and serialise itself again."""
 
     tasks: list[Task]
+    # Set by update() and append() when the serialised file would differ.
+    changed: bool
 
     def position(self, task_id: str) -> int | None: ...
 
@@ -55,7 +58,7 @@ class FileTaskBackend:
     def __init__(self, path: Path, project_dir: Path) -> None:
         self.path = path
         self.project_dir = project_dir
-        self.label = _relative_label(path, project_dir)
+        self.label = relative_label(path, project_dir)
         self._lock = filelock.FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
         # The last document read or written, with the identity of the file it came from: a
         # loop claims and closes task after task, and re-parsing a large backlog for each
@@ -74,11 +77,7 @@ class FileTaskBackend:
         return list(self._read().tasks)  # a copy: the document itself may be cached and change
 
     def get(self, task_id: str) -> Task:
-        document = self._read()
-        index = document.position(task_id)
-        if index is None:
-            raise TaskNotFound(f"no task with id {task_id!r} in {self.label}")
-        return document.tasks[index]
+        return self._find(self._read(), task_id)
 
     def problems(self) -> list[str]:
         document = self._read()
@@ -122,6 +121,17 @@ class FileTaskBackend:
         with self._transaction() as document:
             task = self._find(document, task_id)
             return self._apply(document, task_id, changes.close(task, run_id, reason))
+
+    def fail_closed(self, task_id: str, reason: str) -> bool:
+        """Closed → failed, whoever closed it (see `changes.fail_closed`); False if the task
+        is not in the file."""
+        with self._transaction() as document:
+            if document.position(task_id) is None:
+                return False
+            self._apply(
+                document, task_id, changes.fail_closed(self._find(document, task_id), reason)
+            )
+            return True
 
     def update_notes(self, task_id: str, note: str) -> Task:
         with self._transaction() as document:
@@ -208,14 +218,16 @@ class FileTaskBackend:
             ) from None
         try:
             document = self._read()
-            before = document.to_bytes()
             self._cached = None  # changed in place from here on: cached again once written
+            document.changed = False
             yield document
-            after = document.to_bytes()
-            if after != before:
-                write_atomic(self.path, after, mode=_file_mode(self.path))
+            if document.changed:
+                write_atomic(self.path, document.to_bytes(), mode=_file_mode(self.path))
             # Under the lock nobody else has replaced the file since: this is its content.
-            self._cached = (_identity(os.stat(self.path)), document) if after else None
+            try:
+                self._cached = (_identity(os.stat(self.path)), document)
+            except FileNotFoundError:  # an empty backlog that is still not written
+                self._cached = None
         finally:
             self._lock.release()
 
@@ -254,10 +266,3 @@ def _file_mode(path: Path) -> int:
         return os.stat(path).st_mode & 0o777
     except FileNotFoundError:
         return NEW_FILE_MODE
-
-
-def _relative_label(path: Path, project_dir: Path) -> str:
-    try:
-        return str(path.relative_to(project_dir))
-    except ValueError:
-        return str(path)

@@ -7,25 +7,24 @@ spelling all survive.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from cub.config.messages import describe_validation_error
+from cub.config.messages import describe_validation_error, json_error_parts
 from cub.errors import InvalidTaskId, TaskFileError
 from cub.tasks import changes
 from cub.tasks.file_store import FileTaskBackend
 from cub.tasks.model import TASK_ENTRY_DECODER, Task, TaskEntry, depends_on_key, validate_task_id
 
 DEFAULT_PATH = Path(".cub") / "tasks.jsonl"
-_BYTE_OFFSET = re.compile(r"\s*\(byte (\d+)\)")
 
 
 class JsonlDocument:
     def __init__(self, data: bytes, label: str) -> None:
         self.label = label
+        self.changed = False
         self.lines: list[bytes] = data.split(b"\n")
         if self.lines and not self.lines[-1]:
             self.lines.pop()  # the newline that ends the last line
@@ -60,6 +59,7 @@ class JsonlDocument:
         changes.apply(raw, change)
         encoded = msgspec.json.encode(raw)
         task = decode_line(encoded, self.location(index))
+        self.changed = self.changed or encoded != self.lines[line_index]
         self.lines[line_index] = encoded
         self.tasks[index] = task
         return task
@@ -68,6 +68,7 @@ class JsonlDocument:
         encoded = msgspec.json.encode(raw)
         task = decode_line(encoded, f"{self.label}:{len(self.lines) + 1}")
         self.lines.append(encoded)
+        self.changed = True
         self._add(task, len(self.lines) - 1)
         return task
 
@@ -107,9 +108,8 @@ def _generic(line: bytes) -> Any:
 
 
 def _json_detail(message: str) -> str:
-    found = _BYTE_OFFSET.search(message)
-    detail = _BYTE_OFFSET.sub("", message).removeprefix("JSON is malformed: ")
-    return f"{detail} at column {int(found.group(1)) + 1}" if found else detail
+    offset, detail = json_error_parts(message)
+    return detail if offset is None else f"{detail} at column {offset + 1}"
 
 
 class JsonlBackend(FileTaskBackend):

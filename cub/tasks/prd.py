@@ -6,25 +6,24 @@ written back pretty-printed (two-space indent), the way such files are usually e
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from cub.config.messages import describe_validation_error
+from cub.config.messages import describe_validation_error, json_error_parts
 from cub.errors import InvalidTaskId, TaskFileError
 from cub.tasks import changes
 from cub.tasks.file_store import FileTaskBackend
 from cub.tasks.model import Task, TaskEntry, depends_on_key, validate_task_id
 
 DEFAULT_PATH = Path("prd.json")
-_BYTE_OFFSET = re.compile(r"\s*\(byte (\d+)\)")
 
 
 class PrdDocument:
     def __init__(self, data: bytes, label: str) -> None:
         self.label = label
+        self.changed = False
         self.root: dict[str, Any] = _decode_root(data, label)
         raw_tasks = self.root.setdefault("tasks", [])
         if not isinstance(raw_tasks, list):
@@ -50,7 +49,9 @@ class PrdDocument:
 
     def update(self, index: int, change: changes.Changes) -> Task:
         raw = self.raw_tasks[index]
+        before = dict(raw)
         changes.apply(raw, change)
+        self.changed = self.changed or raw != before
         task = decode_task(raw, self.label, index)
         self.tasks[index] = task
         return task
@@ -59,6 +60,7 @@ class PrdDocument:
         index = len(self.raw_tasks)
         task = decode_task(raw, self.label, index)
         self.raw_tasks.append(raw)
+        self.changed = True
         self._by_id[task.id] = index
         self.tasks.append(task)
         return task
@@ -94,9 +96,8 @@ def _decode_root(data: bytes, label: str) -> dict[str, Any]:
     try:
         root = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
-        found = _BYTE_OFFSET.search(str(exc))
-        line = data[: int(found.group(1))].count(b"\n") + 1 if found else "end"
-        detail = _BYTE_OFFSET.sub("", str(exc)).removeprefix("JSON is malformed: ")
+        offset, detail = json_error_parts(str(exc))
+        line = "end" if offset is None else data[:offset].count(b"\n") + 1
         raise TaskFileError(f"{label}: line {line}: invalid JSON: {detail}") from None
     if not isinstance(root, dict):
         raise TaskFileError(f'{label}: $: expected a JSON object with a "tasks" array')

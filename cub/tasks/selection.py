@@ -6,7 +6,7 @@ built per call, so a 10,000-task backlog with long dependency chains selects in 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Sequence
 
 from cub.errors import TaskNotFound
 from cub.tasks.model import Task
@@ -61,10 +61,6 @@ def pick_task(
             claimable = task.status in CLAIMABLE_BY_ID
             return task if claimable and task.issue_type not in UNSELECTABLE_TYPES else None
     raise TaskNotFound(f"no task with id {task_id!r}")
-
-
-def has_failed(tasks: Iterable[Task]) -> bool:
-    return any(task.status == "failed" for task in tasks)
 
 
 def unmet_dependencies(task: Task, tasks: Sequence[Task]) -> list[str]:

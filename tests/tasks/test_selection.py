@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from cub.errors import TaskNotFound
 from cub.tasks.integrity import dependency_problems
 from cub.tasks.model import Task
-from cub.tasks.selection import explain_empty, has_failed, pick_task, ready_tasks
+from cub.tasks.selection import explain_empty, pick_task, ready_tasks
 
 
 def task(task_id: str, **fields: Any) -> Task:
@@ -89,11 +89,6 @@ def test_pick_task_by_id_and_exclude() -> None:
     assert pick_task(tasks, task_id="e") is None
     with pytest.raises(TaskNotFound):
         pick_task(tasks, task_id="zz")
-
-
-def test_has_failed() -> None:
-    assert not has_failed([task("a"), task("b", status="closed")])
-    assert has_failed([task("a"), task("b", status="failed")])
 
 
 def test_explain_all_done() -> None:
