@@ -63,3 +63,8 @@ class ForceKillRequested(BaseException):
 
 class InvalidTaskId(CubError, ValueError):
     """A task id that cannot safely become a directory name (``..``, ``/``, empty, too long)."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line, however many lines its library gave it."""
+    return " ".join(str(exc).split())

@@ -115,9 +115,8 @@ def report_run(result: RunResult, *, json_output: bool, quiet: bool) -> int:
         return record.exit_code
     if result.ready is not None and not json_output:
         _print_ready(result.ready, human)
-    if quiet:
-        print(f"cub: {record.state} (exit {record.exit_code}): {record.reason}", file=human)
-    else:
+    print(f"cub: {record.state} (exit {record.exit_code}): {record.reason}", file=human)
+    if not quiet:
         _print_summary(result, human)
     return record.exit_code
 
@@ -133,9 +132,9 @@ _RESUMABLE = {"interrupted", "budget_exhausted", "force_killed"}
 
 
 def _print_summary(result: RunResult, out: TextIO) -> None:
+    """What follows the run's one-line ending: attempts, usage, where the record is."""
     record = result.record
     tasks = record.tasks
-    print(f"cub: {record.state} (exit {record.exit_code}): {record.reason}", file=out)
     if result.run_dir is not None and tasks.attempted:
         from cub.records.reader import task_attempts
 
@@ -146,11 +145,9 @@ def _print_summary(result: RunResult, out: TextIO) -> None:
                 f"{attempt.duration_s:>7.1f}s {usage.total_tokens:>8} tokens",
                 file=out,
             )
-        print(
-            f"  tasks: {tasks.succeeded} succeeded, {tasks.failed} failed, "
-            f"{tasks.interrupted} interrupted, {tasks.skipped} skipped",
-            file=out,
-        )
+        from cub.cli.views import task_counts_line
+
+        print(f"  tasks: {task_counts_line(tasks)}", file=out)
     budget = record.budget
     if budget.tokens_used or budget.cost_usd:
         print(f"  usage: {budget.tokens_used} tokens, ${budget.cost_usd:.4f}", file=out)

@@ -7,8 +7,12 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from cub.records.schemas import RunRecord, StatusRecord
 
 
 def _project_dir() -> Path:
@@ -38,6 +42,20 @@ def _since(text: str | None) -> datetime | None:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--since") from None
+
+
+def _load(command: str, run_id: str) -> tuple[Path, RunRecord | StatusRecord] | None:
+    """The run and its record, or None after saying why there is none."""
+    from cub.records.reader import load_record
+
+    run_dir = _resolve(command, run_id)
+    if run_dir is None:
+        return None
+    record = load_record(run_dir)
+    if record is None:
+        print(f"cub {command}: error: {run_dir} has no readable record", file=sys.stderr)
+        return None
+    return run_dir, record
 
 
 def _resolve(command: str, run_id: str) -> Path | None:
@@ -100,16 +118,13 @@ def list_command(json_: bool, state: str | None, since: str | None, limit: int |
 def show_command(run_id: str, json_: bool, events: bool) -> int:
     """Show one run's record (RUN_ID or `latest`): its ending, timeline, attempts, usage."""
     from cub.cli.views import print_events, print_record
-    from cub.records.reader import load_record, read_events
+    from cub.records.reader import read_events
     from cub.records.schemas import encode
 
-    run_dir = _resolve("runs show", run_id)
-    if run_dir is None:
+    found = _load("runs show", run_id)
+    if found is None:
         return 1
-    record = load_record(run_dir)
-    if record is None:
-        print(f"cub runs show: error: {run_dir} has no readable record", file=sys.stderr)
-        return 1
+    run_dir, record = found
     if json_:
         sys.stdout.write(encode(record).decode())
         return 0
@@ -186,16 +201,12 @@ def prune_command(keep: int | None, older_than: str | None) -> int:
 def status_command(json_: bool) -> int:
     """The live run (or the last one): state, task, elapsed time, tokens, cost, budget use."""
     from cub.cli.views import print_status
-    from cub.records.reader import load_record
     from cub.records.schemas import encode
 
-    run_dir = _resolve("status", "latest")
-    if run_dir is None:
+    found = _load("status", "latest")
+    if found is None:
         return 1
-    record = load_record(run_dir)
-    if record is None:
-        print(f"cub status: error: {run_dir} has no readable record", file=sys.stderr)
-        return 1
+    run_dir, record = found
     if json_:
         sys.stdout.write(encode(record).decode())
         return 0

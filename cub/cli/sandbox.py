@@ -51,7 +51,8 @@ def build_command(
     base: str | None, tag: str | None, agent: str | None, print_dockerfile: bool, verbose: bool
 ) -> int:
     """Build the sandbox image from cub's own source (this checkout or installation)."""
-    from cub.errors import CubError
+    from cub.errors import CubError, one_line
+    from cub.modes.sandbox_container import answering_client
     from cub.sandbox.image import ImageBuildError, build_image, check_agent_package, dockerfile
 
     try:
@@ -65,12 +66,9 @@ def build_command(
         click.echo(f"cub sandbox build: error: {exc}", err=True)
         return 1
     try:
-        import docker
-
-        client = docker.from_env(timeout=600)
-        client.ping()
+        client = answering_client(600)
     except Exception as exc:
-        detail = " ".join(str(exc).split())
+        detail = one_line(exc)
         click.echo(f"cub sandbox build: error: no Docker engine answered: {detail}", err=True)
         return 1
     progress = (lambda line: click.echo(line, err=True)) if verbose else None

@@ -10,7 +10,7 @@ import msgspec
 
 if TYPE_CHECKING:
     from cub.records.reader import RunSummary
-    from cub.records.schemas import BudgetUse, Event, RunRecord, StatusRecord
+    from cub.records.schemas import BudgetUse, Event, RunRecord, StatusRecord, TaskCounts
 
 
 def _duration(seconds: float | None) -> str:
@@ -41,6 +41,13 @@ def summary_line(s: RunSummary) -> str:
         f"{_clip(s.run_id, 34):<34} {s.mode:<9} {s.state:<19} {exit_code:>4} {ok_fail:>7} "
         f"{s.budget.tokens_used:>8} {s.budget.cost_usd:>8.4f} {_duration(s.duration_s):>7}  "
         f"{started:<19}  {_clip(s.reason, 60)}"
+    )
+
+
+def task_counts_line(tasks: TaskCounts) -> str:
+    return (
+        f"{tasks.succeeded} succeeded, {tasks.failed} failed, "
+        f"{tasks.interrupted} interrupted, {tasks.skipped} skipped"
     )
 
 
@@ -97,11 +104,7 @@ def print_record(record: RunRecord | StatusRecord, run_dir: Path) -> None:
         )
     if record.branch:
         print(f"branch    {record.branch}")
-    tasks = record.tasks
-    print(
-        f"tasks     {tasks.succeeded} succeeded, {tasks.failed} failed, "
-        f"{tasks.interrupted} interrupted, {tasks.skipped} skipped"
-    )
+    print(f"tasks     {task_counts_line(record.tasks)}")
     print(f"usage     {budget_line(record.budget)}")
     attempts = task_attempts(run_dir)
     if attempts:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cub.errors import SetupFailed
+from cub.errors import SetupFailed, one_line
 from cub.modes import sandbox_results as results
 from cub.modes import sandbox_workspace as ws
 from cub.modes.sandbox_container import (
@@ -57,10 +57,6 @@ STOP_MARGIN_S = 15.0
 TIMEOUT_MARGIN_S = 60.0
 ENGINE_LOST_S = 10.0
 KILL_WAIT_S = 2.0
-
-
-def _line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def prepare_sandbox(run: Run, plan: RunPlan) -> None:
@@ -99,7 +95,9 @@ def prepare_sandbox(run: Run, plan: RunPlan) -> None:
             "sandbox_failed", f"image {image} not found; run `cub sandbox build`"
         ) from None
     except Exception as exc:
-        raise SetupFailed("sandbox_failed", f"cannot inspect image {image}: {_line(exc)}") from exc
+        raise SetupFailed(
+            "sandbox_failed", f"cannot inspect image {image}: {one_line(exc)}"
+        ) from exc
 
 
 def supervise_sandbox(run: Run) -> None:
@@ -255,7 +253,7 @@ class SandboxRun:
             self.container.start()
         except docker.errors.DockerException as exc:
             raise SetupFailed(
-                "sandbox_failed", f"cannot start a container from {self.image}: {_line(exc)}"
+                "sandbox_failed", f"cannot start a container from {self.image}: {one_line(exc)}"
             ) from exc
         store = ctx.store
         if store is not None:
@@ -339,7 +337,7 @@ class SandboxRun:
         try:
             self.container.kill(signal=name)
         except Exception as exc:  # it may have ended just now; the poll will see that
-            self.note("sandbox_signal_failed", signal=name, error=_line(exc))
+            self.note("sandbox_signal_failed", signal=name, error=one_line(exc))
             return
         self.note("sandbox_signal", signal=name)
 
@@ -373,7 +371,7 @@ class SandboxRun:
         try:
             self._collect()
         except Exception as exc:
-            self.note("sandbox_collect_failed", error=_line(exc))
+            self.note("sandbox_collect_failed", error=one_line(exc))
         self.finish(self.run, "", "", "")
 
     def _collect(self) -> None:

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cub.errors import one_line
+
 if TYPE_CHECKING:
     from cub.config.schema import SandboxConfig
     from cub.run.request import RunRequest
@@ -159,6 +161,13 @@ def client(timeout: float | None) -> Any:
     return docker.from_env(timeout=timeout)
 
 
+def answering_client(timeout: float | None) -> Any:
+    """`client`, once the engine has answered a ping; raises whatever the SDK raised."""
+    engine = client(timeout)
+    engine.ping()
+    return engine
+
+
 def container_state(container: Any, poll_s: float, lost_after_s: float) -> dict[str, Any]:
     """The container's `State`, reloaded; ``{"Status": "removed"}`` when it is gone. An engine
     that does not answer for ``lost_after_s`` is a `CubError`."""
@@ -175,7 +184,7 @@ def container_state(container: Any, poll_s: float, lost_after_s: float) -> dict[
             return {"Status": "removed"}
         except Exception as exc:  # the engine is busy or restarting; it may come back
             if time.monotonic() > deadline:
-                detail = " ".join(str(exc).split())
+                detail = one_line(exc)
                 raise CubError(f"lost the Docker engine while supervising: {detail}") from exc
             time.sleep(poll_s)
 
@@ -209,7 +218,7 @@ def stop_containers_of(run_id: str, *, keep: bool, timeout: float) -> tuple[list
         api = client(timeout).api
         found = api.containers(all=True, filters={"label": f"cub.run_id={run_id}"})
     except Exception as exc:
-        return [], " ".join(str(exc).split())
+        return [], one_line(exc)
     handled: list[str] = []
     problem = None
     for container in found:
@@ -221,7 +230,7 @@ def stop_containers_of(run_id: str, *, keep: bool, timeout: float) -> tuple[list
                 api.remove_container(container["Id"], force=True)  # force: killed first
             handled.append(container["Id"])
         except Exception as exc:
-            problem = " ".join(str(exc).split())
+            problem = one_line(exc)
     return handled, problem
 
 

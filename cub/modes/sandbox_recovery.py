@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cub.errors import CubError
+from cub.errors import CubError, one_line
 from cub.modes import sandbox_workspace as ws
 from cub.modes.sandbox_results import child_entry, recover_inner, take_counters
 from cub.modes.worktree import worktree_path
@@ -136,7 +136,7 @@ def _sync_tasks(
         copy = ws.inner_backlog(host, host.path, project_dir, inner_project)
         updated, conflicts = ws.sync_tasks(host, copy, attempted, before)
     except (CubError, OSError, ValueError) as exc:
-        return [], f"task results not applied: {' '.join(str(exc).split())}"
+        return [], f"task results not applied: {one_line(exc)}"
     if conflicts:
         return updated, f"changed on the host meanwhile, left alone: {', '.join(conflicts)}"
     return updated, None

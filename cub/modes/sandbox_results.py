@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from cub.errors import CubError
+from cub.errors import CubError, one_line
 from cub.modes import sandbox_workspace as ws
 from cub.records.reader import read_run_json
 from cub.records.schemas import ChildRun
@@ -37,10 +37,6 @@ TASK_FAILURE_CODES = (
     "verify_failed",
     "hook_failed",
 )
-
-
-def _line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
 
 
 def _step(sb: SandboxRun, name: str) -> bool:
@@ -85,7 +81,7 @@ def _sync_tasks(sb: SandboxRun) -> None:
     try:
         updated, conflicts = ws.sync_tasks(host, copy, list(inner.tasks.attempted), sb.before)
     except (CubError, OSError) as exc:
-        sb.note("task_sync_failed", error=_line(exc))
+        sb.note("task_sync_failed", error=one_line(exc))
         return
     sb.note("task_sync", updated=",".join(updated), conflicts=",".join(conflicts))
 
@@ -208,7 +204,7 @@ def clean_up(sb: SandboxRun) -> None:
                 client(10).api.remove_container(container.id, force=True)
                 sb.note("sandbox_removed", container_id=container.id)
             except Exception as exc:
-                sb.note("sandbox_left", container_id=container.id, error=_line(exc))
+                sb.note("sandbox_left", container_id=container.id, error=one_line(exc))
     if sb.workspace_made and _step(sb, "workspace"):
         problem = ws.remove_workspace(sb.workspace)
         sb.note(

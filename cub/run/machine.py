@@ -225,11 +225,14 @@ class RunMachine:
         if self._on_terminal is not None:
             self._on_terminal()
         try:
-            self.record = self._run_record()
-            if self.ctx.store is not None:
-                self.ctx.store.write_run(self.record)
+            self._write_record()
         except Exception as exc:
             self._persist_fallback(exc)
+
+    def _write_record(self) -> None:
+        self.record = self._run_record()
+        if self.ctx.store is not None:
+            self.ctx.store.write_run(self.record)
 
     def _persist_fallback(self, exc: Exception) -> None:
         self.ctx.error = error_info(exc)
@@ -237,9 +240,7 @@ class RunMachine:
         self.ctx.reason = f"writing the run record failed: {type(exc).__name__}: {exc}"
         self.machine.set_state(FAILED, model=self)
         try:
-            self.record = self._run_record()
-            if self.ctx.store is not None:
-                self.ctx.store.write_run(self.record)
+            self._write_record()
         except Exception as again:
             print(f"cub: could not write the run record: {again}", file=sys.stderr)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cub.durations import parse_duration
-from cub.errors import Rejected
+from cub.errors import Rejected, one_line
 from cub.records.store import check_safe_name
 from cub.run.request import RunRequest
 
@@ -240,18 +240,16 @@ def check_branch(r: RunRequest, git_root: Path, protected: list[str]) -> None:
 
 
 def check_docker() -> None:
-    try:
-        import docker  # lazy: only sandbox runs pay for it
+    from cub.modes.sandbox_container import answering_client  # only sandbox runs pay for it
 
-        client = docker.from_env(timeout=5)
-        client.ping()
+    try:
+        answering_client(5)
     except Exception as exc:
         host = os.environ.get("DOCKER_HOST")
         where = f"DOCKER_HOST={host}" if host else "the default socket (DOCKER_HOST is not set)"
-        detail = " ".join(str(exc).split())  # one line, whatever the SDK's message looks like
         raise Rejected(
             "docker_unavailable",
-            f"--sandbox needs a Docker engine, and none answered at {where}: {detail}",
+            f"--sandbox needs a Docker engine, and none answered at {where}: {one_line(exc)}",
         ) from exc
 
 

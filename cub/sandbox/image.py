@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import cub
+from cub.errors import one_line
 
 DEFAULT_BASE = "python:3.12-slim"
 LIB_DIR = "/opt/cub/lib"
@@ -202,7 +203,7 @@ def _python_version(client: Any, image: str) -> str:
     except docker.errors.ImageNotFound:
         raise ImageBuildError(f"base image {image} not found in the local engine") from None
     except docker.errors.DockerException as exc:
-        raise ImageBuildError(f"cannot inspect base image {image}: {_line(exc)}") from exc
+        raise ImageBuildError(f"cannot inspect base image {image}: {one_line(exc)}") from exc
     try:
         out = client.containers.run(
             image,
@@ -212,7 +213,9 @@ def _python_version(client: Any, image: str) -> str:
             entrypoint=[],
         )
     except docker.errors.DockerException as exc:
-        raise ImageBuildError(f"base image {image} has no working python3: {_line(exc)}") from exc
+        raise ImageBuildError(
+            f"base image {image} has no working python3: {one_line(exc)}"
+        ) from exc
     return bytes(out).decode().strip()
 
 
@@ -248,7 +251,7 @@ def build_image(
             pull=False,
         )
     except docker.errors.DockerException as exc:  # BuildError included
-        raise ImageBuildError(f"building {tag} failed: {_line(exc)}") from exc
+        raise ImageBuildError(f"building {tag} failed: {one_line(exc)}") from exc
     if progress is not None:
         for chunk in logs:
             text = str(chunk.get("stream", "")).strip()
@@ -271,8 +274,4 @@ def _smoke_test(client: Any, tag: str) -> None:
         detail = stderr[-1] if stderr else f"exit {exc.exit_status}"
         raise ImageBuildError(f"the image {tag} was built but cannot run cub: {detail}") from exc
     except docker.errors.DockerException as exc:
-        raise ImageBuildError(f"the image {tag} cannot be started: {_line(exc)}") from exc
-
-
-def _line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+        raise ImageBuildError(f"the image {tag} cannot be started: {one_line(exc)}") from exc
