@@ -13,18 +13,15 @@ Nothing here decides what a failure means for the run: the caller reads ``HookRu
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
 import msgspec
+
+from cub.loop.commands import run_in_group
 
 HOOK_POINTS: tuple[str, ...] = (
     "pre-loop",
@@ -48,10 +45,8 @@ ENV_EXIT_CODE = "CUB_EXIT_CODE"
 ENV_RUN_STATE = "CUB_RUN_STATE"
 
 # Grace between SIGTERM and SIGKILL for a hook that overran its timeout.
-KILL_GRACE_S = 2.0
 # How much of a hook's output is kept in its outcome, and at most how much goes to hooks.log.
 OUTPUT_TAIL_CHARS = 2048
-MAX_LOG_BYTES = 1024 * 1024
 
 HOOKS_LOG = "hooks.log"
 
@@ -200,101 +195,30 @@ def _run_one(
     redact: Callable[[str], str],
     interrupted: Callable[[], bool] | None = None,
 ) -> tuple[HookOutcome, str]:
-    # Output goes to an anonymous temporary file rather than a pipe: a background process the
-    # hook leaves behind can keep writing to it without ever making us wait.
-    with tempfile.TemporaryFile() as out:
-        started = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                [str(hook)],
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            message = f"cannot run hook: {exc}"
-            outcome = HookOutcome(
-                point=point,
-                path=str(hook),
-                exit_code=None,
-                duration_s=round(time.monotonic() - started, 3),
-                output_tail=message,
-                error=str(exc),
-            )
-            return outcome, message
-        exit_code, timed_out = _wait(proc, timeout, interrupted)
-        duration = time.monotonic() - started
-        output = redact(_read_tail(out, MAX_LOG_BYTES))
+    started = time.monotonic()
+    try:
+        done = run_in_group([str(hook)], cwd=cwd, env=env, timeout=timeout, interrupted=interrupted)
+    except OSError as exc:
+        message = f"cannot run hook: {exc}"
+        outcome = HookOutcome(
+            point=point,
+            path=str(hook),
+            exit_code=None,
+            duration_s=round(time.monotonic() - started, 3),
+            output_tail=message,
+            error=str(exc),
+        )
+        return outcome, message
+    output = redact(done.output)
     outcome = HookOutcome(
         point=point,
         path=str(hook),
-        exit_code=exit_code,
-        timed_out=timed_out,
-        duration_s=round(duration, 3),
+        exit_code=done.exit_code,
+        timed_out=done.timed_out,
+        duration_s=round(done.duration_s, 3),
         output_tail=output[-OUTPUT_TAIL_CHARS:],
     )
     return outcome, output
-
-
-def _wait(
-    proc: subprocess.Popen[bytes], timeout: float, interrupted: Callable[[], bool] | None = None
-) -> tuple[int, bool]:
-    """Wait for the hook; on timeout (or interruption) stop its whole process group.
-    Returns (code, stopped)."""
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                return proc.wait(timeout=min(0.1, max(0.0, deadline - time.monotonic()))), False
-            except subprocess.TimeoutExpired:
-                if time.monotonic() >= deadline or (interrupted is not None and interrupted()):
-                    _stop_group(proc)
-                    return proc.wait(), True
-    except BaseException:
-        # Interrupted or force-killed while the hook runs: leave nothing behind, then go on up.
-        _signal_group(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-
-
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the hook's process group; SIGKILL whatever is still there after the grace."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + KILL_GRACE_S
-    while time.monotonic() < deadline:
-        proc.poll()  # reap the leader so it does not count as still running
-        if not _group_alive(proc.pid):
-            return
-        time.sleep(0.05)
-    _signal_group(proc.pid, signal.SIGKILL)
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    # Already gone, or the group id now belongs to someone else: nothing of ours to stop.
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _read_tail(out: IO[bytes], limit: int) -> str:
-    size = out.seek(0, os.SEEK_END)
-    out.seek(max(0, size - limit))
-    text = out.read().decode("utf-8", "replace")
-    if size > limit:
-        text = f"[... {size - limit} bytes omitted]\n{text}"
-    return text
 
 
 def _append_log(log_dir: Path, outcome: HookOutcome, output: str) -> None:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from cub.loop.commands import run_in_group
 from cub.records.durable import append_line
 
 
@@ -19,29 +17,15 @@ def run_verify(
     redact: Callable[[str], str],
 ) -> str | None:
     """Run each command in a shell; return None when all pass, else one line saying which
-    failed. Output goes to ``log_path``."""
+    failed. Output goes to ``log_path``. Each runs as hooks do (`cub.loop.commands`): in a
+    process group of its own, stopped whole on timeout, never waited on for a background
+    process it leaves behind."""
     for command in commands:
-        proc = subprocess.Popen(
-            command,
-            shell=True,
-            cwd=work_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            out, _ = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        done = run_in_group(command, shell=True, cwd=work_dir, timeout=timeout)
+        entry = redact(f"$ {command}\n{done.output}[exit {done.exit_code}]")
+        append_line(log_path, entry.encode())
+        if done.timed_out:
             return f"verify command {command!r} timed out after {timeout:g}s"
-        except BaseException:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise
-        text = redact(out.decode("utf-8", "replace"))
-        append_line(log_path, f"$ {command}\n{text}[exit {proc.returncode}]".encode())
-        if proc.returncode != 0:
-            return f"verify command {command!r} failed with exit code {proc.returncode}"
+        if done.exit_code != 0:
+            return f"verify command {command!r} failed with exit code {done.exit_code}"
     return None
