@@ -48,11 +48,14 @@ def readme_with_chart(text: str, chart: Chart) -> str:
     return f"{head}{CHART_BEGIN}\n```mermaid\n{to_mermaid(chart)}```\n{CHART_END}{tail}"
 
 
-def stale_readme(readme: Path, chart: Chart) -> bool:
-    if not readme.is_file():
-        return False
-    text = readme.read_text()
-    return readme_with_chart(text, chart) != text
+def readme_update(directory: Path, chart: Chart) -> str | None:
+    """The README's new text when ``directory`` is the repository's statecharts/ and the chart
+    in the README is out of date; None when there is nothing to change."""
+    if directory.resolve() != (ROOT / "statecharts").resolve() or not README.is_file():
+        return None
+    text = README.read_text()
+    updated = readme_with_chart(text, chart)
+    return updated if updated != text else None
 
 
 def stale_files(directory: Path, chart: Chart) -> list[Path]:
@@ -61,7 +64,7 @@ def stale_files(directory: Path, chart: Chart) -> list[Path]:
         path = directory / name
         if not path.is_file() or path.read_bytes() != renderer(chart).encode():
             stale.append(path)
-    if directory.resolve() == (ROOT / "statecharts").resolve() and stale_readme(README, chart):
+    if readme_update(directory, chart) is not None:
         stale.append(README)
     return stale
 
@@ -73,8 +76,9 @@ def export(directory: Path, chart: Chart) -> list[Path]:
         path = directory / name
         path.write_bytes(renderer(chart).encode())
         written.append(path)
-    if directory.resolve() == (ROOT / "statecharts").resolve() and stale_readme(README, chart):
-        README.write_text(readme_with_chart(README.read_text(), chart))
+    readme = readme_update(directory, chart)
+    if readme is not None:
+        README.write_text(readme)
         written.append(README)
     if shutil.which("dot"):
         path = directory / "run.svg"

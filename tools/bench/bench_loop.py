@@ -21,7 +21,6 @@ shows what a task costs when the agent commits (cub then asks git for the commit
 from __future__ import annotations
 
 import argparse
-import os
 import pstats
 import shlex
 import shutil
@@ -119,7 +118,6 @@ def main() -> int:
         work = Path(tmp)
         (work / "home").mkdir()
         env = environment(work / "home")
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         result = measure(args.tasks, args.repeat, work, env, args.agent)
         print(f"agent:                 {args.agent}")
         print(f"tasks:                 {args.tasks}")

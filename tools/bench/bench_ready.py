@@ -11,33 +11,18 @@ process, timed from the outside.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 
 from bench_selection import generate  # noqa: E402
+from benchkit import best_of_runs, environment  # noqa: E402
 
 READY_TARGET_MS = 300
 STARTUP_TARGET_MS = 150
-
-
-def best_wall_ms(argv: list[str], cwd: Path, env: dict[str, str], repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        if result.returncode != 0:
-            raise SystemExit(f"{argv} failed ({result.returncode}):\n{result.stderr}")
-        best = min(best, elapsed)
-    return best * 1000
 
 
 def main() -> int:
@@ -49,9 +34,7 @@ def main() -> int:
     cub = [sys.executable, "-m", "cub"]
     with tempfile.TemporaryDirectory(prefix="cub-bench-ready-") as tmp:
         work = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CUB_")}
-        env.update({"HOME": str(work), "XDG_CONFIG_HOME": str(work / ".config")})
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env = environment(work)
         project = work / "proj"
         (project / ".cub").mkdir(parents=True)
         generate(project / ".cub" / "tasks.jsonl", args.tasks)
@@ -60,25 +43,25 @@ def main() -> int:
             (
                 f"cub run --ready ({args.tasks} tasks)",
                 READY_TARGET_MS,
-                best_wall_ms([*cub, "run", "--ready"], project, env, args.repeat),
+                best_of_runs([*cub, "run", "--ready"], project, env, args.repeat)[0],
                 args.repeat,
             ),
             (
                 f"cub run --ready --json ({args.tasks} tasks)",
                 READY_TARGET_MS,
-                best_wall_ms([*cub, "run", "--ready", "--json"], project, env, args.repeat),
+                best_of_runs([*cub, "run", "--ready", "--json"], project, env, args.repeat)[0],
                 args.repeat,
             ),
             (
                 "cub --version",
                 STARTUP_TARGET_MS,
-                best_wall_ms([*cub, "--version"], work, env, args.startup_repeat),
+                best_of_runs([*cub, "--version"], work, env, args.startup_repeat)[0],
                 args.startup_repeat,
             ),
             (
                 "cub run --help",
                 STARTUP_TARGET_MS,
-                best_wall_ms([*cub, "run", "--help"], work, env, args.startup_repeat),
+                best_of_runs([*cub, "run", "--help"], work, env, args.startup_repeat)[0],
                 args.startup_repeat,
             ),
         ]

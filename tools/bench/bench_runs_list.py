@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -26,6 +25,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools" / "bench"))
+
+from benchkit import best_of_runs, environment  # noqa: E402
+
 TARGET_MS = 1000
 
 AGENT = """#!{python}
@@ -106,23 +109,6 @@ def synthesise(source: Path, project: Path, count: int) -> None:
     os.symlink(newest_id, runs / "latest")
 
 
-def best_ms(argv: list[str], cwd: Path, env: dict[str, str], repeat: int) -> tuple[float, float]:
-    """Best wall time and best CPU time (user + system, of the child) in ms. On a busy machine
-    the CPU time says what the wall time would be on an idle one."""
-    best_wall = best_cpu = float("inf")
-    for _ in range(repeat):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True)
-        elapsed = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        if result.returncode != 0 or result.stderr:
-            raise SystemExit(f"{argv} failed ({result.returncode}):\n{result.stderr}")
-        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-        best_wall, best_cpu = min(best_wall, elapsed), min(best_cpu, cpu)
-    return best_wall * 1000, best_cpu * 1000
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10_000)
@@ -132,20 +118,7 @@ def main() -> int:
     cub = [sys.executable, "-m", "cub"]
     with tempfile.TemporaryDirectory(prefix="cub-bench-runs-") as tmp:
         work = Path(tmp)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CUB_")}
-        env.update(
-            {
-                "HOME": str(work),
-                "XDG_CONFIG_HOME": str(work / ".config"),
-                "GIT_CONFIG_NOSYSTEM": "1",
-                "GIT_CONFIG_GLOBAL": str(work / ".gitconfig"),
-                "GIT_AUTHOR_NAME": "bench",
-                "GIT_AUTHOR_EMAIL": "bench@cub.invalid",
-                "GIT_COMMITTER_NAME": "bench",
-                "GIT_COMMITTER_EMAIL": "bench@cub.invalid",
-            }
-        )
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        env = environment(work)
         source = record_one_run(work, env)
         project = work / "proj"
         (project / ".cub").mkdir(parents=True)
@@ -165,7 +138,10 @@ def main() -> int:
             ("cub runs list --limit 20", [*cub, "runs", "list", "--limit", "20"]),
             ("cub status", [*cub, "status"]),
         ]
-        results = [(name, *best_ms(argv, project, env, args.repeat)) for name, argv in rows]
+        results = [
+            (name, *best_of_runs(argv, project, env, args.repeat, stderr_fails=True))
+            for name, argv in rows
+        ]
         if args.profile:
             subprocess.run(
                 [sys.executable, "-m", "cProfile", "-o", args.profile, "-m", "cub", "runs", "list"],

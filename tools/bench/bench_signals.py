@@ -21,20 +21,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools" / "bench"))
 
-from benchkit import environment, make_project  # noqa: E402
+from benchkit import append_section, environment, machine_line, make_project  # noqa: E402
 
 RESULTS = REPO / "tools" / "bench" / "RESULTS.md"
 CUB = [sys.executable, "-m", "cub"]
@@ -98,45 +96,53 @@ def run_state(project: Path, name: str) -> str | None:
     return str(data.get("state"))
 
 
-def first_sigint(work: Path, env: dict[str, str], stop_time: float) -> tuple[float, float]:
-    """(SIGINT → exit, agent's exit → cub's exit) for one run."""
-    project, ready, exited = work / "project", work / "ready", work / "exited"
+def start_run(
+    work: Path, env: dict[str, str], agent_script: str
+) -> tuple[Path, subprocess.Popen[bytes]]:
+    """A fresh project in ``work``, cub running ``agent_script`` on it, once the agent has
+    touched ``work / "ready"``: (the project, cub's process)."""
+    project = work / "project"
     make_project(project, BACKLOG, env)
     agent = work / "agent"
-    agent.write_text(
-        PROMPT_AGENT.format(
-            python=sys.executable, stop_time=stop_time, exited=str(exited), ready=str(ready)
-        )
-    )
+    agent.write_text(agent_script)
     agent.chmod(0o755)
     proc = start(project, agent, env)
-    wait_for(ready.exists)
+    wait_for((work / "ready").exists)
+    return project, proc
+
+
+def interrupt(
+    proc: subprocess.Popen[bytes], project: Path, code: int, state: str
+) -> tuple[float, float]:
+    """SIGINT cub, wait for its exit and check it ended ``state`` with ``code``: (when the
+    signal was sent, when cub exited)."""
     sent = time.time()
     os.kill(proc.pid, signal.SIGINT)
-    code = proc.wait(60)
+    returncode = proc.wait(60)
     ended = time.time()
-    if code != 130 or run_state(project, "run.json") != "interrupted":
-        raise SystemExit(f"bench: expected interrupted/130, got exit {code}")
+    if returncode != code or run_state(project, "run.json") != state:
+        raise SystemExit(f"bench: expected {state}/{code}, got exit {returncode}")
+    return sent, ended
+
+
+def first_sigint(work: Path, env: dict[str, str], stop_time: float) -> tuple[float, float]:
+    """(SIGINT → exit, agent's exit → cub's exit) for one run."""
+    exited = work / "exited"
+    script = PROMPT_AGENT.format(
+        python=sys.executable, stop_time=stop_time, exited=str(exited), ready=str(work / "ready")
+    )
+    project, proc = start_run(work, env, script)
+    sent, ended = interrupt(proc, project, 130, "interrupted")
     return ended - sent, ended - float(exited.read_text())
 
 
 def second_sigint(work: Path, env: dict[str, str]) -> float:
     """Second SIGINT → exit for one run."""
-    project, ready = work / "project", work / "ready"
-    make_project(project, BACKLOG, env)
-    agent = work / "agent"
-    agent.write_text(STUBBORN_AGENT.format(python=sys.executable, ready=str(ready)))
-    agent.chmod(0o755)
-    proc = start(project, agent, env)
-    wait_for(ready.exists)
+    script = STUBBORN_AGENT.format(python=sys.executable, ready=str(work / "ready"))
+    project, proc = start_run(work, env, script)
     os.kill(proc.pid, signal.SIGINT)
     wait_for(lambda: run_state(project, "status.json") == "stopping")
-    sent = time.time()
-    os.kill(proc.pid, signal.SIGINT)
-    code = proc.wait(60)
-    ended = time.time()
-    if code != 137 or run_state(project, "run.json") != "force_killed":
-        raise SystemExit(f"bench: expected force_killed/137, got exit {code}")
+    sent, ended = interrupt(proc, project, 137, "force_killed")
     return ended - sent
 
 
@@ -187,14 +193,9 @@ def main() -> int:
 
 
 def record(rows: list[tuple[str, str, str]], args: argparse.Namespace, met: bool) -> None:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        "",
-        f"## Signal latency ({stamp})",
-        "",
         f"`tools/bench/bench_signals.py --repeat {args.repeat} --stop-time {args.stop_time:g}` "
-        f"on {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}; wall-clock, {args.repeat} runs each.",
+        f"on {machine_line()}; wall-clock, {args.repeat} runs each.",
         "",
         "| measurement | target | result |",
         "|---|---|---|",
@@ -203,9 +204,7 @@ def record(rows: list[tuple[str, str, str]], args: argparse.Namespace, met: bool
         "Targets " + ("met in every run." if met else "missed in at least one run."),
         "",
     ]
-    # One append of the whole section: other writers may be appending to the same file.
-    with RESULTS.open("a", encoding="utf-8") as out:
-        out.write("\n".join(lines))
+    append_section(RESULTS, "Signal latency", lines)
 
 
 if __name__ == "__main__":

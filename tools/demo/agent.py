@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A deterministic stand-in for a coding agent, for cub's demo and tests.
+"""A deterministic stand-in for a coding agent, for cub's demo (tools/demo/run).
 
 It reads the task id from $CUB_TASK_ID, does a fixed piece of work for it (writes a file,
 commits), prints progress and a usage line the `command` harness understands, and for the

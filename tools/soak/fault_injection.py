@@ -23,17 +23,17 @@ rewritten: other benchmarks append there too). Failures are printed in full and 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tools" / "bench"))
+
+from benchkit import append_section, machine_line  # noqa: E402
 
 from tests.helpers.faults import (  # noqa: E402 - after the path set-up above
     KINDS,
@@ -112,14 +112,9 @@ def replay(kind: str, seed: int, workdir: Path) -> int:
 
 
 def record(summaries: list[Summary], args: argparse.Namespace) -> None:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        "",
-        f"## Fault-injection soak ({stamp})",
-        "",
         f"`tools/soak/fault_injection.py --trials {args.trials} --workers {args.workers} "
-        f"--first-seed {args.first_seed}` on {os.cpu_count()} CPUs, Python "
-        f"{platform.python_version()}, {platform.system()} {platform.release()}. Each trial: a "
+        f"--first-seed {args.first_seed}` on {machine_line()}. Each trial: a "
         "real `cub run` on a random backlog of 3-14 scripted agents, stopped at a random "
         "moment, then recovery (`cub runs list`) and the checks of tests/helpers/faults.py.",
         "",
@@ -139,9 +134,7 @@ def record(summaries: list[Summary], args: argparse.Namespace) -> None:
     if args.note:
         lines += ["", args.note]
     lines.append("")
-    # One append of the whole section: other writers may be appending to the same file.
-    with args.results.open("a", encoding="utf-8") as out:
-        out.write("\n".join(lines))
+    append_section(args.results, "Fault-injection soak", lines)
 
 
 def _by_count(item: tuple[str, int]) -> tuple[int, str]:
