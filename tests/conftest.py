@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.git import GIT_IDENTITY
+from tests.helpers.env import isolate_environment
 
 
 @pytest.fixture(autouse=True)
@@ -13,13 +13,5 @@ def isolated_home(
 ) -> Path:
     """No test reads or writes the real home directory or user config; git identity is pinned."""
     home = tmp_path_factory.mktemp("home")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
-    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
-    for key, value in GIT_IDENTITY.items():
-        monkeypatch.setenv(key, value)
-    for key in list(__import__("os").environ):
-        if key.startswith("CUB_"):
-            monkeypatch.delenv(key)
+    isolate_environment(home, monkeypatch)
     return home

@@ -25,10 +25,16 @@ from cub.config.schema import BudgetConfig, Config, HarnessConfig, ModelPrice
 from cub.errors import SetupFailed
 from cub.loop.prompts import combined
 from cub.records.schemas import Usage
-from tests.helpers.agent_formats import CLAUDE_NOT_LOGGED_IN, CODEX_SAMPLE, json_line
+from tests.helpers.agent_formats import (
+    CLAUDE_NOT_LOGGED_IN,
+    CODEX_SAMPLE,
+    GEMINI_STREAM,
+    OPENCODE_STREAM,
+    json_line,
+)
 
 # ------------------------------------------------------------------ real captured samples
-# CLAUDE_NOT_LOGGED_IN and CODEX_SAMPLE: tests/helpers/agent_formats.py
+# CLAUDE_NOT_LOGGED_IN, CODEX_SAMPLE, GEMINI_STREAM, OPENCODE_STREAM: tests/helpers/agent_formats.py
 
 _line = json_line
 
@@ -332,49 +338,6 @@ def test_codex_stuck_in_agent_message() -> None:
 
 # ============================================================================== gemini
 
-GEMINI_STREAM = [
-    _line({"type": "init", "timestamp": "t", "session_id": "g1", "model": "gemini-2.5-pro"}),
-    _line({"type": "message", "timestamp": "t", "role": "user", "content": "the prompt"}),
-    _line(
-        {"type": "message", "timestamp": "t", "role": "assistant", "content": "Hel", "delta": True}
-    ),
-    _line(
-        {
-            "type": "tool_use",
-            "timestamp": "t",
-            "tool_name": "run_shell_command",
-            "tool_id": "x1",
-            "parameters": {"command": "ls"},
-        }
-    ),
-    _line(
-        {
-            "type": "tool_result",
-            "timestamp": "t",
-            "tool_id": "x1",
-            "status": "success",
-            "output": "",
-        }
-    ),
-    _line({"type": "error", "timestamp": "t", "severity": "warning", "message": "slow"}),
-    _line(
-        {
-            "type": "result",
-            "timestamp": "t",
-            "status": "success",
-            "stats": {
-                "total_tokens": 1850,
-                "input_tokens": 1500,
-                "output_tokens": 300,
-                "cached": 1000,
-                "input": 500,
-                "duration_ms": 900,
-                "tool_calls": 1,
-            },
-        }
-    ),
-]
-
 
 def test_gemini_stream_json_stats_are_exact() -> None:
     parser = GeminiParser(prompt_chars=400)
@@ -445,59 +408,6 @@ def test_gemini_price_table() -> None:
 
 
 # ============================================================================ opencode
-
-OPENCODE_STREAM = [
-    _line(
-        {"type": "step_start", "timestamp": 1, "sessionID": "ses", "part": {"type": "step-start"}}
-    ),
-    _line(
-        {
-            "type": "text",
-            "timestamp": 2,
-            "sessionID": "ses",
-            "part": {"type": "text", "text": "Looking at the tests."},
-        }
-    ),
-    _line(
-        {
-            "type": "tool_use",
-            "timestamp": 3,
-            "sessionID": "ses",
-            "part": {"type": "tool", "tool": "bash", "state": {"status": "completed"}},
-        }
-    ),
-    _line(
-        {
-            "type": "step_finish",
-            "timestamp": 4,
-            "sessionID": "ses",
-            "part": {
-                "type": "step-finish",
-                "reason": "tool-calls",
-                "cost": 0.0123,
-                "tokens": {
-                    "input": 1200,
-                    "output": 80,
-                    "reasoning": 20,
-                    "cache": {"read": 300, "write": 50},
-                },
-            },
-        }
-    ),
-    _line(
-        {
-            "type": "step_finish",
-            "timestamp": 5,
-            "sessionID": "ses",
-            "part": {
-                "type": "step-finish",
-                "reason": "stop",
-                "cost": 0.0077,
-                "tokens": {"input": 100, "output": 60, "reasoning": 0, "cache": {"read": 1500}},
-            },
-        }
-    ),
-]
 
 
 def test_opencode_sums_step_finish_parts() -> None:

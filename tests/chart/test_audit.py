@@ -47,7 +47,9 @@ def test_exit_codes_follow_the_spec() -> None:
 
 
 def test_attempt_records_are_listed_only_where_an_attempt_may_be_in_flight() -> None:
-    for row in table_rows(exit_paths_markdown(RUN_CHART)):
+    rows = table_rows(exit_paths_markdown(RUN_CHART))
+    assert rows
+    for row in rows:
         in_flight = row[1] in {"executing", "settling", "stopping"}
         assert ("task.json" in row[5]) == in_flight, row
 

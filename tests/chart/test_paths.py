@@ -1,7 +1,14 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import msgspec
 import pytest
 
+import cub
 from cub.chart.definition import RUN_CHART, Chart, Edge
 from cub.chart.paths import edge_paths, path_to_terminal, shortest_path_to, shortest_paths
 from cub.errors import InvalidChart
@@ -86,9 +93,36 @@ def test_the_edge_path_of_the_long_way_round() -> None:
     assert [e.trigger for e in by_edge["b_to_c"]] == ["long", "b_to_c", "c_to_end"]
 
 
+# Prints every path the run chart has, as JSON, from a fresh interpreter.
+_PRINT_PATHS = """
+import msgspec
+from cub.chart.definition import RUN_CHART
+from cub.chart.paths import edge_paths, shortest_paths
+print(msgspec.json.encode([edge_paths(RUN_CHART), shortest_paths(RUN_CHART)]).decode())
+"""
+
+
+def paths_in_a_fresh_process(hash_seed: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", _PRINT_PATHS],
+        cwd=Path(cub.__file__).resolve().parent.parent,
+        env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def test_paths_are_deterministic() -> None:
+    """The same paths in two processes whose str hashes (and so set orders) differ."""
     assert edge_paths(RUN_CHART) == edge_paths(RUN_CHART)
     assert shortest_paths(RUN_CHART) == shortest_paths(RUN_CHART)
+    first, second = paths_in_a_fresh_process("1"), paths_in_a_fresh_process("2")
+    assert first == second
+    in_this_process = msgspec.json.encode([edge_paths(RUN_CHART), shortest_paths(RUN_CHART)])
+    assert first.strip() == in_this_process.decode()
 
 
 def test_an_unreachable_state_has_no_path() -> None:

@@ -26,6 +26,7 @@ import pytest
 
 from cub.records.reader import RunSummary
 from cub.records.schemas import RunRecord, StatusRecord
+from tests.e2e.support import assert_one_line_error, command_harness
 from tests.helpers.agents import is_alive, wait_for_file, wait_until, write_script
 from tests.helpers.cli import (
     all_runs,
@@ -38,7 +39,7 @@ from tests.helpers.cli import (
     start_cub,
     task,
 )
-from tests.helpers.git import GIT_IDENTITY
+from tests.helpers.env import isolate_environment
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -105,25 +106,11 @@ def make_agent(bin_dir: Path) -> Path:
     return write_script(bin_dir / "agent", _AGENT.format(state=str(bin_dir)))
 
 
-def harness(agent: Path) -> list[str]:
-    return ["--harness", "command", "--harness-cmd", str(agent)]
-
-
 def cub(args: list[str], project: Path, code: int = 0) -> subprocess.CompletedProcess[str]:
     result = run_cub(args, project)
     assert result.returncode == code, (args, result.returncode, result.stdout, result.stderr)
     assert "Traceback" not in result.stderr, result.stderr
     return result
-
-
-def one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> str:
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    for word in words:
-        assert word in lines[0], (word, lines[0])
-    return lines[0]
 
 
 def rows(listing: str) -> dict[str, list[str]]:
@@ -172,7 +159,7 @@ class LiveRun:
     def __init__(self, project: Path, bin_dir: Path, task_id: str, *extra: str) -> None:
         self.bin_dir, self.task_id = bin_dir, task_id
         self.proc = start_cub(
-            ["run", *harness(make_agent(bin_dir)), "--task", task_id, *extra], project
+            ["run", *command_harness(make_agent(bin_dir)), "--task", task_id, *extra], project
         )
         try:
             self.agent_pid = int(wait_for_file(bin_dir / f"{task_id}.pid", timeout=20))
@@ -203,14 +190,7 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """What the autouse `isolated_home` fixture does, for module-scoped fixtures."""
     home = tmp_path_factory.mktemp("home")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(home))
-        mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-        mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
-        mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
-        for key, value in GIT_IDENTITY.items():
-            mp.setenv(key, value)
-        for key in [k for k in os.environ if k.startswith("CUB_")]:
-            mp.delenv(key)
+        isolate_environment(home, mp)
         yield
 
 
@@ -221,7 +201,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root = tmp_path_factory.mktemp("recorded")
     with isolated_env(tmp_path_factory):
         project = make_project(root / "project", TASKS)
-        agent = harness(make_agent(root / "bin"))
+        agent = command_harness(make_agent(root / "bin"))
         cub(["run", *agent, "--task", "ok1", "--name", "r1-ok"], project)
         cub(["run", *agent, "--task", "stuck1", "--name", "r2-stuck"], project, code=1)
         cub(
@@ -287,14 +267,13 @@ def test_list_shows_one_line_per_run_newest_first(recorded: Path) -> None:
     listed = rows(result.stdout)
     for record in all_runs(recorded):
         fields = listed[record.run_id]
-        assert fields[1:8] == [
+        assert fields[1:7] == [
             record.mode,
             record.state,
             str(record.exit_code),
             f"{record.tasks.succeeded}/{record.tasks.failed}",
             str(record.budget.tokens_used),
             f"{record.budget.cost_usd:.4f}",
-            fields[7],
         ]
         assert re.fullmatch(r"\d+(\.\d)?s|\d+(ms|m\d+s|m)", fields[7]), fields[7]
         assert f"{fields[8]}T{fields[9]}" == record.started_at[:19]
@@ -424,9 +403,9 @@ def test_show_events_prints_every_journal_line(recorded: Path) -> None:
 
 def test_show_unknown_run_is_a_one_line_error(recorded: Path) -> None:
     result = run_cub(["runs", "show", "nosuch"], recorded)
-    one_line_error(result, 1, "nosuch")
+    assert_one_line_error(result, "nosuch", code=1)
     assert result.stdout == ""
-    one_line_error(run_cub(["runs", "show", "../r1-ok"], recorded), 1, "r1-ok")
+    assert_one_line_error(run_cub(["runs", "show", "../r1-ok"], recorded), "r1-ok", code=1)
 
 
 # ---------------------------------------------------------------------------- runs tail
@@ -469,7 +448,7 @@ def _follow(proc: subprocess.Popen[str]) -> tuple[list[tuple[float, str]], threa
 def _tail_live(tmp_path: Path, task_id: str, *extra: str) -> tuple[list[tuple[float, str]], float]:
     project = make_project(tmp_path / "project", [task(task_id)])
     run = start_cub(
-        ["run", *harness(make_agent(tmp_path / "bin")), "--task", task_id, *extra], project
+        ["run", *command_harness(make_agent(tmp_path / "bin")), "--task", task_id, *extra], project
     )
     try:
         wait_for_file(project / ".cub" / "runs" / "latest" / "status.json", timeout=20)
@@ -546,7 +525,7 @@ def test_prune_keep_removes_older_finished_runs(project: Path) -> None:
     assert latest_target(project) == "r3-retry"
     assert listed_ids(cub(["runs", "list"], project).stdout) == ["r3-retry"]
     assert cub(["runs", "prune", "--keep", "1"], project).stdout.strip() == "removed 0 run(s)"
-    one_line_error(run_cub(["runs", "prune"], project), 2, "--keep", "--older-than")
+    assert_one_line_error(run_cub(["runs", "prune"], project), "--keep", "--older-than", code=2)
 
 
 def test_prune_older_than_repoints_latest(project: Path) -> None:
@@ -566,7 +545,7 @@ def test_prune_older_than_repoints_latest(project: Path) -> None:
     cub(["runs", "prune", "--older-than", "0s"], project)
     assert all_runs(project) == []
     assert not os.path.lexists(project / ".cub" / "runs" / "latest")
-    one_line_error(run_cub(["status"], project), 1)
+    assert_one_line_error(run_cub(["status"], project), code=1)
 
 
 def test_prune_never_removes_a_live_run(project: Path, tmp_path: Path) -> None:
@@ -631,11 +610,11 @@ def test_status_and_listing_of_a_live_run(project: Path, tmp_path: Path) -> None
 def test_status_without_runs_is_a_one_line_error(tmp_path: Path) -> None:
     project = make_project(tmp_path / "project", [task("ok1")])
     result = run_cub(["status"], project)
-    one_line_error(result, 1, "no runs")
+    assert_one_line_error(result, "no runs", code=1)
     assert result.stdout == ""
-    one_line_error(run_cub(["status", "--json"], project), 1, "no runs")
-    one_line_error(run_cub(["runs", "show"], project), 1, "no runs")
-    one_line_error(run_cub(["runs", "tail"], project), 1, "no runs")
+    assert_one_line_error(run_cub(["status", "--json"], project), "no runs", code=1)
+    assert_one_line_error(run_cub(["runs", "show"], project), "no runs", code=1)
+    assert_one_line_error(run_cub(["runs", "tail"], project), "no runs", code=1)
     listing = cub(["runs", "list"], project)
     assert (listing.stdout, listing.stderr) == ("", "no runs recorded\n")
     assert cub(["runs", "list", "--json"], project).stdout == "[]\n"
@@ -691,7 +670,7 @@ def parallel_project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
     root = tmp_path_factory.mktemp("parallel")
     with isolated_env(tmp_path_factory):
         project = make_project(root / "project", [task("ok1"), task("ok2")])
-        agent = harness(make_agent(root / "bin"))
+        agent = command_harness(make_agent(root / "bin"))
         result = run_cub(["run", *agent, "--parallel", "2"], project)
     text = result.stdout + result.stderr
     if result.returncode != 0 and "not available" in text:

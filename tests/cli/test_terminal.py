@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.support import command_harness
 from tests.helpers.agents import write_script
 from tests.helpers.cli import CUB, cub_env, make_project, read_run, task
 
@@ -44,7 +45,7 @@ elif TASK.startswith("talk"):
 def _project(tmp_path: Path, task_id: str) -> tuple[Path, list[str]]:
     project = make_project(tmp_path / "project", [task(task_id, "a task")])
     agent = write_script(tmp_path / "agent", _AGENT)
-    return project, ["run", "--harness", "command", "--harness-cmd", str(agent)]
+    return project, ["run", *command_harness(agent)]
 
 
 def run_on_terminal(

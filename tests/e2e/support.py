@@ -23,9 +23,11 @@ def assert_no_traceback(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in result.stdout, result.stdout
 
 
-def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> str:
-    """Exit 2, exactly one line on stderr, naming every one of ``words``."""
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+def assert_one_line_error(
+    result: subprocess.CompletedProcess[str], *words: str, code: int = 2
+) -> str:
+    """Exit ``code`` (2 unless told), exactly one line on stderr, naming every one of ``words``."""
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
     assert_no_traceback(result)
     lines = stderr_lines(result)
     assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"

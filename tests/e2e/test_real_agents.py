@@ -26,7 +26,7 @@ from cub.agents.adapters import estimate_tokens
 from cub.records.schemas import Usage
 from tests.e2e.support import assert_rejected
 from tests.helpers.agent_formats import CLAUDE_NOT_LOGGED_IN as CAPTURED_NOT_LOGGED_IN
-from tests.helpers.agent_formats import CODEX_SAMPLE, json_line
+from tests.helpers.agent_formats import CODEX_SAMPLE, GEMINI_STREAM, OPENCODE_STREAM, json_line
 from tests.helpers.agents import TEST_TOKEN_VAR, is_alive, processes_with_token, write_script
 from tests.helpers.cli import (
     make_project,
@@ -299,51 +299,6 @@ CLAUDE_USAGE = Usage(
 
 # The captured events, with the reconnect error before the turn's usage.
 CODEX_STREAM = [*CODEX_SAMPLE[:4], CODEX_SAMPLE[5], CODEX_SAMPLE[4]]
-
-GEMINI_STREAM = [
-    _j({"type": "init", "timestamp": "t", "session_id": "g1", "model": "gemini-2.5-pro"}),
-    _j({"type": "message", "timestamp": "t", "role": "user", "content": "…"}),
-    _j(
-        {"type": "message", "timestamp": "t", "role": "assistant", "content": "Done", "delta": True}
-    ),
-    _j(
-        {
-            "type": "result",
-            "timestamp": "t",
-            "status": "success",
-            "stats": {
-                "total_tokens": 1850,
-                "input_tokens": 1500,
-                "output_tokens": 300,
-                "cached": 1000,
-                "input": 500,
-                "duration_ms": 900,
-                "tool_calls": 0,
-            },
-        }
-    ),
-]
-
-
-def opencode_step(tokens: dict[str, Any], cost: float) -> str:
-    return _j(
-        {
-            "type": "step_finish",
-            "timestamp": 2,
-            "sessionID": "ses",
-            "part": {"type": "step-finish", "reason": "stop", "cost": cost, "tokens": tokens},
-        }
-    )
-
-
-OPENCODE_STREAM = [
-    _j({"type": "step_start", "timestamp": 1, "sessionID": "ses", "part": {"type": "step-start"}}),
-    _j({"type": "text", "timestamp": 1, "sessionID": "ses", "part": {"text": "On it."}}),
-    opencode_step(
-        {"input": 1200, "output": 80, "reasoning": 20, "cache": {"read": 300, "write": 50}}, 0.0123
-    ),
-    opencode_step({"input": 100, "output": 60, "reasoning": 0, "cache": {"read": 1500}}, 0.0077),
-]
 
 
 def _usage(project: Path, task_id: str) -> Usage:

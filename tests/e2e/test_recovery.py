@@ -309,8 +309,10 @@ def test_a_task_claimed_by_a_live_run_is_left_alone(tmp_path: Path) -> None:
     backend = JsonlBackend(project / ".cub" / "tasks.jsonl", project)
     assert backend.claim_next("someone-else", epic=None, label=None) is not None
 
-    run_cub(["runs", "list"], project)
+    result = run_cub(["runs", "list"], project)
 
+    assert result.returncode == 0, result.stderr
+    assert_recovered(project, "dead", "selecting")
     assert read_tasks(project)["t1"]["status"] == "in_progress"
     assert read_tasks(project)["t1"]["assignee"] == "someone-else"
 
@@ -434,17 +436,7 @@ time.sleep(60)
         proc.communicate()
     assert len(processes_with_token(token)) == 5  # the agents live on
 
-    recoverers = [
-        subprocess.Popen(
-            [*CUB, "runs", "list"],
-            cwd=project,
-            env=cub_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    recoverers = [start_cub(["runs", "list"], project) for _ in range(2)]
     outputs = [p.communicate(timeout=60) for p in recoverers]
 
     assert all(p.returncode == 0 for p in recoverers), outputs
@@ -461,14 +453,7 @@ def test_many_recoveries_at_once_on_many_orphans(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj", [task("t1")])
     orphans = orphaned_runs(project, 25)
     recoverers = [
-        subprocess.Popen(
-            [*CUB, *command],
-            cwd=project,
-            env=cub_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        start_cub(command, project)
         for command in (["runs", "list"], ["status"], ["runs", "list"], ["status"])
     ]
     outputs = [p.communicate(timeout=60) for p in recoverers]

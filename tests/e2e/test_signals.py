@@ -482,7 +482,7 @@ def test_signal_while_cub_recovers_old_runs(
     """Before the run has a directory of its own: cub is still finalising runs whose runners
     died. The signal is kept, the recovery finishes, and the new run records the signal."""
     orphans = orphaned_runs(project, 60)
-    cub = cubs(project, "--harness", "command", "--harness-cmd", "true")
+    cub = cubs(project, *command_harness("true"))
     done = [run / "run.json" for run in orphans]
     wait_until(lambda: any(p.exists() for p in done), what="recovery under way")
     for sig in signals:

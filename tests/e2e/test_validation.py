@@ -13,6 +13,8 @@ import pty
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -423,14 +425,43 @@ def test_rejection_when_runs_dir_cannot_be_created(project: Path) -> None:
     assert (project / ".cub" / "runs").read_text() == "not a directory\n"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod 0500")
+def _mount(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["mount", *args], capture_output=True, text=True, timeout=30)
+
+
+@contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    """``directory`` cannot be written to, for the body of the ``with``: chmod 0500 for a user;
+    for root, who writes through permissions, a read-only bind mount of it onto itself."""
+    if os.geteuid() != 0:
+        directory.chmod(0o500)
+        try:
+            yield
+        finally:
+            directory.chmod(0o700)
+        return
+    where = str(directory.resolve())
+    if shutil.which("mount") is None or shutil.which("umount") is None:
+        pytest.skip("running as root, and there is no mount(8) to make a read-only directory")
+    bound = _mount("--bind", where, where)
+    if bound.returncode != 0:
+        pytest.skip(f"running as root, and a bind mount is not permitted: {bound.stderr.strip()}")
+    try:
+        made_read_only = _mount("-o", "remount,bind,ro", where, where)
+        if made_read_only.returncode != 0:
+            pytest.skip(f"cannot remount read-only: {made_read_only.stderr.strip()}")
+        with pytest.raises(OSError):
+            (directory / "probe").touch()  # the mount really refuses writes, even root's
+        yield
+    finally:
+        unmounted = subprocess.run(["umount", where], capture_output=True, text=True, timeout=30)
+        assert unmounted.returncode == 0, unmounted.stderr
+
+
 def test_rejection_when_cub_dir_is_read_only(project: Path) -> None:
     cub_dir = project / ".cub"
-    cub_dir.chmod(0o500)
-    try:
+    with read_only(cub_dir):
         result = run_cub(["run", "--once", "--parallel", "2"], project)
-    finally:
-        cub_dir.chmod(0o700)
     assert result.returncode == 2
     assert_no_traceback(result)
     assert "--once" in stderr_lines(result)[-1]

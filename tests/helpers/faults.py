@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import psutil
 
 from cub.chart.definition import TERMINAL_STATES
 from cub.records.schemas import Event, RunRecord, StatusRecord, TaskAttempt
 from tests.helpers.agents import TEST_TOKEN_VAR, processes_with_token, write_script
 from tests.helpers.cli import make_project, run_cub, start_cub, task
-from tests.helpers.git import GIT_IDENTITY
+from tests.helpers.env import isolate_environment as _isolate_environment
 
 KINDS = ("sigkill", "sigint", "sigterm", "double_sigint")
 
@@ -295,8 +296,10 @@ def _survivors(trial: Trial) -> list[str]:
     for proc in found:
         try:
             described.append(f"pid {proc.pid} {' '.join(proc.cmdline())}")
-        except Exception:
+        except psutil.NoSuchProcess:  # gone (or a zombie, which ZombieProcess is) since found
             continue
+        except psutil.AccessDenied:  # alive all the same: still a survivor
+            described.append(f"pid {proc.pid} (command line not readable)")
     return described
 
 
@@ -450,18 +453,7 @@ def _check_after_signals(trial: Trial, records: list[RunRecord]) -> None:
 def isolate_environment(home: Path) -> None:
     """Outside pytest (the soak): what tests/conftest.py does for every test, for this process
     and so for every cub it starts: a private home, no user config, a pinned git identity."""
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ.update(
-        {
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": str(home / ".config"),
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": str(home / ".gitconfig"),
-            **GIT_IDENTITY,
-        }
-    )
-    for key in [k for k in os.environ if k.startswith("CUB_")]:
-        del os.environ[key]
+    _isolate_environment(home)
 
 
 @dataclass

@@ -7,7 +7,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import psutil
 import pytest
 
 from cub.loop.hooks import (
@@ -18,6 +17,7 @@ from cub.loop.hooks import (
     user_hooks_dir,
 )
 from cub.records.redact import Redactor
+from tests.helpers.agents import is_alive, wait_until
 
 
 def write_hook(directory: Path, name: str, body: str, executable: bool = True) -> Path:
@@ -38,23 +38,6 @@ def project(tmp_path: Path) -> Path:
 
 def project_hooks(project: Path, point: str) -> Path:
     return project / ".cub" / "hooks" / f"{point}.d"
-
-
-def gone(pid: int) -> bool:
-    """True once ``pid`` no longer runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_gone(pid: int, within: float = 5.0) -> bool:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if gone(pid):
-            return True
-        time.sleep(0.05)
-    return gone(pid)
 
 
 def run(point: str, project: Path, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -243,7 +226,12 @@ def test_timeout_kills_the_hook_and_the_children_it_started(project: Path) -> No
     # The child ignores SIGTERM: only the SIGKILL after the grace period stops it.
     assert elapsed >= 1.0 + 2.0 - 0.2
     child = int((project / "child.pid").read_text())
-    assert wait_gone(child), f"background child {child} survived the hook's timeout"
+    # A zombie waiting for its reaper counts as gone.
+    wait_until(
+        lambda: not is_alive(child),
+        timeout=5.0,
+        what=f"the end of background child {child} after the hook's timeout",
+    )
 
 
 class Forced(BaseException):
@@ -272,7 +260,11 @@ def test_exception_while_a_hook_runs_kills_its_process_group(project: Path) -> N
         run("post-loop", project, timeout=60.0)
 
     child = int((project / "child.pid").read_text())
-    assert wait_gone(child), f"background child {child} survived the interrupted hook"
+    wait_until(
+        lambda: not is_alive(child),
+        timeout=5.0,
+        what=f"the end of background child {child} after the interrupted hook",
+    )
 
 
 def test_hooks_log_gets_redacted_output_with_a_header_per_hook(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.support import command_harness
 from tests.helpers.agents import is_alive, wait_for_file, write_script
 from tests.helpers.cli import (
     make_project,
@@ -52,7 +53,8 @@ time.sleep(30)
 
 
 def harness(script: Path) -> list[str]:
-    return ["--harness", "command", "--harness-cmd", f"{sys.executable} {script}"]
+    """The agent script, run by this Python."""
+    return command_harness(f"{sys.executable} {script}")
 
 
 # -- direct -------------------------------------------------------------------------------------

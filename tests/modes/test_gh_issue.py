@@ -43,6 +43,7 @@ from cub.modes.github_api import (
     parse_remote_url,
     resolve_token,
 )
+from tests.e2e.support import assert_no_traceback, command_harness, stderr_lines
 from tests.helpers.agents import sleeping_agent, wait_for_file, write_script
 from tests.helpers.cli import (
     make_project,
@@ -272,27 +273,14 @@ def failing_agent(tmp_path: Path) -> Path:
     )
 
 
-def harness(script: Path) -> list[str]:
-    return ["--harness", "command", "--harness-cmd", str(script)]
-
-
 def cub_issue(
     project: Path, url: str, agent: Path, *extra: str, number: int = 7, **env: str
 ) -> subprocess.CompletedProcess[str]:
     return run_cub(
-        ["run", "--gh-issue", str(number), *harness(agent), *extra],
+        ["run", "--gh-issue", str(number), *command_harness(agent), *extra],
         project,
         env=env_for(url, **env),
     )
-
-
-def no_traceback(result: subprocess.CompletedProcess[str]) -> None:
-    assert "Traceback" not in result.stderr, result.stderr
-    assert "Traceback" not in result.stdout, result.stdout
-
-
-def stderr_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
-    return [line for line in result.stderr.splitlines() if line.strip()]
 
 
 def events_of(project: Path, kind: str) -> list[dict[str, Any]]:
@@ -325,7 +313,7 @@ def test_fixed_issue_gets_a_comment_with_the_commit_range(
     )
     base = git(project, "rev-parse", "HEAD")
     result = cub_issue(project, github.url, fixing_agent)
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 0, result.stdout + result.stderr
 
     record = read_run(project)
@@ -405,7 +393,7 @@ def test_close_on_success_closes_the_issue_and_branches_off_any_branch(
     github.add_issue()
 
     result = cub_issue(project, github.url, fixing_agent)
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 0, result.stdout + result.stderr
     assert read_run(project).state == "completed"
     # Not on main, yet the run still made its own branch, from develop's HEAD.
@@ -426,7 +414,7 @@ def test_repo_flag_overrides_origin_and_a_closed_issue_is_still_worked_on(
 ) -> None:
     github.add_issue(owner="other", repo="thing", state="closed", labels=())
     result = cub_issue(project, github.url, fixing_agent, "--repo", "other/thing")
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 0, result.stdout + result.stderr
     assert read_run(project).state == "completed"
     assert {r.path.split("/issues")[0] for r in github.seen()} == {"/repos/other/thing"}
@@ -441,7 +429,7 @@ def test_worktree_run_reports_the_commits_of_its_branch(
     github.add_issue()
     base = git(project, "rev-parse", "HEAD")
     result = cub_issue(project, github.url, fixing_agent, "--worktree")
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 0, result.stdout + result.stderr
     assert read_run(project).state == "completed"
     assert git(project, "branch", "--show-current") == "main"
@@ -456,7 +444,7 @@ def test_a_failing_comment_does_not_change_the_ending(
     github.add_issue()
     github.fail, github.fail_methods = 500, ("POST",)
     result = cub_issue(project, github.url, fixing_agent)
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 0, result.stdout + result.stderr
     assert read_run(project).state == "completed"
     (comment,) = events_of(project, "github_comment")
@@ -472,7 +460,7 @@ def test_agent_failure_comments_the_state_and_reason(
 ) -> None:
     github.add_issue()
     result = cub_issue(project, github.url, failing_agent)
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 1, result.stdout + result.stderr
     record = read_run(project)
     assert_identity(project)
@@ -493,7 +481,7 @@ def test_sigint_ends_interrupted_and_comments(
     ready = tmp_path / "agent-ready"
     agent = sleeping_agent(tmp_path / "sleep-agent", ready)
     proc = start_cub(
-        ["run", "--gh-issue", "7", *harness(agent), "--grace", "2s"],
+        ["run", "--gh-issue", "7", *command_harness(agent), "--grace", "2s"],
         project,
         env=env_for(github.url),
     )
@@ -520,7 +508,7 @@ def test_missing_issue_is_rejected_in_one_line(
     project: Path, github: FakeGitHub, fixing_agent: Path
 ) -> None:
     result = cub_issue(project, github.url, fixing_agent, number=404)
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 2
     (line,) = stderr_lines(result)
     assert "acme/widgets#404" in line and github.url in line
@@ -537,7 +525,7 @@ def test_pull_request_number_is_rejected(
 ) -> None:
     github.add_issue(pull_request=True)
     result = cub_issue(project, github.url, fixing_agent)
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 2
     (line,) = stderr_lines(result)
     assert "pull request" in line
@@ -569,7 +557,7 @@ def test_api_failure_ends_failed_with_a_record(
     github.add_issue()
     github.fail = fail
     result = cub_issue(project, github.url, fixing_agent)
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 1, result.stdout + result.stderr
     record = read_run(project)
     assert_identity(project)
@@ -587,7 +575,7 @@ def test_api_failure_ends_failed_with_a_record(
 
 def test_network_down_ends_failed_with_a_record(project: Path, fixing_agent: Path) -> None:
     result = cub_issue(project, closed_port_url(), fixing_agent)
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 1, result.stdout + result.stderr
     record = read_run(project)
     assert_identity(project)
@@ -603,7 +591,7 @@ def test_no_origin_and_no_repo_is_rejected(
 ) -> None:
     project = make_project(tmp_path / "bare")
     result = cub_issue(project, github.url, fixing_agent)
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 2
     (line,) = stderr_lines(result)
     assert "--gh-issue needs a repository: pass --repo OWNER/NAME or add an origin remote" in line
@@ -616,7 +604,7 @@ def test_gh_issue_with_task_is_a_flag_conflict(
     project: Path, github: FakeGitHub, fixing_agent: Path
 ) -> None:
     result = cub_issue(project, github.url, fixing_agent, "--task", "a")
-    no_traceback(result)
+    assert_no_traceback(result)
     assert result.returncode == 2
     record = read_run(project)
     assert (record.state, record.reason_code) == ("validation_rejected", "flag_conflict")

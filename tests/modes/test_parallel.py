@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cub.records.schemas import RunRecord
+from tests.e2e.support import command_harness
 from tests.helpers.agents import (
     TEST_TOKEN_VAR,
     is_alive,
@@ -85,10 +86,7 @@ def _args(agent: Path, width: int, *extra: str) -> list[str]:
         str(width),
         "--name",
         PARENT,
-        "--harness",
-        "command",
-        "--harness-cmd",
-        str(agent),
+        *command_harness(agent),
         *extra,
     ]
 
@@ -367,7 +365,7 @@ def test_four_at_once_is_about_four_times_faster(
     ids = [f"T{i}" for i in range(1, 9)]
     env = _env(pid_dir, AGENT_SLEEP="1")
     serial_project = make_project(tmp_path / "serial", _tasks(*ids))
-    command = ["--harness", "command", "--harness-cmd", str(agent)]
+    command = command_harness(agent)
     started = time.monotonic()
     serial = run_cub(["run", *command], serial_project, env=env)
     serial_s = time.monotonic() - started

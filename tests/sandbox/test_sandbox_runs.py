@@ -4,7 +4,6 @@ cub inside the container, agents that are small scripts committed in the project
 from __future__ import annotations
 
 import signal
-import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -14,10 +13,9 @@ import msgspec
 import pytest
 
 from cub.records.schemas import ChildRun, RunRecord
+from tests.e2e.support import command_harness
 from tests.helpers.agents import wait_for_file, wait_until
 from tests.helpers.cli import (
-    CUB,
-    cub_env,
     make_project,
     read_events,
     read_run,
@@ -33,7 +31,7 @@ from tests.helpers.git import git
 
 pytestmark = pytest.mark.timeout(180)
 
-HARNESS = ["--harness", "command", "--harness-cmd", "python3 ./agent.py"]
+HARNESS = command_harness("python3 ./agent.py")
 
 COMMITTING_AGENT = """
 import pathlib, subprocess
@@ -392,9 +390,9 @@ def test_no_engine_rejects_the_invocation_naming_docker_host(tmp_path: Path) -> 
 
 
 def test_sandbox_build_refuses_a_base_image_that_is_not_there(docker_host: str) -> None:
-    done = subprocess.run(
-        [*CUB, "sandbox", "build", "--base", "no-such-image:1", "--tag", "cub-sandbox:never"],
-        env=cub_env({"DOCKER_HOST": docker_host}), capture_output=True, text=True, timeout=60,
+    done = run_cub(
+        ["sandbox", "build", "--base", "no-such-image:1", "--tag", "cub-sandbox:never"],
+        Path.cwd(), env={"DOCKER_HOST": docker_host},
     )  # fmt: skip
     assert done.returncode == 1
     assert done.stderr.strip() == (
