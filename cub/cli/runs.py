@@ -33,7 +33,7 @@ def _recover(project_dir: Path) -> None:
         print(f"cub: {message}", file=sys.stderr)
 
 
-def _since(text: str | None) -> datetime | None:
+def _since(text: str | None, option: str) -> datetime | None:
     if text is None:
         return None
     from cub.durations import parse_duration
@@ -41,7 +41,7 @@ def _since(text: str | None) -> datetime | None:
     try:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--since") from None
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 def _load(command: str, run_id: str) -> tuple[Path, RunRecord | StatusRecord] | None:
@@ -97,7 +97,8 @@ def list_command(json_: bool, state: str | None, since: str | None, limit: int |
 
     project_dir = _project_dir()
     _recover(project_dir)
-    summaries = list_summaries(project_dir, state=state, since=_since(since), limit=limit)
+    since_at = _since(since, "--since")
+    summaries = list_summaries(project_dir, state=state, since=since_at, limit=limit)
     if json_:
         sys.stdout.write(msgspec.json.encode(summaries).decode() + "\n")
         return 0
@@ -191,7 +192,7 @@ def prune_command(keep: int | None, older_than: str | None) -> int:
         return 2
     project_dir = _project_dir()
     _recover(project_dir)
-    removed = prune_runs(project_dir, keep=keep, older_than=_since(older_than))
+    removed = prune_runs(project_dir, keep=keep, older_than=_since(older_than, "--older-than"))
     print(f"removed {len(removed)} run(s)")
     return 0
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from cub.config.schema import RedactionConfig
 
 # Common credential shapes: OpenAI/Anthropic-style keys, GitHub tokens, AWS access key ids,
 # Slack tokens, and bearer headers.
@@ -23,6 +27,12 @@ class Redactor:
     def __init__(self, patterns: Iterable[str] = DEFAULT_SECRET_PATTERNS) -> None:
         patterns = tuple(patterns)
         self._regex = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+
+    @classmethod
+    def for_config(cls, redaction: RedactionConfig) -> Redactor:
+        """The project's `redaction` settings: its patterns, and the defaults unless turned off."""
+        defaults = DEFAULT_SECRET_PATTERNS if redaction.use_defaults else ()
+        return cls([*defaults, *redaction.patterns])
 
     def __call__(self, text: str) -> str:
         if self._regex is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cub.errors import ForceKillRequested, Rejected, SetupFailed
-from cub.records.redact import DEFAULT_SECRET_PATTERNS, Redactor
+from cub.records.redact import Redactor
 from cub.records.schemas import RunRecord
 from cub.records.store import RunStore, new_run_id
 from cub.run.context import RunContext
@@ -289,8 +289,7 @@ def _record_plan(ctx: RunContext, plan: RunPlan) -> None:
     config = plan.config
     ctx.config = config_to_dict(config)
     if ctx.store is not None:
-        patterns = list(DEFAULT_SECRET_PATTERNS) if config.redaction.use_defaults else []
-        ctx.store.redact = Redactor([*patterns, *config.redaction.patterns])
+        ctx.store.redact = Redactor.for_config(config.redaction)
     budget = config.budget
     ctx.budget = BudgetUse(
         tokens_limit=budget.tokens,

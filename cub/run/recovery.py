@@ -27,7 +27,7 @@ import msgspec
 from cub import __version__
 from cub.chart.definition import RUN_CHART
 from cub.records.reader import read_events, read_status_json, run_dirs
-from cub.records.redact import DEFAULT_SECRET_PATTERNS, Redactor
+from cub.records.redact import Redactor
 from cub.records.schemas import Event, RunnerInfo, StatusRecord, TaskAttempt, Transition
 from cub.records.store import (
     RUNNER_LOCK,
@@ -76,7 +76,7 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
         status = read_status_json(run_dir) or _status_before_any(project_dir, run_dir)
         if status is None:
             return None
-        store = RunStore(run_dir, Redactor(DEFAULT_SECRET_PATTERNS))
+        store = RunStore(run_dir, _redactor(project_dir))
         _kill_leftovers(run_dir, status)
         held = _release_claims(project_dir, status)
         events = read_events(run_dir)
@@ -108,6 +108,18 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
         return f"recovered run {status.run_id}: its runner died in state {status.state}"
     finally:
         unlock_run(fd)
+
+
+def _redactor(project_dir: Path) -> Redactor:
+    """The project's redaction settings, as the runner had them (the defaults if its config
+    cannot be read now)."""
+    from cub.config.load import load_config
+    from cub.errors import CubError
+
+    try:
+        return Redactor.for_config(load_config(project_dir).config.redaction)
+    except (CubError, OSError):
+        return Redactor()
 
 
 def _journaled_ending(events: list[Event]) -> str | None:

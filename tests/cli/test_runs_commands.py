@@ -526,6 +526,8 @@ def test_prune_keep_removes_older_finished_runs(project: Path) -> None:
     assert listed_ids(cub(["runs", "list"], project).stdout) == ["r3-retry"]
     assert cub(["runs", "prune", "--keep", "1"], project).stdout.strip() == "removed 0 run(s)"
     assert_one_line_error(run_cub(["runs", "prune"], project), "--keep", "--older-than", code=2)
+    bad = run_cub(["runs", "prune", "--older-than", "soon"], project)
+    assert bad.returncode == 2 and "Invalid value for --older-than" in bad.stderr, bad.stderr
 
 
 def test_prune_older_than_repoints_latest(project: Path) -> None:

@@ -303,6 +303,28 @@ def test_a_claim_the_runner_never_wrote_down_is_released(tmp_path: Path) -> None
     assert tasks["t1"]["attempts"] == 1  # the claim still counts as an attempt
 
 
+def test_records_recovery_writes_use_the_projects_redaction(tmp_path: Path) -> None:
+    """The attempt recovery records for a claim whose agent had started (its title comes from
+    the task file) is redacted with the project's own patterns, as the runner's were."""
+    config = {"redaction": {"patterns": ["SECRET-[0-9]+"]}}
+    project = make_project(tmp_path / "proj", [task("t1", "ship with SECRET-1234")], config)
+    run_dir = orphaned_run(project, "leaky", ("validate", "accept", "prepared"))
+    backend = JsonlBackend(project / ".cub" / "tasks.jsonl", project)
+    assert backend.claim_next("leaky", epic=None, label=None) is not None
+    task_dir = run_dir / "tasks" / "t1"
+    task_dir.mkdir(parents=True)
+    (task_dir / "prompt.md").write_text("the prompt\n")
+    (task_dir / "harness.log").write_text("the agent had started\n")
+
+    result = run_cub(["runs", "list"], project)
+
+    assert result.returncode == 0, result.stderr
+    attempt = (task_dir / "task.json").read_text()
+    assert '"outcome":"killed"' in attempt.replace(" ", "")
+    assert "SECRET-1234" not in attempt
+    assert "ship with [REDACTED]" in attempt
+
+
 def test_a_task_claimed_by_a_live_run_is_left_alone(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj", [task("t1"), task("t2")])
     orphaned_run(project, "dead", ("validate", "accept", "prepared"))
