@@ -23,9 +23,12 @@ class ConsoleObserver:
 
     _REDRAW_EVERY_S = 0.25
 
-    def __init__(self, *, quiet: bool, stream: bool, to_stderr: bool) -> None:
+    def __init__(
+        self, *, quiet: bool, stream: bool, to_stderr: bool, verbose: bool = False
+    ) -> None:
         self.quiet = quiet
         self.stream = stream
+        self.verbose = verbose and not quiet
         self.out: TextIO = sys.stderr if to_stderr else sys.stdout
         terminal = self.out.isatty()
         self.live = terminal and not quiet
@@ -67,6 +70,12 @@ class ConsoleObserver:
         if self.stream:
             self._clear_status()
             print(f"  │ {line}", file=self.out, flush=True)
+
+    def journaled(self, line: str) -> None:
+        if self.verbose:
+            from cub.cli.views import event_line
+
+            self._say(self._paint(f"  · {event_line(line)}", "2"))
 
     def progress(
         self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float

@@ -138,7 +138,9 @@ def _request_from(params: dict[str, Any]) -> Any:
 )
 @click.option("--json", "json_", is_flag=True, help="Print the final run record as JSON on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and the final line.")
-@click.option("-v", "--verbose", is_flag=True, help="Print more detail.")
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also print each journal entry as it is written."
+)
 @click.option("--parent-run-id", metavar="ID", hidden=True)
 def run_command(json_: bool, **params: Any) -> int:
     """Run an agent through the task backlog until it is done, a budget runs out, or you stop
@@ -155,6 +157,7 @@ def run_command(json_: bool, **params: Any) -> int:
         quiet=request.quiet or json_,
         stream=request.stream and not request.quiet,
         to_stderr=json_,
+        verbose=request.verbose,
     )
     from cub.cli.main import EARLY_WATCH
 

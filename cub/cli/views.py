@@ -135,6 +135,7 @@ def print_record(record: RunRecord | StatusRecord, run_dir: Path) -> None:
 
 
 def event_line(raw: str) -> str:
+    """One journal line (JSON) as people read it; the line itself if it is not an event."""
     from cub.records.schemas import Event
 
     try:

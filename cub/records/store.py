@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -15,6 +16,7 @@ import re
 import secrets
 import shutil
 import tempfile
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from socket import gethostname
@@ -86,6 +88,8 @@ class RunStore:
         self.redact = redactor
         self._seq = _last_seq(run_dir / "events.jsonl")
         self.runner_lock: int | None = None
+        # Told each journal line (redacted) once it is on disk: `cub run --verbose` prints them.
+        self.on_event: Callable[[str], None] | None = None
 
     @classmethod
     def create(cls, project_dir: Path, run_id: str, redactor: Redactor) -> RunStore:
@@ -150,14 +154,20 @@ class RunStore:
             data=data or {},
         )
         path = self.run_dir / "events.jsonl"
+        line = self.redact.bytes(JSON_ENCODER.encode(event))
         try:
-            append_line(path, self.redact.bytes(JSON_ENCODER.encode(event)))
+            append_line(path, line)
         except BaseException:
             # Cut short (a forced kill raised while fsync ran) before or after the line was
             # written: go on from what the file holds, so the numbering has no gap or repeat.
             self._seq = _last_seq(path)
             raise
         self._seq = seq
+        if self.on_event is not None:
+            # Only a view of what is already on disk: a console gone away (a closed pipe)
+            # must not become the run's failure.
+            with contextlib.suppress(Exception):
+                self.on_event(line.decode())
         return event
 
     # -- per-task files ---------------------------------------------------------------------

@@ -129,7 +129,10 @@ def _open_run(
     )
     watch = watch or InterruptWatch()
     machine = RunMachine(ctx, on_terminal=watch.disarm)
-    return Run(machine=machine, watch=watch, observer=observer or SilentObserver()), early_rejection
+    observer = observer or SilentObserver()
+    if store is not None:
+        store.on_event = observer.journaled
+    return Run(machine=machine, watch=watch, observer=observer), early_rejection
 
 
 def _finish(run: Run) -> RunResult:

@@ -14,6 +14,7 @@ class RunObserver(Protocol):
     def task_started(self, task: Task, attempt: int) -> None: ...
     def task_finished(self, attempt: TaskAttempt) -> None: ...
     def agent_output(self, line: str) -> None: ...
+    def journaled(self, line: str) -> None: ...  # a line just appended to events.jsonl
     def progress(
         self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float
     ) -> None: ...
@@ -30,6 +31,9 @@ class SilentObserver:
         pass
 
     def agent_output(self, line: str) -> None:
+        pass
+
+    def journaled(self, line: str) -> None:
         pass
 
     def progress(
