@@ -527,25 +527,14 @@ def orphaned_run(project: Path, run_id: str, triggers: tuple[str, ...] = ()) -> 
     """A run as a runner that died leaves it: created through cub's own store and machine,
     moved along ``triggers``, then its runner lock let go (as the kernel does when the runner
     dies). Its status.json names this (live) process as the runner."""
-    from cub.records.redact import Redactor
-    from cub.records.store import RunStore, unlock_run
-    from cub.run.context import RunContext
-    from cub.run.machine import RunMachine
+    from cub.records.store import unlock_run
+    from tests.helpers.machines import new_machine
 
-    store = RunStore.create(project, run_id, Redactor())
-    ctx = RunContext(
-        run_id=run_id,
-        mode="run",
-        project_dir=project,
-        store=store,
-        argv=["run", "--orphaned"],
-        cwd=str(project),
-    )
-    machine = RunMachine(ctx)
-    machine.start()
+    machine = new_machine(project, run_id, argv=("run", "--orphaned"))
     for trigger in triggers:
         getattr(machine, trigger)()
-    assert store.runner_lock is not None
+    store = machine.ctx.store
+    assert store is not None and store.runner_lock is not None
     unlock_run(store.runner_lock)
     return store.run_dir
 

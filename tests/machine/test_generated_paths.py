@@ -14,7 +14,7 @@ from cub.chart.definition import RUN_CHART, Edge
 from cub.chart.paths import edge_paths, path_to_terminal, shortest_paths
 from cub.records.schemas import Event, RunRecord, StatusRecord
 from cub.run.exit_codes import exit_code_for
-from tests.machine.conftest import new_machine
+from tests.helpers.machines import new_machine
 
 
 def _kwargs(edge: Edge) -> dict[str, object]:

@@ -13,7 +13,7 @@ from transitions.core import MachineError
 
 from cub.chart.definition import RUN_CHART
 from cub.records.schemas import RunRecord
-from tests.machine.conftest import new_machine
+from tests.helpers.machines import new_machine
 
 
 def _record(project: Path, run_id: str = "run-test") -> RunRecord:
