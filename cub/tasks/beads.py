@@ -19,7 +19,7 @@ import filelock
 import msgspec
 
 from cub.config.messages import describe_validation_error
-from cub.errors import BackendError, TaskNotFound
+from cub.errors import BackendError, InvalidTaskId, TaskFileError, TaskNotFound
 from cub.records.durable import write_atomic
 from cub.tasks import changes
 from cub.tasks.integrity import dependency_problems
@@ -301,10 +301,17 @@ def _issue_entry(issue: Any) -> TaskEntry:
     if isinstance(deps, list):
         issue["dependencies"] = [d for dep in deps if (d := _dependency(dep))]
     try:
-        return msgspec.convert(issue, TaskEntry)
+        entry = msgspec.convert(issue, TaskEntry)
     except msgspec.ValidationError as exc:
         problem = describe_validation_error(exc, root_type=TaskEntry, data=issue)
-        raise BackendError(f"beads issue {issue.get('id')!r}: {problem.render()}") from None
+        raise TaskFileError(f"beads issue {issue.get('id')!r}: {problem.render()}") from None
+    try:
+        # As in the task files: an id becomes a directory name, so it is refused on reading,
+        # not found unusable after it has been claimed.
+        validate_task_id(entry.id)
+    except InvalidTaskId as exc:
+        raise TaskFileError(f"beads issue: {exc}") from None
+    return entry
 
 
 def _dependency(dep: Any) -> dict[str, str] | None:

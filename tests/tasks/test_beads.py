@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cub.errors import BackendError, TaskNotFound
+from cub.errors import BackendError, TaskFileError, TaskNotFound
 from cub.tasks.beads import BeadsBackend
 from tests.tasks.conftest import seed_beads
 
@@ -119,6 +119,16 @@ def test_bd_errors_become_backend_errors(
     with pytest.raises(BackendError) as caught:
         BeadsBackend(project).load()
     assert str(caught.value) == "`bd list --json` failed (exit 3): database is locked"
+
+
+def test_an_issue_id_that_cannot_be_a_directory_name_is_refused_on_reading(
+    project: Path, fake_bd: Path
+) -> None:
+    seed_beads(project, [*ISSUES, {"id": "../escape", "title": "Bad", "status": "open"}])
+    with pytest.raises(TaskFileError) as caught:
+        BeadsBackend(project).load()
+    assert caught.value.reason_code == "invalid_task_file"
+    assert str(caught.value).startswith("beads issue: invalid task id '../escape'")
 
 
 def test_missing_bd(project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
