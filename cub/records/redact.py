@@ -1,32 +1,161 @@
-"""Redaction of secrets an agent may print, applied before anything reaches disk."""
+"""Redaction of secrets an agent may print, applied before anything reaches disk.
+
+The redactor sees text in two shapes: one line at a time (an agent's output as it streams, each
+log line) and whole documents (prompt.md, every JSON record, where a multi-line value is one
+string with ``\\n`` escapes). Every pattern is safe in both. A secret that spans lines, a PEM
+private key, is masked either way: as one block in a document; in a stream, its BEGIN and END
+lines by pattern and its base64 body lines by their shape (see ``_KEY_BODY_LINE``).
+
+The shapes are written here rather than taken from a package: the pattern sets on PyPI either
+lack providers agents use (Google, Anthropic, Hugging Face), bring dependencies of their own, or
+keep their patterns inside detector classes that cannot be joined into the one regex this is
+(it runs on every output line, so it must stay one search).
+"""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from cub.config.schema import RedactionConfig
 
-# Common credential shapes: OpenAI/Anthropic-style keys, GitHub tokens, AWS access key ids,
-# Slack tokens, and bearer headers.
+
+def _word_start(prefix: str) -> str:
+    """``prefix`` only where it does not continue a longer word (``task-…`` is not ``sk-…``).
+
+    The guard is a look-behind placed *after* the prefix, so the pattern still starts with a
+    literal character (see ``_joined_by_first_char``)."""
+    escaped = re.escape(prefix)
+    return rf"{escaped}(?<![A-Za-z0-9_\-]{escaped})"
+
+
+# Every default starts with a literal character (not a class, group, flag or anchor) and has no
+# `|` outside a group: that lets them be joined grouped by first character, so the regex is only
+# tried where one of those characters occurs, and then only the shapes that start with it.
 DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
-    r"sk-[A-Za-z0-9_\-]{16,}",
+    # Google API keys (Gemini, Maps, Firebase): "AIza" and 35 more characters.
+    r"AIza[0-9A-Za-z_\-]{35}",
+    # Google OAuth: client secrets "GOCSPX-…" and short-lived access tokens "ya29.…".
+    r"GOCSPX-[0-9A-Za-z_\-]{20,}",
+    r"ya29\.[0-9A-Za-z_\-]{20,}",
+    # "sk-" keys. Anthropic: API "sk-ant-api03-…", admin "sk-ant-admin01-…", OAuth
+    # "sk-ant-oat01-…". OpenAI: project "sk-proj-…", service account "sk-svcacct-…", admin
+    # "sk-admin-…", legacy user keys "sk-" and 48 characters. Also OpenRouter, DeepSeek.
+    _word_start("sk-") + r"[A-Za-z0-9_\-]{16,}",
+    # GitHub: classic tokens ghp_ (personal), gho_ (OAuth), ghu_/ghs_ (app user/server),
+    # ghr_ (refresh), each with 36 base62 characters; fine-grained tokens "github_pat_…".
     r"gh[pousr]_[A-Za-z0-9]{20,}",
     r"github_pat_[A-Za-z0-9_]{20,}",
-    r"AKIA[0-9A-Z]{16}",
-    r"xox[abposr]-[A-Za-z0-9\-]{10,}",
-    r"[Bb]earer\s+[A-Za-z0-9._\-]{20,}",
+    # GitLab: personal/project/group access tokens "glpat-", deploy "gldt-", runner "glrt-",
+    # pipeline trigger "glptt-", CI job "glcbt-", feed "glft-", OAuth app secrets "gloas-".
+    r"gl(?:pat|dt|rt|ptt|cbt|ft|oas)-[A-Za-z0-9_\-]{20,}",
+    # AWS access key ids: long-term "AKIA", temporary (STS) "ASIA", and 16 more characters.
+    _word_start("AKIA") + r"[A-Z0-9]{16}",
+    _word_start("ASIA") + r"[A-Z0-9]{16}",
+    # AWS secret access keys have no prefix (40 base64 characters), so only where labelled:
+    # aws_secret_access_key=…, AWS_SECRET_ACCESS_KEY: "…", "SecretAccessKey": "…" (CLI JSON).
+    r"a(?i:ws_?secret_?(?:access_?)?key)[\"']?[ \t]*[:=][ \t]*[\"']?[A-Za-z0-9/+]{40}",
+    r"A(?i:ws_?secret_?(?:access_?)?key)[\"']?[ \t]*[:=][ \t]*[\"']?[A-Za-z0-9/+]{40}",
+    r"SecretAccessKey[\"']?[ \t]*[:=][ \t]*[\"']?[A-Za-z0-9/+]{40}",
+    # Slack: bot/user/app/legacy/refresh/rotating tokens "xoxb-", "xoxp-", "xoxa-", "xoxo-",
+    # "xoxr-", "xoxs-", "xoxe-"; app-level tokens "xapp-"; webhook and workflow trigger URLs.
+    _word_start("xox") + r"[abeposr]-[A-Za-z0-9\-]{10,}",
+    _word_start("xapp-") + r"[0-9]+-[A-Za-z0-9\-]{10,}",
+    r"hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9_/\-]{8,}",
+    # Stripe: secret "sk_live_"/"sk_test_", restricted "rk_…" and publishable "pk_…" keys;
+    # webhook signing secrets "whsec_…".
+    r"sk_(?:live|test)_[0-9A-Za-z]{10,}",
+    r"rk_(?:live|test)_[0-9A-Za-z]{10,}",
+    r"pk_(?:live|test)_[0-9A-Za-z]{10,}",
+    r"whsec_[0-9A-Za-z]{24,}",
+    # PEM private keys (RSA, EC, DSA, PKCS#8, OpenSSH, encrypted, PGP "… PRIVATE KEY BLOCK"):
+    # in a document, the whole block from BEGIN to END; where END is not in the same text (a
+    # stream, one line at a time), the BEGIN line, and the END line on its own. The body stops
+    # at the next "-----" and never backtracks (possessive), so a text full of BEGIN lines
+    # without END costs one pass, not one pass per BEGIN.
+    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----"
+    r"(?:(?:[^-]|-(?!----))*+-----END[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----)?",
+    r"-----END[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----",
+    # HTTP bearer credentials (RFC 6750 token characters), "Bearer" in any case.
+    r"B(?i:earer)[ \t]+[A-Za-z0-9._~+/\-]{20,}=*",
+    r"b(?i:earer)[ \t]+[A-Za-z0-9._~+/\-]{20,}=*",
+    # JSON Web Tokens: base64url header and payload (both JSON objects, so both start "eyJ")
+    # and signature, dot-separated.
+    r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*",
+    # npm access tokens: "npm_" and 36 base62 characters.
+    _word_start("npm_") + r"[A-Za-z0-9]{36}",
+    # PyPI API tokens: "pypi-" and a base64url macaroon, which starts "AgE".
+    r"pypi-AgE[A-Za-z0-9_\-]{50,}",
+    # Hugging Face user access tokens: "hf_" and 34 letters.
+    _word_start("hf_") + r"[A-Za-z0-9]{30,}",
+    # SendGrid API keys: "SG." + 22 characters + "." + 43 characters.
+    r"SG\.[A-Za-z0-9_\-]{22}\.[A-Za-z0-9_\-]{43}",
+    # Twilio API key SIDs: "SK" and 32 hex digits.
+    _word_start("SK") + r"[0-9a-fA-F]{32}",
 )
+
+# A private key's base64 body line, as openssl and ssh-keygen print it: exactly 64 characters
+# (PEM, RFC 7468) or 70 (OpenSSH), alone on its line. Streamed output reaches the redactor a line
+# at a time, so BEGIN and END are never seen with it: the line's shape is all there is. It is
+# checked against the whole text, apart from the alternation (whose branches must all start with a
+# literal), and only when the defaults are in use.
+_KEY_BODY_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/]{64}(?:[A-Za-z0-9+/]{6})?[ \t]*")
+_KEY_BODY_CHARS = range(64, 129)  # 64 or 70, and room for indentation; cheap to check first
+
+
+def _is_key_body_line(text: str) -> bool:
+    # Both cases of letters are required: a hex digest (sha256 is 64 hex digits) is not a key.
+    return (
+        len(text) in _KEY_BODY_CHARS
+        and _KEY_BODY_LINE.fullmatch(text) is not None
+        and text != text.lower()
+        and text != text.upper()
+    )
+
 
 MASK = "[REDACTED]"
 
 
+def _joined_by_first_char(patterns: Sequence[str]) -> str:
+    """One alternation of literal-first ``patterns``, grouped by first character (in order).
+
+    Python's regex engine scans for the first characters of an alternation whose branches all
+    start with a literal, and tries each branch in turn where one occurs; grouping makes that
+    one branch per character instead of one per pattern (about twice as fast on plain text).
+    Matching is unchanged: patterns with different first characters never match at the same
+    place, and within a group the order is kept."""
+    groups: dict[str, list[str]] = {}
+    for pattern in patterns:
+        first = pattern[0]
+        if not (first.isalnum() or first == "-") or pattern[1:2] in ("*", "+", "?", "{"):
+            raise ValueError(f"not a literal-first pattern: {pattern!r}")
+        groups.setdefault(first, []).append(pattern[1:])
+    return "|".join(
+        f"{re.escape(first)}(?:{'|'.join(f'(?:{rest})' for rest in rests)})"
+        for first, rests in groups.items()
+    )
+
+
+_DEFAULTS_JOINED = _joined_by_first_char(DEFAULT_SECRET_PATTERNS)
+
+
 class Redactor:
+    """Replaces every match of ``patterns`` with ``MASK``; with the defaults (listed first), also
+    a text that is a private key's base64 body line."""
+
     def __init__(self, patterns: Iterable[str] = DEFAULT_SECRET_PATTERNS) -> None:
         patterns = tuple(patterns)
-        self._regex = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+        # The defaults arrive first when used (see for_config): they are joined precompiled, and
+        # any configured patterns appended as given.
+        n_defaults = len(DEFAULT_SECRET_PATTERNS)
+        self._key_body_lines = patterns[:n_defaults] == DEFAULT_SECRET_PATTERNS
+        if self._key_body_lines:
+            parts = [_DEFAULTS_JOINED, *(f"(?:{p})" for p in patterns[n_defaults:])]
+        else:
+            parts = [f"(?:{p})" for p in patterns]
+        self._regex = re.compile("|".join(parts)) if parts else None
 
     @classmethod
     def for_config(cls, redaction: RedactionConfig) -> Redactor:
@@ -35,6 +164,8 @@ class Redactor:
         return cls([*defaults, *redaction.patterns])
 
     def __call__(self, text: str) -> str:
+        if self._key_body_lines and _is_key_body_line(text):
+            return MASK
         if self._regex is None:
             return text
         return self._regex.sub(MASK, text)
