@@ -3,6 +3,7 @@ exit code decides; a line `{"cub_usage": {...}}` adds to the attempt's usage."""
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import msgspec
@@ -44,6 +45,9 @@ class CommandParser:
 
 class CommandHarness:
     name = "command"
+    # What a terminal's Ctrl+C does: SIGINT to the whole foreground process group.
+    stop_signal: int = int(signal.SIGINT)
+    stop_leader_first = False
 
     def __init__(self, argv: tuple[str, ...]) -> None:
         self.argv = argv

@@ -7,6 +7,7 @@ supervisor's job (cub/agents/supervisor.py).
 from __future__ import annotations
 
 import re
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class StreamState:
     result_seen: bool = False  # the agent reported its final result; output is over
     stuck_reason: str | None = None
     promise_complete: bool = False
+    model: str | None = None  # the model the agent says it used, when its output names it
 
     def scan_signals(self, line: str) -> None:
         """The `<stuck>` and `<promise>` signals, whatever the adapter's format."""
@@ -62,6 +64,10 @@ class OutputParser(Protocol):
 
 class Harness(Protocol):
     name: str
+    # The signal that asks this agent to stop (the first step of the stop ladder), and whether
+    # it goes to the agent's main process only (which then stops its own tools and reports).
+    stop_signal: int
+    stop_leader_first: bool
 
     def invocation(
         self, *, system: str, task: str, prompt_file: Path, model: str | None
@@ -75,6 +81,8 @@ class ProgramHarness:
     it (`harness.extra_args`), and the price table for agents that report no cost."""
 
     name = ""
+    stop_signal: int = int(signal.SIGINT)
+    stop_leader_first: bool = False
 
     def __init__(
         self,

@@ -54,6 +54,7 @@ __all__ = [
     "TREE_MARKER_VAR",
     "AgentProcess",
     "AgentRequest",
+    "SentSignal",
     "StopReport",
     "become_subreaper",
     "kill_process_tree",
@@ -76,6 +77,8 @@ _ORPHAN_PIPE_WAIT = 2.0  # agent exited, pipe still held open: finished after th
 _KILL_DEADLINE = 3.0  # give up (and log) if SIGKILL cannot clear the tree in this long
 _CREATE_TIME_TOLERANCE = 0.01
 _JOIN_TIMEOUT = 2.0
+# An agent still printing this long after a stop signal is taken to ignore it (see stop()).
+_IGNORED_AFTER = 3.0
 
 
 def _no_redaction(text: str) -> str:
@@ -101,6 +104,19 @@ class AgentRequest:
             f"env=<{len(self.env)} variables, values hidden>, stdin={stdin}, "
             f"log_path={str(self.log_path)!r})"
         )
+
+
+class SentSignal(NamedTuple):
+    """One signal cub sent to the agent: to its main process only, or to its whole tree."""
+
+    signal: int
+    scope: str  # "main" or "tree"
+    processes: int  # how many were alive to get it
+    at: float  # wall-clock time
+
+    @property
+    def name(self) -> str:
+        return _signame(self.signal)
 
 
 @dataclass(frozen=True)
@@ -427,6 +443,7 @@ class AgentProcess:
         self._last_refresh = 0.0
         self._exit_status: int | None = None
         self._exited_at: float | None = None
+        self._signals: list[SentSignal] = []
 
         self._log = log
         self._log_lock = threading.Lock()
@@ -504,6 +521,8 @@ class AgentProcess:
         """Send ``sig`` to the agent's process group and to every known member of its tree."""
         with self._lock:
             members = self._refresh(full=True)
+            alive = sum(1 for st in members.values() if st.alive)
+            self._signals.append(SentSignal(sig, "tree", alive, time.time()))
             by_group = not self._tree.root_reaped
             if by_group:
                 # Safe: the agent is unreaped, so its pid (= its group id) is still ours.
@@ -515,27 +534,51 @@ class AgentProcess:
                 if st.alive and not (by_group and st.pgrp == self.pid):
                     _signal_if_same(pid, st.starttime, sig)
 
-    def stop(self, first_signal: int, grace: float, term_wait: float = 2.0) -> StopReport:
+    def stop(
+        self,
+        first_signal: int,
+        grace: float,
+        term_wait: float = 2.0,
+        *,
+        leader_first: bool = False,
+        ignored_after: float | None = _IGNORED_AFTER,
+    ) -> StopReport:
         """The stop ladder: ``first_signal``, wait ``grace``; SIGTERM, wait ``term_wait``;
-        SIGKILL. Each step waits for the *whole tree* to be gone, not just the agent."""
+        SIGKILL. Each step waits for the *whole tree* to be gone, not just the agent.
+
+        ``leader_first`` sends the first signal to the agent's own process only, so that it
+        can wind down its tools itself and report (Claude Code prints its final result with
+        the usage only when its tools did not die of the same signal first). ``ignored_after``:
+        an agent still printing that long after a signal is taken to ignore it, and the next
+        step comes at once instead of after the whole wait (OpenCode now and then keeps
+        working through SIGINT).
+        """
         begin = time.monotonic()
         steps = [(first_signal, grace)]
         if first_signal not in (signal.SIGTERM, signal.SIGKILL):
             steps.append((signal.SIGTERM, term_wait))
         sent: list[int] = []
         gone = self._tree_gone(full=True)
-        for sig, wait in steps:
+        for index, (sig, wait) in enumerate(steps):
             if gone:
                 break
+            leader_only = leader_first and index == 0 and not self._tree.root_reaped
             logger.info(
-                "agent pid=%d: sending %s to its process tree, waiting up to %.1fs",
+                "agent pid=%d: sending %s to its %s, waiting up to %.1fs",
                 self.pid,
                 _signame(sig),
+                "main process" if leader_only else "process tree",
                 wait,
             )
-            self.signal_tree(sig)
+            if leader_only:
+                self._signal_leader(sig)
+            else:
+                self.signal_tree(sig)
             sent.append(sig)
-            gone = self._wait_tree_gone(wait) and self._tree_gone(full=True)
+            # Once the main process is gone, its tools get the next step at once.
+            gone = self._wait_tree_gone(
+                wait, ignored_after, until_leader_exits=leader_only
+            ) and self._tree_gone(full=True)
         if not gone:
             logger.warning(
                 "agent pid=%d: process tree still alive after %s; sending SIGKILL (up to %.1fs)",
@@ -550,6 +593,24 @@ class AgentProcess:
         return StopReport(
             first_signal, tuple(sent), escalated, self.returncode, time.monotonic() - begin
         )
+
+    def remaining_lines(self, timeout: float) -> list[str]:
+        """Every line not read yet, waiting up to ``timeout`` for the output to end: what an
+        agent printed while it was being stopped (its final usage, a last commit) still
+        counts."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        with self._cond:
+            while not self._output_closed and (remaining := deadline - time.monotonic()) > 0:
+                self._cond.wait(min(remaining, _SAMPLE_INTERVAL))
+            lines = list(self._lines)
+            self._lines.clear()
+            return lines
+
+    def take_signals(self) -> list[SentSignal]:
+        """The signals sent to the agent since the last call, oldest first."""
+        with self._lock:
+            sent, self._signals = self._signals, []
+        return sent
 
     def kill_tree(self) -> None:
         """SIGKILL the whole tree at once, no grace, and reap it."""
@@ -635,13 +696,38 @@ class AgentProcess:
             return False
         return not any(st.alive for st in self._refresh(full).values())
 
-    def _wait_tree_gone(self, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
+    def _signal_leader(self, sig: int) -> None:
+        with self._lock:
+            self._signals.append(SentSignal(sig, "main", 1, time.time()))
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.pid, sig)  # safe: unreaped, so the pid is still the agent's
+
+    def _wait_tree_gone(
+        self,
+        timeout: float,
+        ignored_after: float | None = None,
+        *,
+        until_leader_exits: bool = False,
+    ) -> bool:
+        """Whether the tree is gone within ``timeout``; False early when the agent is still
+        printing ``ignored_after`` seconds after the wait began (it ignores the signal), or,
+        with ``until_leader_exits``, when the main process has exited but not all the tree."""
+        begin = time.monotonic()
+        deadline = begin + timeout
         while not self._tree_gone():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 return False
-            time.sleep(min(0.02, remaining))
+            if until_leader_exits and self._poll_exit() is not None:
+                return False
+            if ignored_after is not None and self.last_output_at - begin > ignored_after:
+                logger.warning(
+                    "agent pid=%d: still printing %.1fs after the signal; not waiting longer",
+                    self.pid,
+                    self.last_output_at - begin,
+                )
+                return False
+            time.sleep(min(0.02, deadline - now))
         return True
 
     def _kill_everything(self) -> None:

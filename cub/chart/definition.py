@@ -193,7 +193,13 @@ RUN_CHART = Chart(
             "settling",
             FAILED,
             "the attempt failed and the policy stops the run",
-            ("task_failed", "retries_exhausted", "agent_stuck", "verify_failed"),
+            (
+                "task_failed",
+                "retries_exhausted",
+                "agent_stuck",
+                "verify_failed",
+                "isolation_breached",
+            ),
         ),
         Edge(
             "exhaust_budget",
@@ -220,7 +226,13 @@ RUN_CHART = Chart(
             "supervising",
             FAILED,
             "a child run failed, its branch did not merge, or the sandbox died",
-            ("tasks_failed", "merge_conflict", "sandbox_oom", "sandbox_failed"),
+            (
+                "tasks_failed",
+                "merge_conflict",
+                "sandbox_oom",
+                "sandbox_failed",
+                "isolation_breached",
+            ),
         ),
         Edge(
             "exhaust_budget",

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, TextIO
 
 import msgspec
 
+from cub.cli.views import cost_text
+
 if TYPE_CHECKING:
     from cub.records.schemas import TaskAttempt
     from cub.run.driver import RunResult
@@ -78,7 +80,7 @@ class ConsoleObserver:
             self._say(self._paint(f"  · {event_line(line)}", "2"))
 
     def progress(
-        self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float
+        self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float | None
     ) -> None:
         now = time.monotonic()
         if not self.live or now - self._drawn_at < self._REDRAW_EVERY_S:
@@ -87,7 +89,7 @@ class ConsoleObserver:
         width = shutil.get_terminal_size((100, 20)).columns
         text = (
             f"… {task_id} attempt {attempt}  {elapsed:5.0f}s  {tokens} tokens  "
-            f"${cost:.4f}  (Ctrl+C stops, twice kills)"
+            f"{cost_text(cost)}  (Ctrl+C stops, twice kills)"
         )
         self.out.write("\r\x1b[2K" + text[: width - 1])
         self.out.flush()
@@ -159,7 +161,8 @@ def _print_summary(result: RunResult, out: TextIO) -> None:
         print(f"  tasks: {task_counts_line(tasks)}", file=out)
     budget = record.budget
     if budget.tokens_used or budget.cost_usd:
-        print(f"  usage: {budget.tokens_used} tokens, ${budget.cost_usd:.4f}", file=out)
+        cost = cost_text(budget.cost_usd, budget.cost_incomplete)
+        print(f"  usage: {budget.tokens_used} tokens, {cost}", file=out)
     if result.run_dir is not None:
         print(f"  record: {result.run_dir}/run.json", file=out)
     if record.state in _RESUMABLE and record.mode in ("run", "parallel"):

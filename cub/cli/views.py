@@ -33,33 +33,42 @@ def summary_header() -> str:
     )
 
 
+def cost_text(cost: float | None, incomplete: bool = False) -> str:
+    """A cost for people: unknown stays unknown, never $0."""
+    if cost is None:
+        return "cost unknown"
+    return f"${cost:.4f}" + (" + unknown" if incomplete else "")
+
+
 def summary_line(s: RunSummary) -> str:
     exit_code = "live" if s.live else str(s.exit_code)
     started = s.started_at[:19].replace("T", " ")
     ok_fail = f"{s.tasks.succeeded}/{s.tasks.failed}"
+    cost = "-" if s.budget.cost_usd is None else f"{s.budget.cost_usd:.4f}"
     return (
         f"{_clip(s.run_id, 34):<34} {s.mode:<9} {s.state:<19} {exit_code:>4} {ok_fail:>7} "
-        f"{s.budget.tokens_used:>8} {s.budget.cost_usd:>8.4f} {_duration(s.duration_s):>7}  "
+        f"{s.budget.tokens_used:>8} {cost:>8} {_duration(s.duration_s):>7}  "
         f"{started:<19}  {_clip(s.reason, 60)}"
     )
 
 
 def task_counts_line(tasks: TaskCounts) -> str:
+    killed = f", {tasks.killed} killed" if tasks.killed else ""
     return (
         f"{tasks.succeeded} succeeded, {tasks.failed} failed, "
-        f"{tasks.interrupted} interrupted, {tasks.skipped} skipped"
+        f"{tasks.interrupted} interrupted{killed}, {tasks.skipped} skipped"
     )
 
 
 def budget_line(budget: BudgetUse) -> str:
     parts = [
         f"{budget.tokens_used} tokens",
-        f"${budget.cost_usd:.4f}",
+        cost_text(budget.cost_usd, budget.cost_incomplete),
         f"{budget.iterations} iteration(s)",
     ]
     limits = [
         ("tokens", budget.tokens_used, budget.tokens_limit),
-        ("cost", budget.cost_usd, budget.cost_limit),
+        ("cost", budget.cost_usd or 0.0, budget.cost_limit),
         ("tasks", budget.tasks_used, budget.tasks_limit),
         ("iterations", budget.iterations, budget.iterations_limit),
     ]
@@ -111,7 +120,7 @@ def print_record(record: RunRecord | StatusRecord, run_dir: Path) -> None:
         print("attempts")
         for directory, attempt in attempts:
             usage = attempt.usage
-            cost = f"${usage.cost_usd:.4f}" if usage.cost_usd is not None else "cost n/a"
+            cost = cost_text(usage.cost_usd)
             detail = attempt.stuck_reason or (attempt.error.message if attempt.error else "")
             print(
                 f"  {attempt.task_id} #{attempt.attempt}  {attempt.outcome:<11} "

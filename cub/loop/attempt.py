@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 _STATUS_EVERY_S = 1.0
 _POLL_S = 0.1
+# After the agent's tree is gone, how long its last output may take to reach us.
+_DRAIN_AFTER_STOP_S = 1.0
 
 
 @dataclass
@@ -47,8 +49,11 @@ class _Watch:
 
     agent: AgentProcess
     parser: OutputParser
+    harness: Harness
+    task_id: str
     base_tokens: int
-    base_cost: float
+    base_cost: float | None
+    base_cost_incomplete: bool
     status_written_at: float = float("-inf")  # never: the first look writes it
     # The agent reported a (successful or failed) result, then was stopped for lingering.
     stopped_after_result: bool = False
@@ -79,6 +84,9 @@ def run_attempt(
     env = settings.agent_env(os.environ, run_id=ctx.run_id, task=task)
     env.update(invocation.env)
     env.update(recovery.agent_env(store.run_dir))
+    # Some agents (OpenCode) take their working directory from PWD rather than from the
+    # process: the caller's PWD would send them into the user's checkout.
+    env["PWD"] = str(work_dir)
 
     started_at, t0 = utc_now(), time.monotonic()
     run.observer.task_started(task, attempt)
@@ -130,14 +138,20 @@ def run_attempt(
         watch = _Watch(
             agent=agent,
             parser=harness.parser(),
+            harness=harness,
+            task_id=task.id,
             base_tokens=ctx.budget.tokens_used,
             base_cost=ctx.budget.cost_usd,
+            base_cost_incomplete=ctx.budget.cost_incomplete,
         )
         result = _supervise(run, watch, settings)
         agent.close()
+        _journal_signals(run, watch)
         _account(run, watch, settings)  # the attempt's final usage, however it ended
         outcome, error = _outcome(result, watch)
         state = watch.parser.state
+        model = state.model or settings.model_for(task)
+        _note_model(run, state.model)
         record = _attempt_record(
             task,
             attempt,
@@ -148,6 +162,7 @@ def run_attempt(
             returncode=agent.returncode,
             stuck_reason=state.stuck_reason,
             error=error,
+            model=model,
         )
         store.write_attempt(record)
         recorded = True
@@ -156,7 +171,13 @@ def run_attempt(
         # tree goes at once, the attempt is still recorded, then the exception carries on.
         agent.kill_tree()
         if not recorded:
-            usage = watch.parser.state.usage if watch is not None else Usage()
+            usage = Usage()
+            if watch is not None:
+                _take_output(run, watch, settings, agent.remaining_lines(0))
+                _journal_signals(run, watch)
+                _account(run, watch, settings)
+                usage = watch.parser.state.usage
+            ctx.tasks.killed += 1
             store.write_attempt(
                 _attempt_record(
                     task, attempt, "killed", started_at, t0, usage, returncode=agent.returncode
@@ -190,20 +211,20 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
             # The agent reported its result; give it a moment to exit on its own.
             finish_deadline = finish_deadline or now + settings.exit_after_result
             if now > finish_deadline:
-                agent.stop(signal.SIGTERM, grace=settings.kill_after)
+                _stop(run, watch, settings, signal.SIGTERM, settings.kill_after)
                 watch.stopped_after_result = True
                 return None, None
         if run.watch.requested:
-            stopped = _on_interrupt(run, agent, settings)
+            stopped = _on_interrupt(run, watch, settings)
             if stopped:
                 return "interrupt", None
         budget = exhausted_while_running(run.ctx.budget, run.ctx.elapsed(), settings.run_timeout)
         if budget is not None:
-            agent.stop(signal.SIGINT, grace=settings.grace)
+            _stop(run, watch, settings, watch.harness.stop_signal, settings.grace)
             return budget
         breaker = _circuit_breaker(agent, settings, now)
         if breaker is not None:
-            agent.stop(signal.SIGTERM, grace=settings.kill_after)
+            _stop(run, watch, settings, signal.SIGTERM, settings.kill_after)
             return "timed_out", breaker
         current = run.ctx.current_task
         if current is not None:
@@ -216,6 +237,45 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
     return None, None
 
 
+def _stop(run: Run, watch: _Watch, settings: LoopSettings, first: int, grace: float) -> None:
+    """Stop the agent with the ladder, then count everything it printed while stopping."""
+    agent = watch.agent
+    # Only the signal the agent is known to handle goes to its main process alone; anything
+    # else (SIGTERM kills Claude Code outright, orphaning its tools) goes to the whole tree.
+    leader_first = watch.harness.stop_leader_first and first == watch.harness.stop_signal
+    agent.stop(first, grace=grace, leader_first=leader_first)
+    _journal_signals(run, watch)
+    _take_output(run, watch, settings, agent.remaining_lines(_DRAIN_AFTER_STOP_S))
+
+
+def _journal_signals(run: Run, watch: _Watch) -> None:
+    """Every signal cub sent to the agent goes into the journal (repeated SIGKILL rounds once)."""
+    previous = None
+    for sent in watch.agent.take_signals():
+        if (sent.signal, sent.scope) == previous:
+            continue
+        previous = (sent.signal, sent.scope)
+        run.machine.note(
+            "agent_signalled",
+            task_id=watch.task_id,
+            data={
+                "signal": sent.name,
+                "to": sent.scope,
+                "pid": watch.agent.pid,
+                "processes": sent.processes,
+            },
+        )
+
+
+def _note_model(run: Run, reported: str | None) -> None:
+    """The run's harness model is the first one an agent said it used: what was asked for may
+    be an alias (``sonnet``) or nothing at all."""
+    harness = run.ctx.harness
+    if reported and harness is not None and not run.model_reported:
+        run.model_reported = True
+        run.ctx.harness = msgspec.structs.replace(harness, model=reported)
+
+
 def _take_output(run: Run, watch: _Watch, settings: LoopSettings, lines: list[str]) -> None:
     for line in lines:
         run.observer.agent_output(line)
@@ -223,7 +283,7 @@ def _take_output(run: Run, watch: _Watch, settings: LoopSettings, lines: list[st
             _account(run, watch, settings)
 
 
-def _on_interrupt(run: Run, agent: AgentProcess, settings: LoopSettings) -> bool:
+def _on_interrupt(run: Run, watch: _Watch, settings: LoopSettings) -> bool:
     """First signal while the agent runs. Returns True once the agent has been stopped."""
     machine = run.machine
     signum = run.watch.first
@@ -242,11 +302,13 @@ def _on_interrupt(run: Run, agent: AgentProcess, settings: LoopSettings) -> bool
         if deadline is not None and time.monotonic() > deadline:
             run.watch.force_kill(signum)  # the grace ran out: treated as a second signal
         return False
-    first = signal.SIGTERM if signum in (signal.SIGTERM, signal.SIGHUP) else signal.SIGINT
+    # SIGTERM asks for SIGTERM; a Ctrl+C gets the signal this agent is known to heed.
+    is_term = signum in (signal.SIGTERM, signal.SIGHUP)
+    first = int(signal.SIGTERM) if is_term else watch.harness.stop_signal
     run.observer.message(
         f"interrupt: stopping the agent (grace {settings.grace:g}s; interrupt again to kill it now)"
     )
-    agent.stop(first, grace=settings.grace)
+    _stop(run, watch, settings, first, settings.grace)
     return True
 
 
@@ -264,7 +326,14 @@ def _account(run: Run, watch: _Watch, settings: LoopSettings) -> None:
     """Usage changed: update the run's live totals and fire the budget warning once."""
     usage, budget = watch.parser.state.usage, run.ctx.budget
     budget.tokens_used = watch.base_tokens + usage.total_tokens
-    budget.cost_usd = round(watch.base_cost + (usage.cost_usd or 0.0), 6)
+    if usage.cost_usd is not None:
+        budget.cost_usd = (watch.base_cost or 0.0) + usage.cost_usd
+    else:
+        budget.cost_usd = watch.base_cost
+    # An estimate without a price may be replaced by exact, priced figures: recomputed each time.
+    budget.cost_incomplete = watch.base_cost_incomplete or (
+        usage.cost_usd is None and usage.total_tokens > 0
+    )
     if not run.budget_warned and settings.crossed_warning(budget):
         run.budget_warned = True
         if run.hooks is not None:
@@ -298,7 +367,7 @@ def _exit_text(code: int | None) -> str:
     if code is None:
         return "the agent did not exit"
     if code < 0:
-        return f"the agent was killed by {signal.Signals(-code).name}"
+        return f"the agent was killed by {_signal_name(-code)}"
     return f"the agent exited with code {code}"
 
 
@@ -313,6 +382,7 @@ def _attempt_record(
     returncode: int | None = None,
     stuck_reason: str | None = None,
     error: ErrorInfo | None = None,
+    model: str | None = None,
 ) -> TaskAttempt:
     exit_code, sig = (
         (None, -returncode) if returncode is not None and returncode < 0 else (returncode, None)
@@ -330,4 +400,13 @@ def _attempt_record(
         usage=usage,
         stuck_reason=stuck_reason,
         error=error,
+        model=model,
     )
+
+
+def _signal_name(signum: int) -> str:
+    """SIGTERM, or "signal 40" for one without a name (the real-time signals)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

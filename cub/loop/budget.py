@@ -15,7 +15,11 @@ def exhausted_while_running(
         return "token_budget", (
             f"token budget exhausted: {budget.tokens_used} of {budget.tokens_limit} tokens used"
         )
-    if budget.cost_limit is not None and budget.cost_usd >= budget.cost_limit:
+    if (
+        budget.cost_limit is not None
+        and budget.cost_usd is not None
+        and budget.cost_usd >= budget.cost_limit
+    ):
         return "cost_budget", (
             f"cost budget exhausted: ${budget.cost_usd:.4f} of ${budget.cost_limit:.2f} spent"
         )
@@ -45,6 +49,6 @@ def fraction_used(budget: BudgetUse) -> float:
     shares = [0.0]
     if budget.tokens_limit:
         shares.append(budget.tokens_used / budget.tokens_limit)
-    if budget.cost_limit:
+    if budget.cost_limit and budget.cost_usd is not None:
         shares.append(budget.cost_usd / budget.cost_limit)
     return max(shares)

@@ -103,6 +103,12 @@ def _prepare_worktree(run: Run, plan: RunPlan, branch: str) -> None:
 
     assert plan.git_root is not None
     path = worktree_path(plan.project_dir, run.ctx.run_id)
+    if plan.request.parent_run_id is None:
+        # The checkout the run started from must not move while its agents work elsewhere. (A
+        # parallel run's children leave that to the parent, whose merges do move it.)
+        from cub.loop.isolation import CheckoutGuard
+
+        run.checkout_guard = CheckoutGuard.watch(plan.git_root)
     create_worktree(plan.git_root, path, branch, plan.request.from_branch)
     run.work_dir = path
     run.finishers.append(lambda run, state, code, reason: finish_worktree(run))

@@ -151,11 +151,15 @@ class TaskLoop:
 
     def _settle(self, task: Task, result: AttemptResult) -> Ending | None:
         run, ctx, record = self.run, self.run.ctx, result.record
+        breach = run.checkout_guard.moved() if run.checkout_guard is not None else None
+        if breach is not None:
+            return self._breached(task, record, breach)
         if record.outcome == "succeeded" and self.settings.verify:
             record = self._verify(task, record)
         if result.stopped_by not in (None, "timed_out"):
-            # A budget ran out mid-attempt: the task goes back to the backlog untouched.
-            self._release(task, "the run's budget ran out during this attempt")
+            # A budget ran out mid-attempt: the task goes back to the backlog untouched, and
+            # the attempt cub cut short is not one of the task's own.
+            self._release(task, "the run's budget ran out during this attempt", uncount=True)
             ctx.tasks.interrupted += 1
             self._post_task(task, record)
             return ("exhaust_budget", result.stopped_by, result.stopped_reason or "")
@@ -220,6 +224,25 @@ class TaskLoop:
         run.machine.continue_loop()
         return None
 
+    def _breached(self, task: Task, record: TaskAttempt, breach: str) -> Ending:
+        """The agent moved the checkout the run promised to leave alone: whatever it did, the
+        attempt failed, the task goes back to the backlog, and the run stops."""
+        import msgspec
+
+        from cub.records.schemas import ErrorInfo
+
+        ctx = self.run.ctx
+        record = msgspec.structs.replace(
+            record, outcome="failed", error=ErrorInfo(type="IsolationBreached", message=breach)
+        )
+        assert ctx.store is not None
+        ctx.store.write_attempt(record)
+        self._release(task, f"attempt {task.attempts}: {breach}")
+        ctx.tasks.failed += 1
+        self.failures.append(task.id)
+        self._post_task(task, record)
+        return ("stop_on_failure", "isolation_breached", f"{task.id}: {breach}")
+
     # -- endings ------------------------------------------------------------------------------
 
     def _nothing_left(self) -> Ending:
@@ -261,7 +284,8 @@ class TaskLoop:
     # -- task bookkeeping ---------------------------------------------------------------------
 
     def _settle_interrupted(self, task: Task, result: AttemptResult) -> None:
-        self._release(task, "interrupted; released for the next run")
+        # An attempt cub stopped says nothing about the task: it does not use up an attempt.
+        self._release(task, "interrupted; released for the next run", uncount=True)
         self.run.ctx.tasks.interrupted += 1
         self._post_task(task, result.record)
 
@@ -272,7 +296,10 @@ class TaskLoop:
             commits = self._close(task)
             self.run.machine.note("task_closed", task_id=task.id, data={"commits": commits})
         else:
-            self._release(task, f"attempt {task.attempts} {record.outcome} while the run stopped")
+            # Failed by itself, it counts; cut short by the stop, it does not.
+            cut_short = record.outcome in ("interrupted", "killed")
+            note = f"attempt {task.attempts} {record.outcome} while the run stopped"
+            self._release(task, note, uncount=cut_short)
             self.run.ctx.tasks.interrupted += 1
         self._post_task(task, record)
 
@@ -309,7 +336,8 @@ class TaskLoop:
             held = []
         for task_id in dict.fromkeys([*ctx.claimed_tasks, *held]):
             try:
-                self.backend.release(task_id, ctx.run_id, note=note)
+                # Killed with the run (or never started): not an attempt of the task's own.
+                self.backend.release(task_id, ctx.run_id, note=note, uncount=True)
             except Exception:  # recovery releases it later; the ending must still be recorded
                 continue
             if task_id in ctx.claimed_tasks:

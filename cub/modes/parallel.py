@@ -44,7 +44,7 @@ from cub.modes.parallel_children import (
     start_child,
     start_limit,
 )
-from cub.modes.parallel_merge import MergeQueue
+from cub.modes.parallel_merge import MergeQueue, fail_merged_task
 from cub.records.schemas import BudgetUse
 from cub.run.machine import signal_word
 
@@ -98,6 +98,8 @@ class ParallelRun:
         self.no_more = False
         self.stopping = False
         self.status_at = 0.0
+        # What moved the checkout this run started from (an isolated run: --worktree), if any.
+        self.breach: str | None = None
 
     # -- the supervision loop -----------------------------------------------------------------
 
@@ -148,7 +150,13 @@ class ParallelRun:
             and record.tasks.succeeded > 0
             and child.task_id in record.tasks.attempted
         )
-        if succeeded:
+        if succeeded and self._isolation_breached(child):
+            # Its work may not be what it seems: nothing more is merged or taken as done.
+            fail_merged_task(self.backend, child.task_id, f"isolation_breached: {self.breach}")
+            ctx.tasks.succeeded -= 1
+            ctx.tasks.failed += 1
+            self.failed.append(child.task_id)
+        elif succeeded:
             self.merges.pending.append(child)
         elif state == "completed":
             # It claimed nothing: another run took the task first, or it was closed meanwhile.
@@ -175,13 +183,28 @@ class ParallelRun:
         self.run.observer.message(f"{mark} {child.task_id}: child run {state} ({reason})")
         self._write_status(force=True)
 
+    def _isolation_breached(self, child: ChildProcess) -> bool:
+        """Whether the checkout the run started from has moved (checked as each child ends)."""
+        guard = self.run.checkout_guard
+        if self.breach is None and guard is not None:
+            moved = guard.moved()
+            if moved is not None:
+                self.breach = f"while {child.task_id} ran, {moved}"
+                self.no_more = True
+                self.run.machine.note(
+                    "isolation_breached", task_id=child.task_id, data={"reason": moved}
+                )
+        return self.breach is not None
+
     # -- budgets ------------------------------------------------------------------------------
 
     def _over_budget(self) -> tuple[str, str] | None:
         """Add the live children's usage to the ended ones'; a shared limit crossed?"""
         ctx = self.run.ctx
         budget = ctx.budget
-        budget.tokens_used, budget.cost_usd = shared_usage(self.spent, self.live)
+        total = shared_usage(self.spent, self.live)
+        budget.tokens_used, budget.cost_usd = total.tokens_used, total.cost_usd
+        budget.cost_incomplete = total.cost_incomplete
         if not self.run.budget_warned and self.settings.crossed_warning(budget):
             self.run.budget_warned = True
             if self.run.hooks is not None:
@@ -343,6 +366,10 @@ class ParallelRun:
     def _conclude(self) -> Ending:
         from cub.tasks.selection import explain_empty
 
+        if self.breach is not None:
+            # Only what was done before the checkout moved is merged.
+            self.merges.merge_all()
+            return ("children_failed", "isolation_breached", self.breach)
         self.merges.merge_all()
         if self.start_limit is not None and self._ready():
             return ("exhaust_budget", *self.start_limit)

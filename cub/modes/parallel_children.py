@@ -105,7 +105,8 @@ def budget_left(budget: BudgetUse, elapsed: float, run_timeout: float | None) ->
     if budget.tokens_limit is not None:
         flags += ["--budget-tokens", str(max(1, budget.tokens_limit - budget.tokens_used))]
     if budget.cost_limit is not None:
-        flags += ["--budget", f"{max(0.0, budget.cost_limit - budget.cost_usd):.6f}"]
+        spent = budget.cost_usd or 0.0
+        flags += ["--budget", repr(max(0.0, budget.cost_limit - spent))]
     if run_timeout is not None:
         flags += ["--timeout", f"{max(1.0, run_timeout - elapsed):.3f}"]
     return flags
@@ -264,22 +265,22 @@ def add_totals(ctx: RunContext, spent: BudgetUse, record: RunRecord) -> None:
     mine.failed += tasks.failed
     mine.interrupted += tasks.interrupted
     mine.skipped += tasks.skipped
+    mine.killed += tasks.killed
     mine.attempted += [t for t in tasks.attempted if t not in mine.attempted]
-    spent.tokens_used += record.budget.tokens_used
-    spent.cost_usd = round(spent.cost_usd + record.budget.cost_usd, 6)
+    spent.add(record.budget)
     spent.iterations += record.budget.iterations
     ctx.budget.iterations = spent.iterations
 
 
-def shared_usage(spent: BudgetUse, live: list[ChildProcess]) -> tuple[int, float]:
+def shared_usage(spent: BudgetUse, live: list[ChildProcess]) -> BudgetUse:
     """Tokens and cost of the whole run: the ended children's plus the live ones' so far."""
-    tokens, cost = spent.tokens_used, spent.cost_usd
+    total = BudgetUse()
+    total.add(spent)
     for child in live:
         budget = child.live_budget()
         if budget is not None:
-            tokens += budget.tokens_used
-            cost += budget.cost_usd
-    return tokens, round(cost, 6)
+            total.add(budget)
+    return total
 
 
 def start_limit(budget: BudgetUse, started: int) -> tuple[str, str] | None:

@@ -89,7 +89,7 @@ def _sync_tasks(sb: SandboxRun) -> None:
 def take_counters(ctx: RunContext, tasks: Any, budget: Any) -> None:
     """The inner run's task counts and usage, as the host run's (the limits stay the host's)."""
     ctx.tasks = msgspec.structs.replace(tasks)
-    for key in ("tokens_used", "cost_usd", "tasks_used", "iterations"):
+    for key in ("tokens_used", "cost_usd", "cost_incomplete", "tasks_used", "iterations"):
         setattr(ctx.budget, key, getattr(budget, key))
 
 

@@ -39,18 +39,36 @@ class TaskCounts(Record, kw_only=True):
     failed: int = 0
     interrupted: int = 0
     skipped: int = 0
+    # Attempts killed outright (a second interrupt, a grace that ran out, a runner that died).
+    killed: int = 0
     attempted: list[str] = msgspec.field(default_factory=list)
 
 
 class BudgetUse(Record, kw_only=True):
     tokens_used: int = 0
     tokens_limit: int | None = None
-    cost_usd: float = 0.0
+    # None while no attempt has reported or been priced at a cost: unknown is not $0.
+    cost_usd: float | None = None
     cost_limit: float | None = None
     tasks_used: int = 0
     tasks_limit: int | None = None
     iterations: int = 0
     iterations_limit: int | None = None
+    # Some usage had no known cost: cost_usd (when set) covers only the rest.
+    cost_incomplete: bool = False
+
+    def add_usage(self, tokens: int, cost: float | None) -> None:
+        """Count ``tokens`` and ``cost`` (None: unknown) into the totals."""
+        self.tokens_used += tokens
+        if cost is not None:
+            self.cost_usd = cost if self.cost_usd is None else self.cost_usd + cost
+        elif tokens:
+            self.cost_incomplete = True
+
+    def add(self, other: BudgetUse) -> None:
+        """Another run's (a child's) usage counted into these totals."""
+        self.add_usage(other.tokens_used, other.cost_usd)
+        self.cost_incomplete = self.cost_incomplete or other.cost_incomplete
 
 
 class Transition(Record, kw_only=True):
@@ -177,6 +195,8 @@ class TaskAttempt(Record, kw_only=True):
     usage: Usage = msgspec.field(default_factory=Usage)
     stuck_reason: str | None = None
     error: ErrorInfo | None = None
+    # The model the agent said it used (its own output), else the one cub asked for.
+    model: str | None = None
 
 
 class Event(Record, kw_only=True):

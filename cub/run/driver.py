@@ -26,6 +26,7 @@ from cub.run.signals import InterruptWatch, StopRequested
 
 if TYPE_CHECKING:
     from cub.agents.harness import Harness
+    from cub.loop.isolation import CheckoutGuard
     from cub.loop.run_hooks import RunHooks
     from cub.loop.settings import LoopSettings
     from cub.run.validation import RunPlan
@@ -53,7 +54,11 @@ class Run:
     settings: LoopSettings | None = None
     # Where the agent works: the project, or the run's worktree.
     work_dir: Path | None = None
+    # An isolated run's watch over the checkout it started from (cub.loop.isolation).
+    checkout_guard: CheckoutGuard | None = None
     budget_warned: bool = False
+    # The run's harness model has been set from what an agent reported (cub.loop.attempt).
+    model_reported: bool = False
 
     # Called just before the run enters its terminal state through `end_with` (a worktree to
     # remove, an issue to comment on): (run, terminal state, reason_code, reason).

@@ -16,7 +16,7 @@ class RunObserver(Protocol):
     def agent_output(self, line: str) -> None: ...
     def journaled(self, line: str) -> None: ...  # a line just appended to events.jsonl
     def progress(
-        self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float
+        self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float | None
     ) -> None: ...
 
 
@@ -37,6 +37,6 @@ class SilentObserver:
         pass
 
     def progress(
-        self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float
+        self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float | None
     ) -> None:
         pass

@@ -90,8 +90,9 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
             machine.write_status()
             machine.on_enter_terminal()
             return f"recovered run {status.run_id}: its runner died recording {status.state}"
-        _record_lost_attempts(store, status, held)
+        killed = _record_lost_attempts(store, status, held)
         machine = _restore(project_dir, store, status, events)
+        machine.ctx.tasks.killed += killed
         where = f" while {status.current_task.id} was running" if status.current_task else ""
         salvaged = ""
         if status.mode == "sandbox":
@@ -203,7 +204,8 @@ def _release_claims(project_dir: Path, status: StatusRecord) -> list[Task]:
         # Also a claim the runner made but died before writing down in status.json.
         held = [t for t in backend.load() if owned_by(t, status.run_id)]
         for task_id in dict.fromkeys([*status.claimed_tasks, *(t.id for t in held)]):
-            backend.release(task_id, status.run_id, note=note)
+            # Killed with its runner: not an attempt of the task's own.
+            backend.release(task_id, status.run_id, note=note, uncount=True)
     except (CubError, OSError):
         # The backlog is unreadable right now; the run is still recorded, and the claim stays
         # visible (assignee = this run id) for a person to clear.
@@ -211,10 +213,10 @@ def _release_claims(project_dir: Path, status: StatusRecord) -> list[Task]:
     return held
 
 
-def _record_lost_attempts(store: RunStore, status: StatusRecord, held: list[Task]) -> None:
+def _record_lost_attempts(store: RunStore, status: StatusRecord, held: list[Task]) -> int:
     """The attempt in flight when the runner died still gets its task.json: the one status.json
     names, or one of its claims whose agent had started (its harness.log exists) before the
-    runner could write that down."""
+    runner could write that down. Returns how many were recorded."""
     lost = []
     if status.current_task is not None:
         task = status.current_task
@@ -225,6 +227,7 @@ def _record_lost_attempts(store: RunStore, status: StatusRecord, held: list[Task
             # The prompt is written just before the agent starts.
             started = datetime.fromtimestamp((task_dir / "prompt.md").stat().st_mtime, UTC)
             lost.append((claim.id, claim.title, claim.attempts, started.isoformat()))
+    recorded = 0
     for task_id, title, attempt, started_at in lost:
         path = store.run_dir / "tasks" / task_id / "task.json"
         if path.exists():
@@ -233,6 +236,7 @@ def _record_lost_attempts(store: RunStore, status: StatusRecord, held: list[Task
                     continue
             except msgspec.DecodeError:
                 pass
+        recorded += 1
         store.write_attempt(
             TaskAttempt(
                 task_id=task_id,
@@ -245,6 +249,7 @@ def _record_lost_attempts(store: RunStore, status: StatusRecord, held: list[Task
                 error=None,
             )
         )
+    return recorded
 
 
 def _history(events: list[Event]) -> list[Transition]:

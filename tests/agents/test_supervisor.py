@@ -437,3 +437,65 @@ def test_a_program_that_is_not_executable_raises_permission_error(tmp_path: Path
     script.write_text("#!/bin/sh\necho hi\n")
     with pytest.raises(PermissionError):
         AgentProcess.start(agent_request(tmp_path, script))
+
+
+@pytest.mark.timeout(30)
+def test_an_agent_that_keeps_printing_after_the_signal_is_escalated_early(
+    tmp_path: Path,
+) -> None:
+    """It ignores SIGINT and goes on working: the next step comes long before the grace."""
+    ready = tmp_path / "ready"
+    script = write_script(
+        tmp_path / "agent",
+        f"""
+        import signal, time
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        open({str(ready)!r}, "w").close()
+        while True:
+            print("still working", flush=True)
+            time.sleep(0.2)
+        """,
+    )
+    with AgentProcess.start(agent_request(tmp_path, script)) as agent:
+        wait_for_file(ready)
+        report = agent.stop(signal.SIGINT, grace=60, ignored_after=1.0)
+        assert report.signals_sent == (signal.SIGINT, signal.SIGTERM)
+        assert report.elapsed < 30  # not the 60 s grace: it was seen ignoring the signal
+        assert [(s.name, s.scope) for s in agent.take_signals()] == [
+            ("SIGINT", "tree"),
+            ("SIGTERM", "tree"),
+        ]
+        assert agent.take_signals() == []  # taken once
+
+
+@pytest.mark.timeout(30)
+def test_leader_first_signals_only_the_main_process_and_counts_its_last_words(
+    tmp_path: Path,
+) -> None:
+    """The main process gets the signal alone, stops its own tool, and reports; what it prints
+    while being stopped is still there to read."""
+    ready, tool_pid = tmp_path / "ready", tmp_path / "tool.pid"
+    script = write_script(
+        tmp_path / "agent",
+        f"""
+        import os, signal, subprocess, sys, time
+        tool = subprocess.Popen(["sleep", "60"])  # same process group: a tree signal hits it
+        open({str(tool_pid)!r}, "w").write(str(tool.pid))
+        def stop(*_):
+            alive = tool.poll() is None
+            tool.terminate(); tool.wait()
+            print("final usage; my tool was alive when I was asked: " + str(alive), flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGINT, stop)
+        open({str(ready)!r}, "w").close()
+        time.sleep(60)
+        """,
+    )
+    with AgentProcess.start(agent_request(tmp_path, script)) as agent:
+        wait_for_file(ready)
+        report = agent.stop(signal.SIGINT, grace=10, leader_first=True)
+        assert report.signals_sent == (signal.SIGINT,)
+        assert [(s.name, s.scope) for s in agent.take_signals()] == [("SIGINT", "main")]
+        lines = agent.remaining_lines(2.0)
+        assert "final usage; my tool was alive when I was asked: True" in lines
+        assert not is_alive(int(tool_pid.read_text()))

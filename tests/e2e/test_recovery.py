@@ -300,7 +300,7 @@ def test_a_claim_the_runner_never_wrote_down_is_released(tmp_path: Path) -> None
     assert_recovered(project, "claimed-silently", "selecting")
     tasks = read_tasks(project)
     assert tasks["t1"]["status"] == "open" and tasks["t1"].get("assignee") is None
-    assert tasks["t1"]["attempts"] == 1  # the claim still counts as an attempt
+    assert tasks["t1"]["attempts"] == 0  # killed with its runner: not an attempt of its own
 
 
 def test_records_recovery_writes_use_the_projects_redaction(tmp_path: Path) -> None:

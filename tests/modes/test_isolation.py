@@ -1,0 +1,148 @@
+"""An isolated run never moves the checkout it started from; an agent that does is caught.
+
+The agents here are scripts through `--harness command`: one reports the directory it was
+given (its working directory and PWD), one goes back to the user's checkout on purpose and
+commits there, as an agent following a stale PWD or a hard-coded path would.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.support import command_harness
+from tests.helpers.agents import write_script
+from tests.helpers.cli import make_project, read_attempt, read_run, read_tasks, run_cub, task
+from tests.helpers.git import git
+
+pytestmark = pytest.mark.timeout(60)
+
+WHERE_AM_I = """
+import json, os, subprocess
+open("where.json", "w").write(json.dumps({"cwd": os.getcwd(), "pwd": os.environ.get("PWD")}))
+subprocess.run(["git", "add", "where.json"], check=True)
+subprocess.run(["git", "commit", "-q", "-m", "where I worked"], check=True)
+"""
+
+# Commits in the checkout named by its first argument, whatever directory it was given.
+ESCAPING = """
+import os, subprocess, sys
+os.chdir(sys.argv[1])
+open("escaped.txt", "w").write("written outside the run's worktree\\n")
+subprocess.run(["git", "add", "escaped.txt"], check=True)
+subprocess.run(["git", "commit", "-q", "-m", "escaped"], check=True)
+"""
+
+
+def test_the_agent_gets_its_worktree_as_pwd_not_the_callers(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", [task("t1")])
+    agent = write_script(tmp_path / "agent.py", WHERE_AM_I)
+
+    result = run_cub(
+        ["run", "--worktree", "--worktree-keep", *command_harness(f"{sys.executable} {agent}")],
+        project,
+        env={"PWD": str(project)},  # as a shell would pass it
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = read_run(project)
+    where = json.loads(git(project, "show", f"{run.branch}:where.json"))
+    worktree = project / ".cub" / "worktrees" / run.run_id
+    assert where == {"cwd": str(worktree), "pwd": str(worktree)}
+
+
+def test_an_agent_that_commits_in_the_starting_checkout_fails_the_run(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", [task("t1"), task("t2")])
+    agent = write_script(tmp_path / "agent.py", ESCAPING)
+    main_before = git(project, "rev-parse", "main")
+
+    result = run_cub(
+        ["run", "--worktree", *command_harness(f"{sys.executable} {agent} {project}")],
+        project,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    run = read_run(project)
+    assert (run.state, run.reason_code) == ("failed", "isolation_breached")
+    assert "HEAD of the checkout" in run.reason
+    attempt = read_attempt(project, "t1")
+    assert attempt.outcome == "failed"
+    assert attempt.error is not None and attempt.error.type == "IsolationBreached"
+    assert git(project, "rev-parse", "main") != main_before  # what the agent did is not hidden
+    tasks = read_tasks(project)
+    # Not closed as if the work were on the run branch, and the run stopped at once.
+    assert tasks["t1"]["status"] == "open"
+    assert tasks["t2"]["status"] == "open" and run.tasks.attempted == ["t1"]
+
+
+def test_an_agent_that_only_stages_in_the_starting_checkout_is_caught_too(
+    tmp_path: Path,
+) -> None:
+    project = make_project(tmp_path / "p", [task("t1")])
+    (project / "staged.txt").write_text("x\n")
+    agent = write_script(
+        tmp_path / "agent.py",
+        "import subprocess, sys\n"
+        "subprocess.run(['git', '-C', sys.argv[1], 'add', 'staged.txt'], check=True)\n",
+    )
+
+    result = run_cub(
+        ["run", "--worktree", *command_harness(f"{sys.executable} {agent} {project}")],
+        project,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    run = read_run(project)
+    assert run.reason_code == "isolation_breached"
+    assert "index" in run.reason
+
+
+def test_git_refreshing_the_index_of_the_checkout_is_not_a_breach(tmp_path: Path) -> None:
+    """`git status` in the user's checkout rewrites its index (stat data) but moves nothing."""
+    project = make_project(tmp_path / "p", [task("t1")])
+    agent = write_script(
+        tmp_path / "agent.py",
+        "import os, subprocess, sys, time\n"
+        "time.sleep(1.1)  # a new second, so the refresh rewrites the index\n"
+        "os.utime(os.path.join(sys.argv[1], 'README.md'))\n"
+        "subprocess.run(['git', '-C', sys.argv[1], 'status', '-s'], check=True)\n",
+    )
+
+    result = run_cub(
+        ["run", "--worktree", *command_harness(f"{sys.executable} {agent} {project}")],
+        project,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert read_run(project).state == "completed"
+
+
+def test_a_parallel_child_that_commits_in_the_starting_checkout_fails_the_run(
+    tmp_path: Path,
+) -> None:
+    project = make_project(tmp_path / "p", [task("t1")])
+    agent = write_script(tmp_path / "agent.py", ESCAPING)
+
+    result = run_cub(
+        [
+            "run",
+            "--parallel",
+            "2",
+            "--worktree",
+            *command_harness(f"{sys.executable} {agent} {project}"),
+        ],
+        project,
+    )
+
+    assert result.returncode == 1, result.stdout + result.stderr
+    run = read_run(project)
+    assert (run.state, run.reason_code) == ("failed", "isolation_breached")
+    assert run.reason.startswith("while t1 ran, HEAD of the checkout")
+    assert (run.tasks.succeeded, run.tasks.failed) == (0, 1)
+    t1 = read_tasks(project)["t1"]
+    # The child closed it; the parent says what it is: not done.
+    assert t1["status"] == "failed"
+    assert "isolation_breached" in json.dumps(t1)
