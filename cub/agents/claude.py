@@ -9,10 +9,19 @@ with the task prompt on stdin.
 
 Usage: every ``assistant`` event carries its API message's usage at ``message.usage``. One
 message can be printed as several events (one per content block) with the same ``message.id``,
-so the running total counts each message id once. The final ``result`` event carries the run's
-totals (``usage``, ``total_cost_usd``), which replace the running sum. Before the result, a
-cost is known only when ``budget.prices`` has the model; that lets a cost budget stop an agent
-mid-attempt.
+so the running total counts each message id once (mid-stream a message's output count is 1
+until the message ends, so this sum runs low). The final ``result`` event carries the run's
+totals (``usage``, ``total_cost_usd``) and ``modelUsage`` per model, which replace the running
+sum — but not blindly: after a broken stream Claude Code asks again without streaming, and then
+its ``result.usage`` totals are 0 (or miss those turns) while ``modelUsage`` and the cost are
+right. So the larger of the two totals wins, and zeros never replace a known non-zero count.
+Before the result, a cost is known only when ``budget.prices`` has the model; that lets a cost
+budget stop an agent mid-attempt.
+
+Model: the ``system/init`` event names it (``claude-opus-4-8[1m]``: the bracket is Claude
+Code's context-window tag, not part of the API's model id, and is dropped); failing that the API's
+own answer (``message.model``; ``"<synthetic>"`` marks a message Claude Code made up itself, such
+as an error), failing that the busiest ``modelUsage`` key.
 
 Outcome: ``result.is_error: true`` is a failure even when ``subtype`` is ``"success"`` (Claude
 Code reports "Not logged in" that way); a subtype starting with ``error`` (``error_max_turns``,
@@ -30,6 +39,7 @@ and the refusal, when it happens, is reported with exactly that advice.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,6 +63,9 @@ _SUBTYPE_TEXT = {
 }
 
 _Turn = tuple[int, int, int, int]  # input, output, cache read, cache creation
+_NO_TOKENS: _Turn = (0, 0, 0, 0)
+SYNTHETIC_MODEL = "<synthetic>"
+_CONTEXT_TAG = re.compile(r"\[[^\[\]]*\]$")  # "claude-opus-4-8[1m]": a 1M-token context
 
 
 def _tokens(usage: Mapping[str, Any]) -> _Turn:
@@ -63,6 +76,38 @@ def _tokens(usage: Mapping[str, Any]) -> _Turn:
         count(usage.get("cache_read_input_tokens")),
         count(usage.get("cache_creation_input_tokens")),
     )
+
+
+def _model_tokens(model: Mapping[str, Any]) -> _Turn:
+    """(input, output, cache read, cache creation) tokens of one ``modelUsage`` entry."""
+    return (
+        count(model.get("inputTokens")),
+        count(model.get("outputTokens")),
+        count(model.get("cacheReadInputTokens")),
+        count(model.get("cacheCreationInputTokens")),
+    )
+
+
+def _model_usage_tokens(model_usage: Mapping[str, Any]) -> _Turn:
+    """The sum over models of a result's ``modelUsage``."""
+    per_model = [_model_tokens(mapping(v)) for v in model_usage.values()]
+    return tuple(sum(t[i] for t in per_model) for i in range(4))  # type: ignore[return-value]
+
+
+def model_name(value: Any) -> str | None:
+    """The API's model id in a name Claude Code printed, or None for none / a synthetic one."""
+    name = string(value)
+    if not name or name == SYNTHETIC_MODEL:
+        return None
+    return _CONTEXT_TAG.sub("", name).strip() or None
+
+
+def _busiest_model(model_usage: Mapping[str, Any]) -> str | None:
+    """The ``modelUsage`` key with the most tokens (the main model, not a helper's)."""
+    ranked = sorted(
+        model_usage.items(), key=lambda item: sum(_model_tokens(mapping(item[1]))), reverse=True
+    )
+    return next((m for m in (model_name(k) for k, _ in ranked) if m), None)
 
 
 class ClaudeParser:
@@ -86,8 +131,8 @@ class ClaudeParser:
             return self._assistant(event)
         if kind == "result":
             return self._result(event)
-        if kind == "system" and event.get("subtype") == "init" and self._model is None:
-            self._model = string(event.get("model"))
+        if kind == "system" and event.get("subtype") == "init":
+            self._init(event)
         return False
 
     # -------------------------------------------------------------------------- events
@@ -98,8 +143,17 @@ class ClaudeParser:
             self.state.is_error = True
             self.state.error_message = ROOT_HINT
 
+    def _init(self, event: Mapping[str, Any]) -> None:
+        model = model_name(event.get("model"))
+        if model:
+            self.state.model = model
+            if self._model is None:  # the configured model prices turns, else the agent's
+                self._model = model
+
     def _assistant(self, event: Mapping[str, Any]) -> bool:
         message = mapping(event.get("message"))
+        if self.state.model is None and event.get("parent_tool_use_id") is None:
+            self.state.model = model_name(message.get("model"))
         texts = [
             block["text"]
             for block in message.get("content") or ()
@@ -130,10 +184,11 @@ class ClaudeParser:
     def _result(self, event: Mapping[str, Any]) -> bool:
         state = self.state
         state.result_seen = True
-        changed = False
-        usage = event.get("usage")
-        if isinstance(usage, dict):
-            changed = self._set_tokens(*_tokens(usage))
+        model_usage = mapping(event.get("modelUsage"))
+        if state.model is None:
+            state.model = _busiest_model(model_usage)
+        totals = self._final_tokens(event, model_usage)
+        changed = totals is not None and self._set_tokens(*totals)
         cost = number(event.get("total_cost_usd"))
         if cost is not None and cost != state.usage.cost_usd:
             state.usage.cost_usd = cost
@@ -147,6 +202,18 @@ class ClaudeParser:
             state.is_error = True
             state.error_message = self._failure_text(event, text, subtype)
         return changed
+
+    @staticmethod
+    def _final_tokens(event: Mapping[str, Any], model_usage: Mapping[str, Any]) -> _Turn | None:
+        """The result's totals: ``usage`` or the ``modelUsage`` sums, whichever counted more
+        (after the non-streaming fallback ``usage`` is 0 or short); None when both are
+        empty, so the running sum stands."""
+        usage = event.get("usage")
+        candidates = [_model_usage_tokens(model_usage)]
+        if isinstance(usage, dict):
+            candidates.insert(0, _tokens(usage))  # first: on a tie the result's own totals
+        best = max(candidates, key=sum)
+        return None if best == _NO_TOKENS else best
 
     def _failure_text(self, event: Mapping[str, Any], text: str, subtype: str) -> str:
         message = text.strip()
@@ -190,6 +257,11 @@ class ClaudeParser:
 
 class ClaudeHarness(ProgramHarness):
     name = "claude"
+    # SIGINT to Claude's own process only: it stops its tools and prints its final result
+    # (usage, cost). Sent to its whole tree at once, its Bash tool dies of the same signal
+    # first and Claude often exits 0 without a result (measured: 3 of 5 times), so its usage
+    # is lost.
+    stop_leader_first = True
 
     def invocation(
         self, *, system: str, task: str, prompt_file: Path, model: str | None

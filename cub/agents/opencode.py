@@ -2,10 +2,13 @@
 
 Command line::
 
-    opencode run --format json [-m PROVIDER/MODEL] [harness.extra_args.opencode ...] PROMPT
+    opencode run --format json [-m PROVIDER/MODEL] [harness.extra_args.opencode ...] < PROMPT
 
-with the combined (system + task) prompt as the message argument. Permissions: newer versions
-approve tools with ``--auto``; add it through ``harness.extra_args.opencode`` when yours needs it.
+with the combined (system + task) prompt on stdin. Not as the message argument: `opencode run`
+(1.18) wraps every message argument that holds a space in double quotes and backslash-escapes
+each ``"`` in it, so the model would get a mangled prompt; stdin it passes on as it is.
+Permissions: newer versions approve tools with ``--auto``; add it through
+``harness.extra_args.opencode`` when yours needs it.
 
 Usage and cost: every ``step_finish`` event's part carries ``tokens`` (``input``, ``output``,
 ``reasoning``, ``cache.read``, ``cache.write``) and ``cost``; the attempt's usage is their sum.
@@ -17,11 +20,12 @@ An ``error`` event (a session error: provider failure, authentication, …) fail
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cub.agents.adapters import count, decode_event, mapping, number, positional, string
+from cub.agents.adapters import count, decode_event, mapping, number, string
 from cub.agents.harness import Invocation, ProgramHarness, StreamState
 from cub.agents.pricing import cost_of, price_for
 from cub.loop.prompts import combined
@@ -91,6 +95,9 @@ def _error_text(error: Any) -> str:
 
 class OpenCodeHarness(ProgramHarness):
     name = "opencode"
+    # OpenCode ignores SIGINT now and then and keeps working (and spending) through the grace;
+    # SIGTERM stops it at once.
+    stop_signal = int(signal.SIGTERM)
 
     def invocation(
         self, *, system: str, task: str, prompt_file: Path, model: str | None
@@ -99,9 +106,8 @@ class OpenCodeHarness(ProgramHarness):
         argv = [self.program, "run", "--format", "json"]
         if model:
             argv += ["-m", model]
-        # Extra arguments go before the message, which must stay the last argument.
-        argv += [*self.extra_args, positional(combined(system, task))]
-        return Invocation(argv=tuple(argv), stdin=None)
+        argv += self.extra_args
+        return Invocation(argv=tuple(argv), stdin=combined(system, task).encode())
 
     def parser(self) -> OpenCodeParser:
         return OpenCodeParser(price=price_for(self.prices, self._model))

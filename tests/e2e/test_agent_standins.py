@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import subprocess
-import textwrap
 import time
 import uuid
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from typing import Any
 import pytest
 
 from cub.agents.adapters import estimate_tokens
+from cub.agents.gemini import CLI_CALL_CHARS
 from cub.records.schemas import Usage
 from tests.e2e.support import assert_rejected
 from tests.helpers.agent_formats import CLAUDE_NOT_LOGGED_IN as CAPTURED_NOT_LOGGED_IN
@@ -115,7 +115,7 @@ elif NAME == "opencode":
     model = value_of("-m") if "-m" in argv else None
     if model is not None and "/" not in model:
         refuse("Error: model must be provider/model")
-    prompt = argv[-1]
+    prompt = sys.stdin.read()  # cub passes the prompt on stdin (a message argument gets mangled)
 if not prompt.strip():
     refuse("error: empty prompt")
 
@@ -327,11 +327,13 @@ def test_claude_usage_cost_model_and_extra_args(
     run = read_run(project)
     assert run.state == "completed"
     assert run.harness is not None
+    # The model the agent said it used (its init event), not only the name cub asked for.
     assert (run.harness.name, run.harness.version, run.harness.model) == (
         "claude",
         CLAUDE_VERSION,
-        "claude-opus-4-1",
+        "claude-sonnet-4-5",
     )
+    assert read_attempt(project, "t1").model == "claude-sonnet-4-5"
     assert run.budget.tokens_used == 2 * 405
     assert run.budget.cost_usd == pytest.approx(0.0842, abs=1e-9)
     seen = recorded(bin_dir, "claude")
@@ -559,7 +561,9 @@ def test_codex_usage_and_cost(
     )
     run = read_run(project)
     assert run.budget.tokens_used == 700
-    assert run.budget.cost_usd == round(cost or 0.0, 6)  # run totals are kept to 6 places
+    # Unknown stays unknown at the run level too (never $0), and a known cost is not rounded.
+    assert run.budget.cost_usd == cost
+    assert run.budget.cost_incomplete is (cost is None)
     assert run.harness is not None
     assert (run.harness.name, run.harness.version, run.harness.model) == (
         "codex",
@@ -630,7 +634,7 @@ def test_gemini_plain_text_is_estimated(
     prompt = recorded(bin_dir, "gemini")["prompt"]
     usage = _usage(project, "t1")
     assert usage == Usage(
-        input_tokens=estimate_tokens(len(prompt)),
+        input_tokens=estimate_tokens(CLI_CALL_CHARS + len(prompt)),
         output_tokens=estimate_tokens(sum(len(line) + 1 for line in out)),
         estimated=True,
     )
@@ -656,9 +660,8 @@ def test_opencode_sums_steps(tmp_path: Path, bin_dir: Path, path_env: dict[str, 
     assert run.budget.tokens_used == 3310
     assert run.budget.cost_usd == pytest.approx(0.02)
     argv = recorded(bin_dir, "opencode")["argv"]
-    assert argv[:5] == ["run", "--format", "json", "-m", "anthropic/claude-sonnet-4-5"]
-    assert "## Task t1: task t1" in argv[5]
-    assert len(argv) == 6
+    assert argv == ["run", "--format", "json", "-m", "anthropic/claude-sonnet-4-5"]
+    assert "## Task t1: task t1" in recorded(bin_dir, "opencode")["prompt"]
 
 
 # ============================================================================ detection
@@ -707,44 +710,3 @@ def test_auto_detection_with_no_agent_is_rejected(tmp_path: Path, path_env: dict
     result = cub(project, path_env)
 
     assert_rejected(result, project, "harness_not_found", "claude", "codex", "opencode", "gemini")
-
-
-# ======================================================================= the real claude
-
-
-def _real_claude() -> str | None:
-    found = shutil.which("claude")
-    if found is None:
-        return None
-    try:
-        out = subprocess.run(
-            [found, "--version"], capture_output=True, text=True, timeout=30, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return found if "Claude Code" in out.stdout else None
-
-
-def test_the_real_claude_fails_not_logged_in(tmp_path: Path, tools_dir: Path) -> None:
-    real = _real_claude()
-    if real is None:
-        pytest.skip("the real claude CLI is not installed (npm i -g @anthropic-ai/claude-code)")
-    # pass_env: the agent gets PATH, HOME, LANG, TERM and IS_SANDBOX only, so no credential
-    # in the caller's environment can reach it; HOME is a fresh temporary directory
-    # (tests/conftest.py), so there is no login to find either.
-    config = {"harness": {"env": {"IS_SANDBOX": "1"}, "pass_env": ["IS_SANDBOX"]}}
-    project = make_project(tmp_path / "p", [task("t1")], config=config)
-    node = shutil.which("node")
-    path = os.pathsep.join(
-        str(p) for p in (Path(real).parent, tools_dir, node and Path(node).parent) if p
-    )
-    result = cub(project, {"PATH": path}, "--harness", "claude", "--task-timeout", "40s")
-
-    expect(result, 1)
-    run = read_run(project)
-    assert run.state == "failed"
-    assert run.harness is not None and run.harness.version
-    attempt_text = (run_dir(project) / "tasks" / "t1" / "task.json").read_text()
-    log = (run_dir(project) / "tasks" / "t1" / "harness.log").read_text()
-    assert "Not logged in" in attempt_text, textwrap.shorten(log, 2000)
-    assert "Not logged in" in log
