@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Runnable from a checkout without installing cub.
 sys.path.insert(0, str(ROOT))
 
-from cub.chart.audit import exit_paths_markdown, find_process_exits  # noqa: E402
+from cub.chart.audit import exit_paths_markdown, find_process_exits, find_scenarios  # noqa: E402
 from cub.chart.definition import RUN_CHART  # noqa: E402
 
 
@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         target = args.root / "statecharts" / "exit-paths.md"
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(exit_paths_markdown(RUN_CHART).encode())
+        scenarios = find_scenarios(args.root)
+        target.write_bytes(exit_paths_markdown(RUN_CHART, scenarios).encode())
         print(f"wrote {target}")
     findings = find_process_exits(args.root)
     for finding in findings:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Runnable from a checkout without installing cub.
 sys.path.insert(0, str(ROOT))
 
-from cub.chart.audit import exit_paths_markdown  # noqa: E402
+from cub.chart.audit import exit_paths_markdown, find_scenarios  # noqa: E402
 from cub.chart.checks import check_chart  # noqa: E402
 from cub.chart.definition import RUN_CHART, Chart  # noqa: E402
 from cub.chart.render import to_dot, to_mermaid, to_svg  # noqa: E402
@@ -23,7 +23,8 @@ from cub.chart.render import to_dot, to_mermaid, to_svg  # noqa: E402
 TEXT_FILES: dict[str, Callable[[Chart], str]] = {
     "run.mmd": to_mermaid,
     "run.dot": to_dot,
-    "exit-paths.md": exit_paths_markdown,
+    # The evidence column comes from the scenarios marked @exit_path under tests/.
+    "exit-paths.md": lambda chart: exit_paths_markdown(chart, find_scenarios(ROOT)),
 }
 
 

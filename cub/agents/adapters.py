@@ -8,12 +8,11 @@ lines over 1 MiB), JSON of the wrong shape. ``decode_event`` and the ``count``/`
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-
-from cub.errors import SetupFailed
 
 if TYPE_CHECKING:
     from cub.agents.harness import Harness
@@ -50,11 +49,8 @@ def adapter_for(choice: HarnessChoice, config: Config | None = None) -> Harness:
         from cub.agents.opencode import OpenCodeHarness
 
         return OpenCodeHarness(choice.program, extra_args=extra, prices=prices)
-    raise SetupFailed(
-        "harness_failed",
-        f"the {choice.name!r} harness is not available in this build of cub; "
-        "use --harness command --harness-cmd CMD",
-    )
+    # Unreachable: validation accepts only the names handled above.
+    raise AssertionError(f"no adapter for the {choice.name!r} harness")
 
 
 # ------------------------------------------------------------------------ stream helpers
@@ -74,23 +70,44 @@ def decode_event(line: str) -> dict[str, Any] | None:
     return obj if isinstance(obj, dict) else None
 
 
-def count(value: Any) -> int:
-    """A token count: a non-negative whole number, or 0 when the value is not one."""
+# The largest figure one usage report may carry; larger ones are taken at this value. Far
+# beyond any real agent invocation (a million-token context re-read on each of a thousand
+# calls is 10^9 tokens; a trillion tokens would cost millions of dollars), and small enough
+# that totals stay exact whole numbers, readable in a listing and in any JSON reader (under
+# 2^53). A report this large is a broken or hostile agent: the run's budgets stop it.
+MAX_TOKENS = 10**12
+MAX_COST_USD = 1e9
+
+
+def token_count(value: Any) -> int | None:
+    """A reported token count: a whole number from 0, at most ``MAX_TOKENS``; None when the
+    value is not one (not a number, negative, NaN or infinite)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return 0
-    if value != value or value in (float("inf"), float("-inf")):  # NaN / infinity
-        return 0
-    return max(0, int(value))
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value < 0:
+        return None
+    return min(int(value), MAX_TOKENS)
+
+
+def count(value: Any) -> int:
+    """A token count (see ``token_count``), or 0 when the value is not one: a negative count
+    never lowers a total, so it can never hide usage from a budget."""
+    return token_count(value) or 0
 
 
 def number(value: Any) -> float | None:
-    """A finite, non-negative number (a cost), or None."""
+    """A finite, non-negative number (a cost), at most ``MAX_COST_USD``; or None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")) or value < 0:
+    try:
+        value = float(value)
+    except OverflowError:  # an integer too large for a float
+        return MAX_COST_USD
+    if not math.isfinite(value) or value < 0:
         return None
-    return value
+    return min(value, MAX_COST_USD)
 
 
 def mapping(value: Any) -> Mapping[str, Any]:

@@ -5,19 +5,42 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
+from typing import Any
 
-import msgspec
-
+from cub.agents.adapters import MAX_COST_USD, MAX_TOKENS, decode_event, number, token_count
 from cub.agents.harness import Invocation, StreamState
 from cub.loop.prompts import combined
 from cub.records.schemas import Usage
 
-
-class _UsageLine(msgspec.Struct):
-    cub_usage: Usage
+_TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")
 
 
-_decode_usage_line = msgspec.json.Decoder(_UsageLine).decode
+def reported_usage(line: str) -> Usage | None:
+    """The usage a `{"cub_usage": {...}}` line reports, or None for any other line.
+
+    A report is refused whole when one of its figures is not a number, is negative or is not
+    finite: a negative count would lower the totals the budgets are checked against. Figures
+    above the caps (``MAX_TOKENS``, ``MAX_COST_USD``) are taken at the cap."""
+    event = decode_event(line)
+    fields: Any = event.get("cub_usage") if event is not None else None
+    if not isinstance(fields, dict):
+        return None
+    usage = Usage()
+    for name in _TOKEN_FIELDS:
+        if name in fields:
+            tokens = token_count(fields[name])
+            if tokens is None:
+                return None
+            setattr(usage, name, tokens)
+    if fields.get("cost_usd") is not None:
+        usage.cost_usd = number(fields["cost_usd"])
+        if usage.cost_usd is None:
+            return None
+    estimated = fields.get("estimated", False)
+    if not isinstance(estimated, bool):
+        return None
+    usage.estimated = estimated
+    return usage
 
 
 class CommandParser:
@@ -28,17 +51,15 @@ class CommandParser:
         self.state.scan_signals(line)
         if '"cub_usage"' not in line:
             return False
-        try:
-            reported = _decode_usage_line(line.strip()).cub_usage
-        except msgspec.DecodeError:
+        reported = reported_usage(line)
+        if reported is None:
             return False
         usage = self.state.usage
-        usage.input_tokens += reported.input_tokens
-        usage.output_tokens += reported.output_tokens
-        usage.cache_read_tokens += reported.cache_read_tokens
-        usage.cache_creation_tokens += reported.cache_creation_tokens
+        for name in _TOKEN_FIELDS:
+            total = getattr(usage, name) + getattr(reported, name)
+            setattr(usage, name, min(total, MAX_TOKENS))
         if reported.cost_usd is not None:
-            usage.cost_usd = (usage.cost_usd or 0.0) + reported.cost_usd
+            usage.cost_usd = min((usage.cost_usd or 0.0) + reported.cost_usd, MAX_COST_USD)
         usage.estimated = usage.estimated or reported.estimated
         return True
 

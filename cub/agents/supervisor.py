@@ -27,6 +27,21 @@ When it is on, adopted members die as zombies of *this* process; they are reaped
 ``os.waitpid(pid, WNOHANG)`` on their exact pid, and only for pids known to be in the agent's
 tree and not the agent itself (which its ``Popen`` reaps). ``waitpid(-1)`` is never used: it
 would steal the exit status of other ``subprocess`` children of cub.
+
+Adopted orphans: an escapee that cleared its environment, left the agent's session and whose
+parent exited before the sampler saw it (``env -i setsid sh -c 'sleep 300 &'``) matches none of
+the three ways above; but under a subreaper it becomes *our* child. So a child of ours that we
+did not start is taken as a member of the current agent's tree. Our own other children (git,
+hooks, parallel ``cub`` children) and whatever *they* leave behind are told apart by lineage:
+
+* an agent's descendant can never be in cub's session (the agent starts a session of its own
+  and a process can only ever create a new one, not join another);
+* ``become_subreaper()`` puts ``CUB_RUNNER=<token>`` in cub's environment, which everything cub
+  starts inherits and which the agent alone does not get (``AgentProcess.start`` removes it);
+* a child caught between fork and exec has cub's own initial environment; it is ours too.
+
+Only a live process that is younger than the agent is adopted; a zombie child of ours that was
+never seen alive in the tree is left to whoever started it (it may be a ``Popen`` of cub's).
 """
 
 from __future__ import annotations
@@ -51,6 +66,7 @@ from typing import IO, NamedTuple
 import psutil
 
 __all__ = [
+    "RUNNER_MARKER_VAR",
     "TREE_MARKER_VAR",
     "AgentProcess",
     "AgentRequest",
@@ -66,6 +82,10 @@ logger = logging.getLogger("cub.agents")
 
 TREE_MARKER_VAR = "CUB_AGENT_TREE"
 """Environment variable that marks every process of one agent's tree (see module docstring)."""
+
+RUNNER_MARKER_VAR = "CUB_RUNNER"
+"""Environment variable that marks everything a subreaper cub starts, except its agents: what
+a re-parented child of ours without it came from an agent (see module docstring)."""
 
 _PR_SET_CHILD_SUBREAPER = 36
 _SAMPLE_INTERVAL = 0.1  # how often the background sampler looks for new descendants
@@ -95,6 +115,8 @@ class AgentRequest:
     stdin: bytes | None
     log_path: Path
     redact: Callable[[str], str] = _no_redaction
+    # harness.log stops growing at this many bytes (None: no cap); the output is still read.
+    log_max_bytes: int | None = None
 
     def __repr__(self) -> str:
         # env holds API keys and the stdin is the prompt: show their size, never their content.
@@ -176,13 +198,19 @@ def _scan_proc() -> dict[int, _Stat]:
     return procs
 
 
+def _read_proc_file(pid: int, name: str) -> bytes | None:
+    """/proc/<pid>/<name>; None when the process is gone or another user's."""
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def _environ(pid: int) -> list[bytes]:
     """The process's environment entries; empty when it is gone or another user's."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            return f.read().split(b"\0")
-    except OSError:
-        return []
+    data = _read_proc_file(pid, "environ")
+    return [] if data is None else data.split(b"\0")
 
 
 def _environ_has(pid: int, marker: bytes) -> bool:
@@ -209,18 +237,25 @@ def _signal_if_same(pid: int, starttime: int, sig: int) -> bool:
         return False
     try:
         os.kill(pid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # gone, or setuid: not ours to stop
         return False
     return True
 
 
 class _TreeTracker:
-    """The known members of one agent's tree, by (pid, start time)."""
+    """The known members of one agent's tree, by (pid, start time).
 
-    def __init__(self, root: int, root_start: int, marker: bytes | None) -> None:
+    ``adopt``: the agent is this process's child, so orphans re-parented to us (when we are a
+    subreaper) that none of our own children left are members too (see module docstring).
+    """
+
+    def __init__(
+        self, root: int, root_start: int, marker: bytes | None, *, adopt: bool = False
+    ) -> None:
         self.root = root
         self.root_start = root_start
         self.marker = marker
+        self.adopt = adopt
         # Set once the root is reaped: from then on its pid, hence its session and group ids,
         # may belong to someone else, so they no longer identify members.
         self.root_reaped = False
@@ -238,7 +273,11 @@ class _TreeTracker:
         for pid, st in procs.items():
             if pid in members:
                 continue
-            if self._in_root_session(st) or self._marked(pid, st, me, full):
+            if (
+                self._in_root_session(st)
+                or self._marked(pid, st, me, full)
+                or self._adopted(pid, st, me)
+            ):
                 members.add(pid)
         _add_descendants(members, procs)
         # Never ourselves or an ancestor (cub could run inside an agent's session).
@@ -257,6 +296,23 @@ class _TreeTracker:
         if st.starttime < self.root_start:
             return False  # older than the agent: cannot be one of its descendants
         return _environ_has(pid, self.marker)
+
+    def _adopted(self, pid: int, st: _Stat, me: int) -> bool:
+        """A live orphan re-parented to us that is not of our own making (module docstring)."""
+        if not (self.adopt and _is_subreaper) or st.ppid != me or pid == self.root:
+            return False
+        if not st.alive or st.starttime < self.root_start or st.session == os.getsid(0):
+            return False
+        environ = _read_proc_file(pid, "environ")
+        if environ is None:
+            return False  # gone, or another user's: nothing we could stop anyway
+        if not environ and not _read_proc_file(pid, "cmdline"):
+            return False  # exiting (its memory is gone): what it was cannot be told any more
+        if _runner_entry in environ.split(b"\0") or environ == _own_initial_environ:
+            return False  # started by cub (a hook, git, a child cub) or by one of those
+        # Still the same live process, so what was read is its own.
+        again = _read_stat(pid)
+        return again is not None and again.alive and again.starttime == st.starttime
 
 
 def _same(procs: Mapping[int, _Stat], pid: int, starttime: int) -> bool:
@@ -402,7 +458,9 @@ class AgentProcess:
         request.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(request.log_path, "ab")  # noqa: SIM115 - owned by the AgentProcess, closed in close()
         token = f"{os.getpid()}-{uuid.uuid4().hex}"  # unique per agent, even across runners
-        env = {**request.env, TREE_MARKER_VAR: token}
+        # Without cub's runner marker: what this agent leaves re-parented to us is its own.
+        env = {k: v for k, v in request.env.items() if k != RUNNER_MARKER_VAR}
+        env[TREE_MARKER_VAR] = token
         try:
             popen = subprocess.Popen(
                 list(request.argv),
@@ -437,7 +495,7 @@ class AgentProcess:
         except psutil.Error:
             self.create_time = time.time()
         root = _read_stat(self.pid)
-        self._tree = _TreeTracker(self.pid, root.starttime if root else 0, marker)
+        self._tree = _TreeTracker(self.pid, root.starttime if root else 0, marker, adopt=True)
         self._lock = threading.RLock()  # guards the tree tracker and the exit status
         self._members: dict[int, _Stat] = {}
         self._last_refresh = 0.0
@@ -448,6 +506,10 @@ class AgentProcess:
         self._log = log
         self._log_lock = threading.Lock()
         self._log_failed = False
+        self._log_max = request.log_max_bytes
+        self._log_size = log.tell()  # opened for appending: what the file already holds
+        self._log_ends_line = True
+        self._log_dropped = 0
         self._assembler = _LineAssembler(request.redact, _PARTIAL_LINE_AFTER)
         self._cond = threading.Condition()
         self._lines: deque[str] = deque()
@@ -606,6 +668,12 @@ class AgentProcess:
             self._lines.clear()
             return lines
 
+    @property
+    def log_dropped_bytes(self) -> int:
+        """Bytes of (redacted) output not written to harness.log because of its cap."""
+        with self._log_lock:
+            return self._log_dropped
+
     def take_signals(self) -> list[SentSignal]:
         """The signals sent to the agent since the last call, oldest first."""
         with self._lock:
@@ -636,6 +704,7 @@ class AgentProcess:
             for thread in self._threads:
                 thread.join(_JOIN_TIMEOUT)
             with self._log_lock:
+                self._write_cut_notice()
                 self._log.close()
             if not self._threads[0].is_alive():  # never close an fd a live thread may read
                 self._stdout.close()
@@ -819,12 +888,48 @@ class AgentProcess:
         with self._log_lock:
             if self._log.closed or self._log_failed:
                 return
-            try:
-                self._log.write(text.encode("utf-8", "replace"))
-                self._log.flush()  # streamed: the log shows output while the agent runs
-            except OSError as exc:  # disk full etc.: keep draining the agent, stop logging
-                self._log_failed = True
-                logger.warning("agent pid=%d: cannot write harness.log: %s", self.pid, exc)
+            self._append_to_log(self._within_cap(text.encode("utf-8", "replace")))
+
+    def _append_to_log(self, data: bytes) -> None:
+        """Write to the open log (the caller holds the log lock)."""
+        if not data:
+            return
+        try:
+            self._log.write(data)
+            self._log.flush()  # streamed: the log shows output while the agent runs
+        except OSError as exc:  # disk full etc.: keep draining the agent, stop logging
+            self._log_failed = True
+            logger.warning("agent pid=%d: cannot write harness.log: %s", self.pid, exc)
+            return
+        self._log_size += len(data)
+        self._log_ends_line = data.endswith(b"\n")
+
+    def _within_cap(self, data: bytes) -> bytes:
+        """What of ``data`` still fits under the log's cap; the rest is counted as dropped."""
+        if self._log_max is None:
+            return data
+        room = max(0, self._log_max - self._log_size)
+        if len(data) <= room:
+            return data
+        cut = _utf8_cut(data, room)
+        if not self._log_dropped:
+            logger.warning(
+                "agent pid=%d: harness.log reached its cap of %d bytes; not writing more",
+                self.pid,
+                self._log_max,
+            )
+        self._log_dropped += len(data) - cut
+        return data[:cut]
+
+    def _write_cut_notice(self) -> None:
+        """The log's last line says how much of the output its cap kept out."""
+        if not self._log_dropped or self._log.closed or self._log_failed:
+            return
+        notice = (
+            f"[cub] harness.log reached its cap of {self._log_max} bytes "
+            f"(loop.log_max_bytes): {self._log_dropped} more bytes of output were not written\n"
+        )
+        self._append_to_log(("" if self._log_ends_line else "\n").encode() + notice.encode())
 
     def _pipe_readable(self) -> bool:
         if self._stdout.closed:
@@ -961,7 +1066,10 @@ def become_subreaper(enabled: bool = True) -> bool:
     """Make this process a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``).
 
     Orphaned descendants are then re-parented to this process rather than to init, so an
-    agent's grandchildren stay findable after their parent dies. Returns whether it worked.
+    agent's grandchildren stay findable after their parent dies, and an orphan re-parented to
+    us while an agent runs is taken as the agent's. So that this never takes what cub's own
+    children leave behind, ``CUB_RUNNER`` is set in this process's environment, for everything
+    it starts from now on but its agents. Returns whether it worked.
     """
     if not sys.platform.startswith("linux"):
         return False
@@ -975,9 +1083,28 @@ def become_subreaper(enabled: bool = True) -> bool:
     if done:
         global _is_subreaper
         _is_subreaper = enabled
+        _mark_own_children(enabled)
     return done
+
+
+def _mark_own_children(enabled: bool) -> None:
+    """Put (or take) cub's runner marker in the environment its own children inherit."""
+    global _runner_entry, _own_initial_environ
+    if not enabled:
+        os.environ.pop(RUNNER_MARKER_VAR, None)
+        return
+    if _runner_entry is None:  # one token per process: children already started keep theirs
+        token = f"{os.getpid()}-{uuid.uuid4().hex}"
+        _runner_entry = f"{RUNNER_MARKER_VAR}={token}".encode()
+        # What /proc shows for a child of ours between fork and exec: our own starting
+        # environment (changes to os.environ do not show in /proc/self/environ).
+        _own_initial_environ = _read_proc_file(os.getpid(), "environ")
+    os.environ[RUNNER_MARKER_VAR] = _runner_entry.decode().partition("=")[2]
 
 
 # Whether `become_subreaper` made this process one: only then can agent processes be
 # re-parented to us and need reaping after the agent itself is gone.
 _is_subreaper = False
+# `CUB_RUNNER=<token>` as our own children carry it, and our own starting environment.
+_runner_entry: bytes | None = None
+_own_initial_environ: bytes | None = None

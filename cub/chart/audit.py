@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from cub.chart.definition import VALIDATION_REJECTED, Chart, Edge
+from cub.chart.definition import Chart, Edge
 from cub.run.exit_codes import exit_code_for
 
 # States an edge may leave while an agent attempt is in flight, so the attempt's record exists.
@@ -89,58 +89,155 @@ def exit_rows(chart: Chart) -> list[ExitRow]:
     return rows
 
 
-def files_written(edge: Edge) -> str:
-    if edge.dest == VALIDATION_REJECTED:
-        return "run.json, events.jsonl"
+# Rows that leave an attempt state before the agent starts, so with no attempt record: a
+# fail-fast pre-task hook; a second interrupt while executing (once the agent runs, the first
+# interrupt moves the run to `stopping` at once, so only a pre-task hook can still be running
+# when the second one comes); the task file found changed before the agent starts.
+BEFORE_ATTEMPT_ROWS = frozenset(
+    {
+        ("hook_failed", "executing", "hook_failed"),
+        ("force_kill", "executing", "second_interrupt"),
+        ("backlog_changed", "executing", "task_file_changed"),
+    }
+)
+
+# Rejected before a record could be written: the run has no directory to write into.
+NO_RECORD_CODES = frozenset({"records_unwritable"})
+
+# (trigger, from state, reason_code): the key a scenario names its row by.
+RowKey = tuple[str, str, str | None]
+
+
+def row_key(row: ExitRow) -> RowKey:
+    return (row.edge.trigger, row.edge.source, row.reason_code)
+
+
+def files_written(edge: Edge, reason_code: str | None = None) -> str:
+    """The artifacts a run ending through ``edge`` with ``reason_code`` leaves behind."""
+    if reason_code in NO_RECORD_CODES:
+        return "none: no record can be written; one line on stderr"
+    # status.json is written when the machine starts, before validation: rejections have it.
     files = "run.json, status.json, events.jsonl"
-    if edge.source in ATTEMPT_STATES:
+    before_attempt = (edge.trigger, edge.source, reason_code) in BEFORE_ATTEMPT_ROWS
+    if edge.source in ATTEMPT_STATES and not before_attempt:
         files += ", tasks/<id>/task.json¹"
     return files
 
 
-def _row_line(row: ExitRow) -> str:
+# --- scenarios: the evidence for each row ---------------------------------------------------
+
+SCENARIO_MARK = "exit_path"
+SKIP_MARKS = frozenset({"skip", "skipif", "xfail", "real_cli"})
+TestFunction = ast.FunctionDef | ast.AsyncFunctionDef
+
+
+def _mark_name(node: ast.expr) -> str | None:
+    """``exit_path`` for ``@exit_path(...)`` or ``@pytest.mark.exit_path(...)``."""
+    func = node.func if isinstance(node, ast.Call) else node
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return func.id if isinstance(func, ast.Name) else None
+
+
+def _scenario_keys(function: TestFunction) -> list[RowKey]:
+    """The rows a test function names, or none when it is skipped or marked as not run by CI."""
+    names = {_mark_name(d) for d in function.decorator_list}
+    if names & SKIP_MARKS:
+        return []
+    keys: list[RowKey] = []
+    for decorator in function.decorator_list:
+        if not isinstance(decorator, ast.Call) or _mark_name(decorator) != SCENARIO_MARK:
+            continue
+        args = [a.value if isinstance(a, ast.Constant) else ... for a in decorator.args]
+        if len(args) == 3 and all(isinstance(a, str | None) for a in args):
+            trigger, source, code = args
+            keys.append((str(trigger), str(source), code))  # type: ignore[arg-type]
+    return keys
+
+
+def _test_functions(tree: ast.Module) -> Iterator[tuple[str, TestFunction]]:
+    """(pytest node id suffix, function) for the tests pytest collects from a module."""
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+    for node in tree.body:
+        if isinstance(node, functions) and node.name.startswith("test"):
+            yield node.name, node
+        elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+            for item in node.body:
+                if isinstance(item, functions) and item.name.startswith("test"):
+                    yield f"{node.name}::{item.name}", item
+
+
+def find_scenarios(root: Path) -> dict[RowKey, list[str]]:
+    """Row key → the pytest ids of the tests under ``root/tests`` that drive the real process
+    into that ending (marked ``@exit_path(trigger, source, reason_code)``)."""
+    found: dict[RowKey, list[str]] = {}
+    for path in sorted((root / "tests").rglob("test_*.py")):
+        rel = path.relative_to(root).as_posix()
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=rel)
+        for name, function in _test_functions(tree):
+            for key in _scenario_keys(function):
+                found.setdefault(key, []).append(f"{rel}::{name}")
+    return found
+
+
+def _row_line(row: ExitRow, scenarios: dict[RowKey, list[str]]) -> str:
     edge = row.edge
     code = exit_code_for(edge.dest, row.reason_code)
     reason = f"`{row.reason_code}`" if row.reason_code else "—"
+    tests = scenarios.get(row_key(row), [])
+    proof = "✅ " + "<br>".join(f"`{t}`" for t in tests) if tests else "❌ no scenario"
     return (
         f"| `{edge.trigger}` | {edge.source} | **{edge.dest}** | {reason} | {code} "
-        f"| {files_written(edge)} | ✅ |"
+        f"| {files_written(edge, row.reason_code)} | {proof} |"
     )
 
 
-def _gap_line(gap: SeedGap) -> str:
+def _gap_line(gap: SeedGap, proven: set[tuple[str, str | None]]) -> str:
     rows = ", ".join(f"`{trigger}`/`{code}`" for trigger, code in gap.rows)
-    return f"| {gap.gap} | ❌ {gap.seed} | {gap.now} | {rows} | ✅ |"
+    mark = "✅" if all(pair in proven for pair in gap.rows) else "❌"
+    return f"| {gap.gap} | ❌ {gap.seed} | {gap.now} | {rows} | {mark} |"
 
 
-def exit_paths_markdown(chart: Chart) -> str:
+def exit_paths_markdown(chart: Chart, scenarios: dict[RowKey, list[str]]) -> str:
     rows = exit_rows(chart)
+    proven_rows = [row for row in rows if scenarios.get(row_key(row))]
+    proven = {(row.edge.trigger, row.reason_code) for row in proven_rows}
+    share = f"{100 * len(proven_rows) // len(rows)}%" if rows else "100%"
     lines = [
         f"# Exit paths of the `{chart.name}` chart",
         "",
-        "Generated by `tools/export_statecharts.py` from `cub/chart/definition.py`; do not edit.",
+        "Generated by `tools/export_statecharts.py` from `cub/chart/definition.py` and the",
+        "scenarios under `tests/`; do not edit.",
         "Each row below is an edge of the chart into a terminal state, once per `reason_code`",
         "that edge can record. Every one of them ends through the machine's single terminal",
         "callback, `on_enter_terminal`, which writes the files listed before the process exits",
         "with the code shown; no other code exits the process (`tools/audit_exits.py` checks).",
         "",
-        "| trigger | from state | terminal state | reason_code | exit code | files written "
-        "| persisted |",
-        "|---|---|---|---|---|---|---|",
-        *(_row_line(row) for row in rows),
+        "The last column is the evidence: the test (marked `@exit_path(trigger, from state,",
+        "reason_code)`) that drives the real `cub` process into that ending and checks every",
+        "artifact the row lists and the process's exit code. CI runs every one of them, and",
+        "`tests/chart/test_audit.py` fails when a row has no scenario (❌) or a scenario names",
+        "a row the chart does not have.",
         "",
-        f"**{len(rows)} ways to end a run; {len(rows)} persisted (100%).**",
+        "| trigger | from state | terminal state | reason_code | exit code | files written "
+        "| proved by |",
+        "|---|---|---|---|---|---|---|",
+        *(_row_line(row, scenarios) for row in rows),
+        "",
+        f"**{len(rows)} ways to end a run; {len(proven_rows)} proved by a scenario ({share}).**",
         "",
         "¹ when an agent attempt had started; it is recorded with what is known "
         "(`interrupted`, `killed`, …).",
         "`runner_died` is recorded afterwards by crash recovery (`recorded_by: recovery`), "
         "through the same callback.",
+        "`records_unwritable`: the run's directory could not be created, so the rejection is "
+        "only the exit code 2 and one line on stderr; no work is done.",
         "",
         "## Gaps in the seed audit, and how they are covered now",
         "",
-        "| seed gap | then | now | rows above | persisted |",
+        "| seed gap | then | now | rows above | proved |",
         "|---|---|---|---|---|",
-        *(_gap_line(gap) for gap in SEED_GAPS),
+        *(_gap_line(gap, proven) for gap in SEED_GAPS),
     ]
     return "\n".join(lines) + "\n"
 

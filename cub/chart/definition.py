@@ -113,6 +113,7 @@ RUN_CHART = Chart(
                 "missing_harness_command",
                 "not_a_git_repo",
                 "main_branch",
+                "dirty_worktree",
                 "no_backend",
                 "invalid_direct_input",
                 "docker_unavailable",
@@ -138,7 +139,6 @@ RUN_CHART = Chart(
             (
                 "branch_failed",
                 "worktree_failed",
-                "harness_failed",
                 "hook_failed",
                 "github_failed",
                 "sandbox_failed",
@@ -254,8 +254,25 @@ RUN_CHART = Chart(
         *_everywhere(
             "force_kill",
             FORCE_KILLED,
+            "a second interrupt, or recovery found the runner dead",
+            ("second_interrupt", "runner_died"),
+            _INTERRUPTIBLE,
+        ),
+        Edge(
+            "force_kill",
+            "stopping",
+            FORCE_KILLED,
             "a second interrupt, the grace period ran out, or recovery found the runner dead",
+            # A grace period only runs once the first interrupt has moved the run to stopping.
             ("second_interrupt", "grace_expired", "runner_died"),
+        ),
+        *_everywhere(
+            "backlog_changed",
+            FAILED,
+            "the task file changed under the run (corrupted, deleted, or the task removed); "
+            "claims it can no longer settle are left to recovery",
+            ("task_file_changed",),
+            ("selecting", "executing", "settling"),
         ),
         *_everywhere(
             "crash", FAILED, "an unexpected exception; traceback recorded", ("exception",)

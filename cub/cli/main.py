@@ -7,20 +7,23 @@ they become validation_rejected runs with a record, like any other bad input.
 
 from __future__ import annotations
 
-import importlib
 import sys
-from typing import Any, NoReturn
 
 from cub.run.signals import InterruptWatch
 
 # A `cub run` is a run from its first instant: a Ctrl+C or SIGTERM that lands while the CLI is
 # still importing or parsing options is held here (the handler only notes it) and becomes the
 # run's recorded interruption, instead of a traceback or a death by signal with no record.
+# This is the first code of both entry points (`cub` and `python -m cub`) after the empty
+# package inits; what comes before it is the interpreter's own start (see cub.run.signals).
 EARLY_WATCH = InterruptWatch(armed=False)
 if sys.argv[1:2] == ["run"]:
     EARLY_WATCH.install()
 
 # After the watch, which must not wait for these imports.
+import importlib  # noqa: E402
+from typing import Any, NoReturn  # noqa: E402
+
 import click  # noqa: E402
 
 from cub import __version__  # noqa: E402

@@ -40,13 +40,13 @@ class ConsoleObserver:
 
     def _clear_status(self) -> None:
         if self._status_shown:
-            self.out.write("\r\x1b[2K")
+            write_quietly(self.out, "\r\x1b[2K")
             self._status_shown = False
 
     def _say(self, text: str) -> None:
         if not self.quiet:
             self._clear_status()
-            print(text, file=self.out, flush=True)
+            write_quietly(self.out, text + "\n")
 
     def _paint(self, text: str, code: str) -> str:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
@@ -71,7 +71,7 @@ class ConsoleObserver:
         # turns it off for --quiet.
         if self.stream:
             self._clear_status()
-            print(f"  │ {line}", file=self.out, flush=True)
+            write_quietly(self.out, f"  │ {line}\n")
 
     def journaled(self, line: str) -> None:
         if self.verbose:
@@ -91,8 +91,7 @@ class ConsoleObserver:
             f"… {task_id} attempt {attempt}  {elapsed:5.0f}s  {tokens} tokens  "
             f"{cost_text(cost)}  (Ctrl+C stops, twice kills)"
         )
-        self.out.write("\r\x1b[2K" + text[: width - 1])
-        self.out.flush()
+        write_quietly(self.out, "\r\x1b[2K" + text[: width - 1])
         self._status_shown = True
 
 
@@ -107,8 +106,41 @@ def _task_row(task: Task) -> dict[str, object]:
     }
 
 
+def write_quietly(out: TextIO, text: str) -> None:
+    """Write and flush; a reader that went away (``cub run … | head -1``) silences ``out`` for
+    good instead of failing: what cub prints never changes how a run ends."""
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        silence(out)
+
+
+def silence(out: TextIO) -> None:
+    """Point ``out``'s descriptor at /dev/null: later writes, and the interpreter's last flush at
+    exit, succeed without a reader."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, out.fileno())
+        finally:
+            os.close(devnull)
+    except (OSError, ValueError):  # no descriptor (a test's StringIO): nothing to silence
+        pass
+
+
 def report_run(result: RunResult, *, json_output: bool, quiet: bool) -> int:
-    """Print the run's ending; return its exit code (the CLI exits with it)."""
+    """Print the run's ending; return its exit code (the CLI exits with it). The record is
+    written already: a closed stdout or stderr only stops the printing."""
+    try:
+        _report(result, json_output=json_output, quiet=quiet)
+    except BrokenPipeError:
+        silence(sys.stdout)
+        silence(sys.stderr)
+    return result.record.exit_code
+
+
+def _report(result: RunResult, *, json_output: bool, quiet: bool) -> None:
     record = result.record
     human = sys.stderr if json_output else sys.stdout
     if json_output:
@@ -123,13 +155,13 @@ def report_run(result: RunResult, *, json_output: bool, quiet: bool) -> int:
             sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
     if record.state == "validation_rejected":
         print(f"cub run: error: {record.reason}", file=sys.stderr)
-        return record.exit_code
+        return
     if result.ready is not None and not json_output:
         _print_ready(result.ready, human)
     print(f"cub: {record.state} (exit {record.exit_code}): {record.reason}", file=human)
     if not quiet:
         _print_summary(result, human)
-    return record.exit_code
+    human.flush()
 
 
 def _print_ready(ready: list[Task], out: TextIO) -> None:

@@ -89,8 +89,22 @@ def _request_from(params: dict[str, Any]) -> Any:
     help="Run id to use instead of a generated one ([A-Za-z0-9._-]).",
 )
 @click.option("-s", "--stream", is_flag=True, help="Show the agent's output as it arrives.")
-@click.option("--worktree", is_flag=True, help="Work in .cub/worktrees/<run_id> on a new branch.")
-@click.option("--worktree-keep", is_flag=True, help="Keep the worktree after the run.")
+@click.option(
+    "--in-place",
+    is_flag=True,
+    help="Work in this checkout (on a run branch) instead of a worktree of its own.",
+)
+@click.option(
+    "--allow-dirty",
+    is_flag=True,
+    help="With --in-place: run even though tracked files have uncommitted changes.",
+)
+@click.option(
+    "--worktree",
+    is_flag=True,
+    help="Work in .cub/worktrees/<run_id> on a new branch (the default; kept for scripts).",
+)
+@click.option("--worktree-keep", is_flag=True, help="Keep the run's worktree after the run.")
 @click.option(
     "-p",
     "--parallel",
@@ -147,9 +161,13 @@ def run_command(json_: bool, **params: Any) -> int:
     it. Every run ends in a terminal state recorded under .cub/runs/<run_id>/ and exits with
     its code: 0 completed, 1 failed, 2 rejected, 3 budget exhausted, 130/143 interrupted,
     137 force-killed."""
+    from cub.agents.supervisor import become_subreaper
     from cub.cli.output import ConsoleObserver, report_run
     from cub.run.driver import execute_run
 
+    # Whatever an agent orphans (even with its environment cleared, out of its session) is
+    # re-parented to this process instead of init, where the supervisor finds and ends it.
+    become_subreaper()
     request = _request_from({**params, "json": json_})
     # With --json, stdout holds only the record: progress is silent, and --stream output goes
     # to stderr. --quiet silences the stream too.

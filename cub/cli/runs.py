@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import functools
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +33,34 @@ def _recover(project_dir: Path) -> None:
 
     for message in recover_runs(project_dir):
         print(f"cub: {message}", file=sys.stderr)
+
+
+def _one_line_errors(command: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """A failing disk (full, read-only, I/O errors) while records are read or recovered is
+    said in one line, exit 1: these commands are what people run when something is wrong."""
+
+    def decorate(function: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(function)
+        def wrapper(*args: object, **kwargs: object) -> int:
+            try:
+                return function(*args, **kwargs)
+            except BrokenPipeError:
+                raise  # the reader went away: not a disk's failure (the entry point's to handle)
+            except OSError as exc:
+                print(f"cub {command}: error: {_describe(exc)}", file=sys.stderr)
+                return 1
+
+        return wrapper
+
+    return decorate
+
+
+def _describe(exc: OSError) -> str:
+    where = f" ({exc.filename})" if exc.filename else ""
+    text = f"{exc.strerror or exc}{where}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{text}: cannot record the runs whose runner died; free some space"
+    return text
 
 
 def _since(text: str | None, option: str) -> datetime | None:
@@ -84,6 +114,7 @@ def runs_group() -> None:
 
 
 @runs_group.command("list")
+@_one_line_errors("runs list")
 @click.option("--json", "json_", is_flag=True, help="Print the runs as a JSON array.")
 @click.option("--state", help="Only runs in this state (completed, failed, interrupted, ...).")
 @click.option("--since", metavar="DURATION", help="Only runs started within this long, e.g. 2d.")
@@ -113,6 +144,7 @@ def list_command(json_: bool, state: str | None, since: str | None, limit: int |
 
 
 @runs_group.command("show")
+@_one_line_errors("runs show")
 @click.argument("run_id", default="latest", shell_complete=_complete_run_id)
 @click.option("--json", "json_", is_flag=True, help="Print the record as JSON.")
 @click.option("--events", is_flag=True, help="Print the run's event journal too.")
@@ -136,6 +168,7 @@ def show_command(run_id: str, json_: bool, events: bool) -> int:
 
 
 @runs_group.command("tail")
+@_one_line_errors("runs tail")
 @click.argument("run_id", default="latest", shell_complete=_complete_run_id)
 @click.option("--interval", type=float, default=0.2, hidden=True)
 def tail_command(run_id: str, interval: float) -> int:
@@ -181,6 +214,7 @@ def tail_command(run_id: str, interval: float) -> int:
 
 
 @runs_group.command("prune")
+@_one_line_errors("runs prune")
 @click.option("--keep", type=click.IntRange(min=0), metavar="N", help="Keep the newest N runs.")
 @click.option("--older-than", metavar="DURATION", help="Remove runs started before this, e.g. 30d.")
 def prune_command(keep: int | None, older_than: str | None) -> int:
@@ -198,6 +232,7 @@ def prune_command(keep: int | None, older_than: str | None) -> int:
 
 
 @click.command("status")
+@_one_line_errors("status")
 @click.option("--json", "json_", is_flag=True, help="Print the status as JSON.")
 def status_command(json_: bool) -> int:
     """The live run (or the last one): state, task, elapsed time, tokens, cost, budget use."""

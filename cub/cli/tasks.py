@@ -1,4 +1,4 @@
-"""`cub tasks list|ready|show|add|close`: a small window onto the configured task backend.
+"""`cub tasks list|ready|show|add|close|release`: a small window onto the configured task backend.
 
 Every command returns its exit code (0 ok, 1 error) for `cub.cli.main` to exit with; errors are
 printed as one line on stderr.
@@ -237,3 +237,45 @@ def close_command(task_id: str, reason: str) -> int:
     task = backend.close(task_id, CLI_RUN_ID, reason)
     click.echo(f"closed {task.id}: {task.title}")
     return 0
+
+
+@tasks_group.command("release")
+@click.argument("task_id")
+@_reporting
+def release_command(task_id: str) -> int:
+    """Give a claimed task back to the backlog (open), e.g. one a run that ended left behind.
+
+    Refused while the run holding the claim is alive: stop it first (`cub status`)."""
+    backend = _open_backend()
+    task = backend.get(task_id)
+    owner = task.assignee
+    if task.status != "in_progress" or owner is None:
+        click.echo(f"cub tasks: {task.id} is not claimed (status {task.status})", err=True)
+        return 1
+    project_dir: Path = click.get_current_context().meta[_PROJECT_KEY]
+    if _names_a_live_run(project_dir, owner):
+        click.echo(
+            f"cub tasks: {task.id} is claimed by run {owner}, which is still running; "
+            "stop it first (it releases its claims when it ends)",
+            err=True,
+        )
+        return 1
+    # Under the backlog's lock, and only if the same run still holds it.
+    if not backend.release(task.id, owner, note=f"released by hand (claimed by {owner})"):
+        click.echo(f"cub tasks: {task.id} changed meanwhile; not released", err=True)
+        return 1
+    click.echo(f"released {task.id}: {task.title} (was claimed by {owner})")
+    return 0
+
+
+def _names_a_live_run(project_dir: Path, owner: str) -> bool:
+    from cub.records.reader import runs_dir
+    from cub.records.store import RUNNER_LOCK, check_safe_name
+    from cub.run.recovery import runner_alive
+
+    try:
+        check_safe_name(owner, "run id")
+    except CubError:
+        return False  # not a run's id: nobody cub knows holds it
+    run_dir = runs_dir(project_dir) / owner
+    return (run_dir / RUNNER_LOCK).is_file() and runner_alive(run_dir)

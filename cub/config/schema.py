@@ -90,6 +90,8 @@ class LoopConfig(Section):
     # Whole-run wall clock; None means no limit.
     timeout: Duration | None = None
     circuit_breaker: bool = True
+    # harness.log stops growing here (the output is still read); the cut is recorded.
+    log_max_bytes: PositiveInt = 256 * 1024 * 1024
 
 
 class ModelPrice(Section):

@@ -103,6 +103,7 @@ def run_attempt(
                 stdin=invocation.stdin,
                 log_path=store.harness_log_path(task.id),
                 redact=store.redact,
+                log_max_bytes=settings.log_max_bytes,
             )
         )
     except OSError as exc:
@@ -147,6 +148,7 @@ def run_attempt(
         result = _supervise(run, watch, settings)
         agent.close()
         _journal_signals(run, watch)
+        _journal_log_cut(run, watch, settings)
         _account(run, watch, settings)  # the attempt's final usage, however it ended
         outcome, error = _outcome(result, watch)
         state = watch.parser.state
@@ -175,6 +177,7 @@ def run_attempt(
             if watch is not None:
                 _take_output(run, watch, settings, agent.remaining_lines(0))
                 _journal_signals(run, watch)
+                _journal_log_cut(run, watch, settings)
                 _account(run, watch, settings)
                 usage = watch.parser.state.usage
             ctx.tasks.killed += 1
@@ -218,7 +221,13 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
             stopped = _on_interrupt(run, watch, settings)
             if stopped:
                 return "interrupt", None
-        budget = exhausted_while_running(run.ctx.budget, run.ctx.elapsed(), settings.run_timeout)
+        # Once the agent has reported its result its work is done: usage in that report that
+        # crosses a budget ends the run after this task is settled, never by reopening it.
+        budget = (
+            None
+            if state.result_seen
+            else exhausted_while_running(run.ctx.budget, run.ctx.elapsed(), settings.run_timeout)
+        )
         if budget is not None:
             _stop(run, watch, settings, watch.harness.stop_signal, settings.grace)
             return budget
@@ -264,6 +273,17 @@ def _journal_signals(run: Run, watch: _Watch) -> None:
                 "pid": watch.agent.pid,
                 "processes": sent.processes,
             },
+        )
+
+
+def _journal_log_cut(run: Run, watch: _Watch, settings: LoopSettings) -> None:
+    """harness.log hit its cap: the journal says so, and how much output it does not hold."""
+    dropped = watch.agent.log_dropped_bytes
+    if dropped:
+        run.machine.note(
+            "harness_log_capped",
+            task_id=watch.task_id,
+            data={"max_bytes": settings.log_max_bytes, "dropped_bytes": dropped},
         )
 
 
@@ -348,6 +368,10 @@ def _outcome(
     state, code = watch.parser.state, watch.agent.returncode
     if stopped_by == "timed_out":
         return "timed_out", ErrorInfo(type="CircuitBreaker", message=reason or "timed out")
+    if stopped_by is not None and _finished_anyway(watch):
+        # Asked to stop, it finished its task first (committed and reported success, or, for a
+        # plain command, exited 0): that work is done and is settled as done.
+        return "succeeded", None
     if stopped_by is not None:
         message = reason or "stopped by an interrupt"
         return "interrupted", ErrorInfo(type="Stopped", message=message)
@@ -361,6 +385,20 @@ def _outcome(
         # The result said success; being stopped for lingering afterwards is not a failure.
         return "succeeded", None
     return "failed", ErrorInfo(type="AgentExit", message=_exit_text(code))
+
+
+def _finished_anyway(watch: _Watch) -> bool:
+    """Whether an agent that cub stopped ended with its task done all the same: exit 0, no
+    error, not stuck, and a success result of its own (a plain command has no result: its exit
+    code decides)."""
+    state = watch.parser.state
+    reported = state.result_seen or watch.harness.name == "command"
+    return (
+        watch.agent.returncode == 0
+        and reported
+        and not state.is_error
+        and state.stuck_reason is None
+    )
 
 
 def _exit_text(code: int | None) -> str:

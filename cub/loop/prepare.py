@@ -65,7 +65,9 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
             issue_slug=plan.issue.title if plan.issue is not None else None,
             prefix=plan.config.branch.prefix,
         )
-        if request.worktree:
+        if not request.in_checkout:
+            # The default (SPEC §10): a worktree and a branch of its own; the user's checkout
+            # is never changed by the run.
             _prepare_worktree(run, plan, wanted)
         elif plan.issue is not None:
             from cub.modes.gh_issue import prepare_issue_branch

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cub.errors import TaskFileError, TaskNotFound
 from cub.loop.attempt import AttemptResult, run_attempt
 from cub.loop.budget import exhausted_before_task
 from cub.run.machine import signal_word
@@ -70,6 +71,8 @@ class TaskLoop:
                         return
             except StopRequested as stop:
                 self._stop(stop.signum)
+            except (TaskFileError, TaskNotFound) as exc:
+                self._backlog_changed(exc)
         except BaseException:
             # A forced kill or a crash, also one that cut the orderly stop short: give back
             # what this run holds before the driver records the ending.
@@ -140,7 +143,10 @@ class TaskLoop:
         self.attempts_run += 1
         ctx.budget.iterations += 1
         if result.stopped_by == "interrupt":
-            self._settle_interrupted(task, result)
+            if result.record.outcome == "succeeded":
+                self._settle_while_stopping(task, result)  # it finished within the grace
+            else:
+                self._settle_interrupted(task, result)
             raise StopRequested(run.watch.first or 2)
         if run.machine.state == "stopping":
             # `loop.on_interrupt: finish`: the attempt ended by itself after the interrupt.
@@ -157,10 +163,15 @@ class TaskLoop:
         if record.outcome == "succeeded" and self.settings.verify:
             record = self._verify(task, record)
         if result.stopped_by not in (None, "timed_out"):
-            # A budget ran out mid-attempt: the task goes back to the backlog untouched, and
-            # the attempt cub cut short is not one of the task's own.
-            self._release(task, "the run's budget ran out during this attempt", uncount=True)
-            ctx.tasks.interrupted += 1
+            if record.outcome == "succeeded":
+                # Stopped for the budget, it finished its task first: that work is kept.
+                commits = self._close(task)
+                run.machine.note("task_closed", task_id=task.id, data={"commits": commits})
+            else:
+                # Cut short: the task goes back to the backlog untouched, and the attempt cub
+                # cut short is not one of the task's own.
+                self._release(task, "the run's budget ran out during this attempt", uncount=True)
+                ctx.tasks.interrupted += 1
             self._post_task(task, record)
             return ("exhaust_budget", result.stopped_by, result.stopped_reason or "")
         self._post_task(task, record)
@@ -185,10 +196,10 @@ class TaskLoop:
         run, ctx, settings, outcome = self.run, self.run.ctx, self.settings, record.outcome
         if run.hooks is not None:
             run.hooks.fire("on-error", task=task, outcome=outcome, exit_code=record.exit_code)
-        ctx.claimed_tasks.remove(task.id)
         if outcome == "stuck":
             reason = record.stuck_reason or "no reason given"
             self.backend.release(task.id, ctx.run_id, note=f"stuck: {reason}")
+            ctx.claimed_tasks.remove(task.id)  # once handed back (the file may not parse)
             ctx.tasks.failed += 1
             self.failures.append(task.id)
             self.skip.add(task.id)
@@ -206,6 +217,7 @@ class TaskLoop:
             self.backend.mark_failed(task.id, ctx.run_id, reason=f"{note}; attempts exhausted")
         else:
             self.backend.mark_retry(task.id, ctx.run_id, note=note)
+        ctx.claimed_tasks.remove(task.id)
         failed_for_good = exhausted or settings.on_failure != "retry"
         if failed_for_good:
             ctx.tasks.failed += 1
@@ -281,6 +293,27 @@ class TaskLoop:
         word = signal_word(signum) or "sigint"
         self.run.end_with("stopped", word, f"stopped on {word.upper()}")
 
+    def _backlog_changed(self, exc: TaskFileError | TaskNotFound) -> None:
+        """The backlog was validated when the run started: if it no longer parses, or a claimed
+        task is gone from it, someone (the agent, most likely) changed it under the run. That
+        ends the run `failed` with ``task_file_changed``, not as a cub bug. cub never rewrites
+        a task file it cannot parse (whatever is in it may be worth keeping), so a claim it
+        cannot hand back stays marked with this run's id; recovery settles it once the file
+        parses again (`settle_stranded_claims`), and `cub tasks release` is there for a person."""
+        run = self.run
+        if run.machine.state == "stopping":
+            # Stopping anyway: the stop's own ending, with whatever could be released.
+            self._stop(run.watch.first or 2)
+            return
+        self._release_all("the task file changed under the run")
+        left = f"; still marked claimed: {', '.join(self.run.ctx.claimed_tasks)}"
+        run.end_with(
+            "backlog_changed",
+            "task_file_changed",
+            f"the task file changed under the run: {exc}"
+            + (left if self.run.ctx.claimed_tasks else ""),
+        )
+
     # -- task bookkeeping ---------------------------------------------------------------------
 
     def _settle_interrupted(self, task: Task, result: AttemptResult) -> None:
@@ -338,6 +371,8 @@ class TaskLoop:
             try:
                 # Killed with the run (or never started): not an attempt of the task's own.
                 self.backend.release(task_id, ctx.run_id, note=note, uncount=True)
+            except TaskNotFound:
+                pass  # gone from the backlog (or the backlog is gone): nothing to hand back
             except Exception:  # recovery releases it later; the ending must still be recorded
                 continue
             if task_id in ctx.claimed_tasks:

@@ -39,6 +39,8 @@ class LoopSettings:
     exit_after_result: float = 5.0
     # SIGTERM → SIGKILL step of the circuit breaker.
     kill_after: float = 2.0
+    # harness.log's cap in bytes (config loop.log_max_bytes).
+    log_max_bytes: int | None = None
 
     @classmethod
     def from_config(cls, config: Config, flag_model: str | None = None) -> LoopSettings:
@@ -62,6 +64,7 @@ class LoopSettings:
             hook_timeout=config.hooks.timeout,
             agent_set_env=dict(config.harness.env),
             agent_pass_env=tuple(config.harness.pass_env),
+            log_max_bytes=loop.log_max_bytes,
         )
 
     def agent_env(self, base: Mapping[str, str], *, run_id: str, task: Task) -> dict[str, str]:

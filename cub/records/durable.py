@@ -11,6 +11,21 @@ DIR_MODE = 0o700
 _MKSTEMP_MODE = 0o600  # what tempfile.mkstemp creates files with
 
 
+def keep_out_of_git(directory: Path) -> None:
+    """Make git ignore everything in ``directory``, this file included, with a `.gitignore`
+    holding ``*``: `git status` never shows what cub keeps there and `git add -A` (an agent's
+    everyday command) never commits it, whatever the project's own .gitignore says."""
+    try:
+        fd = os.open(directory / ".gitignore", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return
+    try:
+        os.write(fd, b"# cub's own state: never committed\n*\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def make_private_dir(path: Path) -> None:
     """Create ``path`` and any missing parents readable only by the owner: records may hold
     secrets. (``mkdir(parents=True)`` would give the parents the default mode.)
@@ -78,7 +93,16 @@ def append_line(path: Path, line: bytes) -> None:
         line += b"\n"
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
-        os.write(fd, line)
+        end = os.fstat(fd).st_size
+        try:
+            view = memoryview(line)
+            while view:  # a write cut short (a disk filling up) is continued, or fails
+                view = view[os.write(fd, view) :]
+        except OSError:
+            # Whole lines or none: a torn line would glue itself to the next one written.
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, end)
+            raise
         flush_to_disk(fd)
     finally:
         os.close(fd)

@@ -18,7 +18,7 @@ from cub.records.schemas import (
     TaskAttempt,
     TaskCounts,
 )
-from cub.records.store import RUNS_DIR, lock_run, unlock_run
+from cub.records.store import RUNS_DIR, lock_run, runs_root_is_linked, unlock_run
 
 _run_decoder = msgspec.json.Decoder(RunRecord)
 _status_decoder = msgspec.json.Decoder(StatusRecord)
@@ -39,8 +39,11 @@ def run_dirs(project_dir: Path) -> list[Path]:
 def _run_dir_paths(project_dir: Path) -> list[str]:
     # Plain strings from scandir, whose entry types come with the listing: no stat and no
     # Path object per run (for 10,000 runs, 10 ms instead of 200).
+    root = runs_dir(project_dir)
+    if runs_root_is_linked(project_dir, root):
+        return []  # not the project's records (and recovery must not write there)
     try:
-        with os.scandir(runs_dir(project_dir)) as entries:
+        with os.scandir(root) as entries:
             return [e.path for e in entries if e.is_dir(follow_symlinks=False)]
     except (FileNotFoundError, NotADirectoryError):
         return []
@@ -80,13 +83,15 @@ def load_record(run_dir: Path) -> RunRecord | StatusRecord | None:
 def resolve_run(project_dir: Path, run_id: str) -> Path:
     root = runs_dir(project_dir)
     if run_id == "latest":
-        link = root / "latest"
-        if not link.exists():
-            raise RunNotFound(f"no runs recorded in {root}")
-        return link.resolve()
-    if "/" in run_id or run_id in (".", "..") or not (root / run_id).is_dir():
+        # cub points it at a run's name; a link planted to lead elsewhere is not followed.
+        try:
+            run_id = os.readlink(root / "latest")
+        except OSError:
+            raise RunNotFound(f"no runs recorded in {root}") from None
+    path = root / run_id
+    if "/" in run_id or run_id in (".", "..") or path.is_symlink() or not path.is_dir():
         raise RunNotFound(f"no run {run_id!r} in {root}")
-    return root / run_id
+    return path
 
 
 class RunSummary(msgspec.Struct, kw_only=True):
@@ -188,7 +193,7 @@ def is_live(run_dir: Path) -> bool:
         return False
     fd = lock_run(run_dir)
     if fd is None:
-        return True
+        return run_dir.is_dir()  # held, unless the directory is gone (pruned meanwhile)
     unlock_run(fd)
     return False
 

@@ -1,10 +1,11 @@
 """Redaction of secrets an agent may print, applied before anything reaches disk.
 
 The redactor sees text in two shapes: one line at a time (an agent's output as it streams, each
-log line) and whole documents (prompt.md, every JSON record, where a multi-line value is one
-string with ``\\n`` escapes). Every pattern is safe in both. A secret that spans lines, a PEM
-private key, is masked either way: as one block in a document; in a stream, its BEGIN and END
-lines by pattern and its base64 body lines by their shape (see ``_KEY_BODY_LINE``).
+log line) and whole documents (prompt.md, and each string value of a JSON record, redacted
+before the record is encoded: see ``Redactor.value``). Every pattern is safe in both. A secret
+that spans lines, a PEM private key, is masked either way: as one block in a document; in a
+stream, its BEGIN and END lines by pattern and its base64 body lines by their shape (see
+``_KEY_BODY_LINE``).
 
 The shapes are written here rather than taken from a package: the pattern sets on PyPI either
 lack providers agents use (Google, Anthropic, Hugging Face), bring dependencies of their own, or
@@ -16,10 +17,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import msgspec
 
 if TYPE_CHECKING:
     from cub.config.schema import RedactionConfig
+
+_Value = TypeVar("_Value")
 
 
 def _word_start(prefix: str) -> str:
@@ -170,5 +175,39 @@ class Redactor:
             return text
         return self._regex.sub(MASK, text)
 
-    def bytes(self, data: bytes) -> bytes:
-        return self(data.decode("utf-8", "replace")).encode()
+    def value(self, value: _Value, keep: frozenset[str] = frozenset()) -> _Value:
+        """``value`` with every string in it redacted, however nested in lists, dicts (their
+        keys too) and msgspec Structs; a Struct's fields named in ``keep`` are left as they are.
+
+        Records are redacted this way, before they are encoded, never as encoded JSON: a
+        pattern that matched across a quote or a bracket would leave a file that no longer
+        parses (``password=\\S+`` ate the rest of the line, closing quote and all)."""
+        return self._value(value, keep)  # type: ignore[no-any-return]
+
+    def _value(self, value: Any, keep: frozenset[str]) -> Any:
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, msgspec.Struct):
+            changes = {
+                name: self._value(getattr(value, name), keep)
+                for name in value.__struct_fields__
+                if name not in keep
+            }
+            return msgspec.structs.replace(value, **changes)
+        if isinstance(value, dict):
+            return self._mapping(value, keep)
+        if isinstance(value, list | tuple):
+            return [self._value(item, keep) for item in value]
+        return value
+
+    def _mapping(self, mapping: dict[Any, Any], keep: frozenset[str]) -> dict[Any, Any]:
+        redacted: dict[Any, Any] = {}
+        for key, item in mapping.items():
+            new_key = self(key) if isinstance(key, str) else key
+            # Two keys masked alike (two secrets used as names) both stay, numbered.
+            base, n = new_key, 1
+            while new_key in redacted:
+                n += 1
+                new_key = f"{base} ({n})"
+            redacted[new_key] = self._value(item, keep)
+        return redacted

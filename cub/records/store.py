@@ -16,6 +16,7 @@ import re
 import secrets
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,10 +25,12 @@ from typing import Any
 
 import msgspec
 
+from cub.chart.definition import RUN_CHART
 from cub.errors import Rejected
 from cub.records.durable import (
     append_line,
     fsync_dir,
+    keep_out_of_git,
     make_private_dir,
     replace_symlink,
     write_atomic,
@@ -44,6 +47,30 @@ from cub.records.schemas import (
 )
 
 RUNS_DIR = Path(".cub") / "runs"
+
+# Record fields cub fills from a vocabulary of its own (states, outcomes, reason codes) or its
+# clock: never a secret, and masking one (a redaction pattern is the user's regex) would leave
+# a record that no longer decodes into its schema.
+_UNREDACTED_FIELDS = frozenset(
+    {
+        "schema_version",
+        "mode",
+        "state",
+        "outcome",
+        "reason_code",
+        "recorded_by",
+        "kind",
+        "trigger",
+        "state_from",
+        "state_to",
+        "from_",
+        "to",
+        "at",
+        "started_at",
+        "ended_at",
+        "updated_at",
+    }
+)
 
 # Words used in generated run ids, per run mode.
 _RUN_ID_PREFIX = {
@@ -72,9 +99,29 @@ def check_safe_name(name: str, what: str) -> None:
         )
 
 
+# Names cub itself uses in the runs directory: the link to the newest run. Names starting
+# with "." are cub's too (the link's and the records' temp files, run directories being made).
+RESERVED_RUN_NAMES = frozenset({"latest"})
+
+
+def check_run_name(name: str, what: str) -> None:
+    """A run's name becomes its directory's: never one that cub uses beside the runs."""
+    check_safe_name(name, what)
+    if name in RESERVED_RUN_NAMES or name.startswith("."):
+        raise Rejected(
+            "invalid_name",
+            f"invalid {what} {name!r}: "
+            + (
+                f"{name!r} is reserved (cub's link to the newest run)"
+                if name in RESERVED_RUN_NAMES
+                else "names starting with '.' are reserved for cub's own files"
+            ),
+        )
+
+
 def new_run_id(mode: str, name: str | None = None) -> str:
     if name is not None:
-        check_safe_name(name, "run name (--name)")
+        check_run_name(name, "run name (--name)")
         return name
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     return f"{_RUN_ID_PREFIX.get(mode, 'run')}-{stamp}-{secrets.token_hex(2)}"
@@ -94,19 +141,25 @@ class RunStore:
     @classmethod
     def create(cls, project_dir: Path, run_id: str, redactor: Redactor) -> RunStore:
         runs = project_dir / RUNS_DIR
+        check_runs_root(project_dir, runs)
         make_private_dir(runs)
+        keep_out_of_git(runs)
         run_dir = runs / run_id
         taken = Rejected("invalid_name", f"a run named {run_id!r} already exists in {runs}")
         if run_dir.exists():
             raise taken
         # The directory is built under a name no run can have (it holds "..") and renamed
         # into place with its runner lock already held, so recovery, which finalises every
-        # run whose lock is free, never takes a run being created for a dead one.
-        staging = Path(tempfile.mkdtemp(prefix=f".{run_id}{STAGING_MARK}", dir=runs))
+        # run whose lock is free, never takes a run being created for a dead one. The name
+        # also says who is creating it, from the instant it exists (before the lock can be
+        # taken): recovery removes it only once that process is gone.
+        runner = _this_runner()
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(run_id, runner), dir=runs))
         lock = lock_run(staging)
         try:
-            assert lock is not None  # nobody else knows the staging directory
-            os.write(lock, encode(_this_runner()))
+            if lock is None:
+                raise OSError(errno.EAGAIN, "the run's new directory was locked by another process")
+            os.write(lock, encode(runner))
             os.rename(staging, run_dir)
         except BaseException as exc:
             if lock is not None:
@@ -118,19 +171,61 @@ class RunStore:
         fsync_dir(runs)
         store = cls(run_dir, redactor)
         store.runner_lock = lock
+        store.reserve_space()
         replace_symlink(runs / "latest", run_id)
         return store
 
     # -- records ----------------------------------------------------------------------------
 
-    def _write_json(self, path: Path, record: msgspec.Struct) -> None:
-        write_atomic(path, self.redact.bytes(encode(record)))
+    def _write_json(self, path: Path, record: msgspec.Struct, *, final: bool = False) -> None:
+        data = encode(self.redact.value(record, keep=_UNREDACTED_FIELDS))
+        self._on_reserve_if(final, lambda: write_atomic(path, data))
 
     def write_status(self, status: StatusRecord) -> None:
-        self._write_json(self.run_dir / "status.json", status)
+        final = RUN_CHART.is_terminal(status.state)
+        self._write_json(self.run_dir / "status.json", status, final=final)
 
     def write_run(self, record: RunRecord) -> None:
-        self._write_json(self.run_dir / "run.json", record)
+        self._write_json(self.run_dir / "run.json", record, final=True)
+        self._release_reserve()  # the record is whole: nothing more needs the room
+
+    # -- room for the final record ------------------------------------------------------------
+
+    def reserve_space(self) -> None:
+        """Set aside room on the run's filesystem for its ending (the terminal journal line,
+        status.json, run.json), given back when a write of those finds the disk full: a run
+        whose agent filled the disk still records how it ended, and so exits with the code its
+        record says. Best effort: without the room (a filesystem that cannot allocate it) the
+        run goes on as before."""
+        try:
+            fd = os.open(self.run_dir / RESERVE, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        except OSError:
+            return
+        try:
+            os.posix_fallocate(fd, 0, RESERVE_BYTES)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(self.run_dir / RESERVE)
+        finally:
+            os.close(fd)
+
+    def _release_reserve(self) -> bool:
+        """Give the reserved room back; False if there was none left to give."""
+        try:
+            os.unlink(self.run_dir / RESERVE)
+        except OSError:
+            return False
+        return True
+
+    def _on_reserve_if(self, final: bool, write: Callable[[], None]) -> None:
+        """``write``; for a ``final`` record that finds the disk full, again on the room the
+        run reserved."""
+        try:
+            write()
+        except OSError as exc:
+            if not (final and exc.errno in _NO_SPACE and self._release_reserve()):
+                raise
+            write()
 
     def append_event(
         self,
@@ -154,9 +249,11 @@ class RunStore:
             data=data or {},
         )
         path = self.run_dir / "events.jsonl"
-        line = self.redact.bytes(JSON_ENCODER.encode(event))
+        _drop_symlink(path)  # appended to by name: never through a link planted in its place
+        line = JSON_ENCODER.encode(self.redact.value(event, keep=_UNREDACTED_FIELDS))
+        final = kind == "transition" and RUN_CHART.is_terminal(state_to or "")
         try:
-            append_line(path, line)
+            self._on_reserve_if(final, lambda: append_line(path, line))
         except BaseException:
             # Cut short (a forced kill raised while fsync ran) before or after the line was
             # written: go on from what the file holds, so the numbering has no gap or repeat.
@@ -173,9 +270,12 @@ class RunStore:
     # -- per-task files ---------------------------------------------------------------------
 
     def task_dir(self, task_id: str) -> Path:
+        """The task's directory, made a real one: an agent knows the run's directory and may
+        have planted symlinks there (``tasks/t2 -> /elsewhere``, ``tasks/t2/harness.log ->
+        ~/.bashrc``); none of them may lead a record, or the agent's output, outside."""
         check_safe_name(task_id, "task id")
-        path = self.run_dir / "tasks" / task_id
-        make_private_dir(path)
+        path = _real_dir(_real_dir(self.run_dir / "tasks") / task_id)
+        _drop_symlinks(path)
         return path
 
     def write_prompt(self, task_id: str, text: str) -> Path:
@@ -207,6 +307,53 @@ class RunStore:
         return archive
 
 
+def check_runs_root(project_dir: Path, runs: Path) -> None:
+    """Refuse a runs directory reached through a symlink (a committed ``.cub/runs -> /tmp/x``,
+    say): every record, and recovery's writes, would land wherever it points."""
+    try:
+        steps = runs.relative_to(project_dir).parts
+        current = project_dir
+    except ValueError:  # kept outside the project: only its own name is checked
+        steps, current = (runs.name,), runs.parent
+    for step in steps:
+        current = current / step
+        if current.is_symlink():
+            raise Rejected(
+                "records_unwritable",
+                f"{current} is a symlink (to {os.readlink(current)}): cub writes run records "
+                "only into a real directory of the project; remove the link",
+            )
+
+
+def runs_root_is_linked(project_dir: Path, runs: Path) -> bool:
+    try:
+        check_runs_root(project_dir, runs)
+    except Rejected:
+        return True
+    return False
+
+
+def _real_dir(path: Path) -> Path:
+    _drop_symlink(path)
+    make_private_dir(path)
+    return path
+
+
+def _drop_symlink(path: Path) -> None:
+    if path.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _drop_symlinks(directory: Path) -> None:
+    """cub never makes a symlink in a task's directory: any there was planted."""
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+
 def _last_seq(events: Path) -> int:
     """The seq of the journal's last whole line, so a reopened journal continues its count."""
     try:
@@ -222,6 +369,11 @@ def _last_seq(events: Path) -> int:
 
 
 RUNNER_LOCK = "runner.lock"
+# Room set aside for a run's final record (see `RunStore.reserve_space`): a run of a thousand
+# tasks has a run.json of about 500 KiB (its history and config).
+RESERVE = ".final-record-reserve"
+RESERVE_BYTES = 1 << 20
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 # In the name of a run directory still being created (see `RunStore.create`); never in a run id.
 STAGING_MARK = ".."
 
@@ -241,15 +393,52 @@ def read_runner(run_dir: Path) -> RunnerInfo | None:
         return None
 
 
+def _staging_prefix(run_id: str, runner: RunnerInfo) -> str:
+    """``.<run_id>..<pid>-<create time in ms>-``: the creator, judged by `staging_abandoned`."""
+    return f".{run_id}{STAGING_MARK}{runner.pid}-{round(runner.create_time * 1000)}-"
+
+
+# A staging directory whose name does not say who made it (made by an older cub) is taken for
+# abandoned only when it has not changed for this long: no creation takes a second.
+_UNNAMED_STAGING_AGE_S = 60.0
+
+
+def staging_abandoned(staging: Path) -> bool:
+    """Whether the process creating the run directory ``staging`` is gone (so it never will
+    rename it into place). Judged by the pid and start time in its name, never by its lock
+    alone: the lock is taken a moment after the directory exists."""
+    from cub.agents.supervisor import process_matches
+
+    _, _, creator = staging.name.rpartition(STAGING_MARK)
+    pid, _, rest = creator.partition("-")
+    started_ms, _, _ = rest.partition("-")
+    if pid.isdigit() and started_ms.isdigit():
+        return not process_matches(int(pid), int(started_ms) / 1000)
+    try:
+        age = time.time() - staging.stat().st_mtime
+    except OSError:
+        return False  # gone already (renamed into place, or removed)
+    return age > _UNNAMED_STAGING_AGE_S
+
+
 def lock_run(run_dir: Path) -> int | None:
     """Take the run's lock, held for as long as the process that owns the run lives.
 
     The kernel drops it when that process dies, however it dies, so recovery can tell a dead
     runner from a live one without trusting pids. The descriptor is not inherited by agents
     (Python opens it close-on-exec). Returns the descriptor, or None if another process holds
-    the lock.
+    the lock or the directory is gone (a staging directory just renamed into place, a run
+    just pruned): either way not one to take.
     """
-    fd = os.open(run_dir / RUNNER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        # Never through a symlink planted in its place: that would create a file elsewhere.
+        fd = os.open(run_dir / RUNNER_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -7,8 +7,10 @@ except a trigger.
 
 from __future__ import annotations
 
+import os
 import signal as signals
 import sys
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +30,37 @@ from cub.run.context import RunContext, error_info
 from cub.run.exit_codes import exit_code_for
 
 _CHECKED_CHARTS: set[int] = set()
+
+# A testing aid, not a feature: `CUB_FAULT=raise:WHERE` raises `InjectedFault` (an unexpected
+# exception, as a bug in cub would) and `CUB_FAULT=pause:WHERE:SECONDS` sleeps, once, when the
+# run enters the state WHERE (or starts in it) or journals an entry of kind WHERE (e.g.
+# `agent_started`). The exit-path scenarios use it to reach endings no real input reaches on
+# demand: a crash in each state, two signals while cub is still `created`. Read once per run
+# machine, never by recovery.
+FAULT_VAR = "CUB_FAULT"
+
+
+class InjectedFault(RuntimeError):
+    """The exception `CUB_FAULT=raise:WHERE` raises."""
+
+
+class _Fault:
+    def __init__(self, spec: str) -> None:
+        action, _, rest = spec.partition(":")
+        where, _, seconds = rest.partition(":")
+        if action not in ("raise", "pause") or not where:
+            raise ValueError(f"{FAULT_VAR}={spec!r}: expected raise:WHERE or pause:WHERE:SECONDS")
+        self.action, self.where = action, where
+        self.seconds = float(seconds) if action == "pause" else 0.0
+
+    @classmethod
+    def from_env(cls) -> _Fault | None:
+        spec = os.environ.get(FAULT_VAR)
+        try:
+            return cls(spec) if spec else None
+        except ValueError as exc:
+            print(f"cub: ignored: {exc}", file=sys.stderr)
+            return None
 
 
 def _checked(chart: Chart) -> Chart:
@@ -97,6 +130,7 @@ class RunMachine:
         self._on_terminal = on_terminal
         self._persisted = False
         self._crashing = False
+        self._fault = _Fault.from_env() if recorded_by == "machine" else None
         self._edges = {(e.trigger, e.source): e for e in chart.edges}
         self.machine = Machine(
             model=self,
@@ -142,6 +176,18 @@ class RunMachine:
         """Write the run's first status and journal line, before the first trigger."""
         self.note("run_started", data={"state": self.state})
         self.write_status()
+        self._inject_fault(self.state)
+
+    def _inject_fault(self, where: str) -> None:
+        """The `CUB_FAULT` testing aid (see FAULT_VAR), at ``where``: a state or journal kind."""
+        fault = self._fault
+        if fault is None or fault.where != where or self.is_terminal:
+            return
+        self._fault = None  # once
+        if fault.action == "pause":
+            time.sleep(fault.seconds)
+            return
+        raise InjectedFault(f"{FAULT_VAR}: raised on {where}")
 
     def note(
         self,
@@ -156,6 +202,7 @@ class RunMachine:
             self.ctx.store.append_event(
                 kind, state_from=self.state, state_to=self.state, task_id=task_id, data=data
             )
+        self._inject_fault(kind)
 
     def write_status(self) -> None:
         if self.ctx.store is not None:
@@ -182,6 +229,7 @@ class RunMachine:
             data=data,
         )
         ctx.store.write_status(self.status_record())
+        self._inject_fault(dest)
 
     # -- how a run ends -------------------------------------------------------------------------
 
@@ -246,9 +294,10 @@ class RunMachine:
 
     def _on_callback_error(self, event: EventData) -> None:
         error = event.error
-        if not isinstance(error, Exception) or isinstance(error, MachineError):
+        if not isinstance(error, Exception) or isinstance(error, MachineError | InjectedFault):
             # KeyboardInterrupt, SystemExit, a forced kill: never swallowed here. A trigger that
-            # is not valid in this state is the caller's mistake, not the run's failure.
+            # is not valid in this state is the caller's mistake, not the run's failure. An
+            # injected fault goes on up like an exception in the caller's own code would.
             raise error  # type: ignore[misc]
         if self.is_terminal or self._crashing:
             if not self._persisted:

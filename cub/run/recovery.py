@@ -17,7 +17,10 @@ has the ending, which recovery then records as it was).
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,15 +29,26 @@ import msgspec
 
 from cub import __version__
 from cub.chart.definition import RUN_CHART
-from cub.records.reader import read_events, read_status_json, run_dirs
+from cub.records.reader import read_events, read_run_json, read_status_json, run_dirs, runs_dir
 from cub.records.redact import Redactor
-from cub.records.schemas import Event, RunnerInfo, StatusRecord, TaskAttempt, Transition
+from cub.records.schemas import (
+    BudgetUse,
+    ChildRun,
+    Event,
+    RunnerInfo,
+    RunRecord,
+    StatusRecord,
+    TaskAttempt,
+    TaskCounts,
+    Transition,
+)
 from cub.records.store import (
     RUNNER_LOCK,
     STAGING_MARK,
     RunStore,
     lock_run,
     read_runner,
+    staging_abandoned,
     unlock_run,
     utc_now,
 )
@@ -50,7 +64,8 @@ AGENT_RUN_DIR_VAR = "CUB_RUN_DIR"  # hooks get the same variable (cub.loop.hooks
 
 
 def recover_runs(project_dir: Path) -> list[str]:
-    """Finalise every orphaned run under ``project_dir``; returns one message per run."""
+    """Finalise every orphaned run under ``project_dir``, then settle the claims runs that have
+    ended still hold; returns one message per run and per claim."""
     messages = []
     for run_dir in run_dirs(project_dir):
         if STAGING_MARK in run_dir.name:
@@ -61,6 +76,7 @@ def recover_runs(project_dir: Path) -> list[str]:
         message = recover_run(project_dir, run_dir)
         if message:
             messages.append(message)
+    messages += settle_stranded_claims(project_dir)
     return messages
 
 
@@ -76,10 +92,15 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
         status = read_status_json(run_dir) or _status_before_any(project_dir, run_dir)
         if status is None:
             return None
+        if _runner_still_running(status):
+            return None  # its lock file was deleted (by an agent?), not its runner
+        events = read_events(run_dir)
+        children = _children_of(project_dir, events)
+        if children is None:
+            return None  # a child is still stopping: the parent is recorded once it has ended
         store = RunStore(run_dir, _redactor(project_dir))
         _kill_leftovers(run_dir, status)
-        held = _release_claims(project_dir, status)
-        events = read_events(run_dir)
+        held, closed = _release_claims(project_dir, run_dir, status)
         ended = _journaled_ending(events)
         if ended is not None or RUN_CHART.is_terminal(status.state):
             # The runner entered its terminal state (the journal or status.json says so) and
@@ -87,12 +108,15 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
             if ended is not None:
                 status = msgspec.structs.replace(status, state=ended)
             machine = _restore_ending(project_dir, store, status, events)
+            _finish_mode(project_dir, machine, status, events, children)
             machine.write_status()
             machine.on_enter_terminal()
             return f"recovered run {status.run_id}: its runner died recording {status.state}"
         killed = _record_lost_attempts(store, status, held)
         machine = _restore(project_dir, store, status, events)
         machine.ctx.tasks.killed += killed
+        machine.ctx.tasks.succeeded += len(closed)
+        _finish_mode(project_dir, machine, status, events, children)
         where = f" while {status.current_task.id} was running" if status.current_task else ""
         salvaged = ""
         if status.mode == "sandbox":
@@ -109,6 +133,196 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
         return f"recovered run {status.run_id}: its runner died in state {status.state}"
     finally:
         unlock_run(fd)
+
+
+def _children_of(project_dir: Path, events: list[Event]) -> list[tuple[str, RunRecord]] | None:
+    """A parallel parent's child runs (the ``child_started`` notes in its journal), each with
+    its own final record, recovered first when its runner died too. None while one of them is
+    still alive: the children of a parent that died get SIGTERM and stop in order, and the
+    parent's record must list how they ended."""
+    started = {
+        e.data["run_id"]: e.task_id or ""
+        for e in events
+        if e.kind == "child_started" and isinstance(e.data.get("run_id"), str)
+    }
+    children = []
+    for child_id, task_id in started.items():
+        child_dir = runs_dir(project_dir) / child_id
+        if not child_dir.is_dir():
+            continue  # it died before its run existed: nothing ran, nothing to record
+        if not (child_dir / "run.json").exists():
+            recover_run(project_dir, child_dir)
+        record = read_run_json(child_dir)
+        if record is None:
+            if runner_alive(child_dir):
+                return None
+            continue  # no readable record even now: `cub runs show` says why
+        children.append((task_id, record))
+    return children
+
+
+def runner_alive(run_dir: Path) -> bool:
+    """Whether a process holds the run's lock (its runner, or a recovery finalising it)."""
+    fd = lock_run(run_dir)
+    if fd is None:
+        return True
+    unlock_run(fd)
+    status = read_status_json(run_dir)
+    return status is not None and _runner_still_running(status)
+
+
+def _runner_still_running(status: StatusRecord) -> bool:
+    """The runner status.json names is alive (same pid and start time, on this host).
+
+    The lock is the first test, but its file is a file: an agent that deletes ``*.lock`` in
+    the tree makes a fresh, unheld lock appear in its place. So a free lock is believed only
+    when the runner it should belong to is gone too."""
+    from cub.agents.supervisor import process_matches
+
+    runner = status.runner
+    return runner.host == socket.gethostname() and process_matches(runner.pid, runner.create_time)
+
+
+def _finish_mode(
+    project_dir: Path,
+    machine: RunMachine,
+    status: StatusRecord,
+    events: list[Event],
+    children: list[tuple[str, RunRecord]],
+) -> None:
+    """What the dead runner's mode would have done at its end, as far as it can be done now:
+    a parallel parent's children listed and summed, a worktree removed, temp files dropped."""
+    if children:
+        _account_children(project_dir, machine, children)
+    _finish_worktree(project_dir, machine, status, events)
+    _drop_temp_files(machine.ctx.store.run_dir if machine.ctx.store else None)
+
+
+def _account_children(
+    project_dir: Path, machine: RunMachine, children: list[tuple[str, RunRecord]]
+) -> None:
+    """The parent's record lists every child with its state and sums their tasks and usage
+    (each child's own record is the truth: the parent may have died before collecting it)."""
+    from cub.modes.parallel_children import add_totals
+    from cub.records.durable import replace_symlink
+
+    ctx = machine.ctx
+    ctx.children = [
+        ChildRun(
+            run_id=record.run_id,
+            state=record.state,
+            task_id=task_id or None,
+            exit_code=record.exit_code,
+            reason_code=record.reason_code,
+        )
+        for task_id, record in children
+    ]
+    ctx.tasks = TaskCounts()
+    spent = BudgetUse()
+    for _, record in children:
+        add_totals(ctx, spent, record)
+    ctx.budget.tokens_used, ctx.budget.cost_usd = spent.tokens_used, spent.cost_usd
+    ctx.budget.cost_incomplete = spent.cost_incomplete
+    ctx.budget.tasks_used = len(children)
+    machine.note(
+        "children_recovered",
+        data={"children": {child.run_id: child.state for child in ctx.children}},
+    )
+    # Each child pointed `latest` at itself when it started; the run a person started is
+    # the parent (unless a run that is not its child has started since).
+    latest = runs_dir(project_dir) / "latest"
+    with contextlib.suppress(OSError):
+        if os.readlink(latest) in {child.run_id for child in ctx.children}:
+            replace_symlink(latest, ctx.run_id)
+
+
+def _finish_worktree(
+    project_dir: Path, machine: RunMachine, status: StatusRecord, events: list[Event]
+) -> None:
+    """The dead run's worktree (journaled when it was made) is removed as the run's own end
+    would have removed it, its branch and commits kept; with --worktree-keep, or when git
+    cannot remove it, where it is goes into the record."""
+    from cub.modes.worktree import remove_worktree
+
+    made = next((e for e in reversed(events) if e.kind == "worktree"), None)
+    path = made.data.get("path") if made is not None else None
+    if not isinstance(path, str) or not Path(path).exists():
+        return
+    problem = None if "--worktree-keep" not in status.argv else "--worktree-keep"
+    if problem is None:
+        problem = remove_worktree(project_dir, Path(path))
+    machine.note(
+        "worktree_removed" if problem is None else "worktree_left",
+        data={"path": path, "problem": problem},
+    )
+
+
+def _drop_temp_files(run_dir: Path | None) -> None:
+    """Temp files the dead runner was writing when it died (see `write_atomic`): never
+    renamed into place, never to be."""
+    if run_dir is None:
+        return
+    for tmp in run_dir.rglob(".*.tmp"):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def settle_stranded_claims(project_dir: Path) -> list[str]:
+    """Claims held by runs that have ended (their run.json exists, their runner is gone) are
+    stranded: their run could not hand them back (the task file did not parse then, or it
+    failed to write). Each is settled from the run's own record of the attempt: a task whose
+    attempt succeeded is closed, as its run would have closed it; any other goes back to
+    ``open``. Returns one message per claim settled."""
+    from cub.config.load import load_config
+    from cub.errors import CubError
+    from cub.records.store import check_safe_name
+    from cub.tasks.backend import open_backend
+
+    try:
+        backend = open_backend(project_dir, load_config(project_dir).config)
+        claims = [t for t in backend.load() if t.status == "in_progress" and t.assignee]
+    except (CubError, OSError):
+        return []  # no backlog, or it does not parse yet: the claims wait
+    messages = []
+    for task in claims:
+        owner = task.assignee
+        assert owner is not None
+        try:
+            check_safe_name(owner, "run id")
+        except CubError:
+            continue  # not a run's id (a person's name, say): not cub's to settle
+        run_dir = runs_dir(project_dir) / owner
+        if not (run_dir / "run.json").exists() or runner_alive(run_dir):
+            continue
+        outcome = _last_outcome(run_dir, task.id)
+        try:
+            if outcome == "succeeded":
+                backend.close(
+                    task.id,
+                    owner,
+                    reason=f"done in cub run {owner}; closed by recovery (the run ended "
+                    "without closing it)",
+                )
+                messages.append(f"closed {task.id}: run {owner} ended without closing it")
+            elif backend.release(
+                task.id,
+                owner,
+                note=f"released by recovery: run {owner} ended without releasing it",
+                uncount=outcome in (None, "interrupted", "killed"),
+            ):
+                messages.append(f"released {task.id}: run {owner} ended without releasing it")
+        except (CubError, OSError):
+            continue
+    return messages
+
+
+def _last_outcome(run_dir: Path, task_id: str) -> str | None:
+    """The outcome of the run's (last) attempt at ``task_id``; None if it never started one."""
+    try:
+        path = run_dir / "tasks" / task_id / "task.json"
+        return msgspec.json.decode(path.read_bytes(), type=TaskAttempt).outcome
+    except (OSError, msgspec.DecodeError):
+        return None
 
 
 def _redactor(project_dir: Path) -> Redactor:
@@ -133,9 +347,11 @@ def _journaled_ending(events: list[Event]) -> str | None:
 
 def _drop_abandoned_staging(staging: Path) -> None:
     """A run directory whose creator died before renaming it into place (see RunStore.create)."""
+    if not staging_abandoned(staging):
+        return  # still being created (its creator may not even hold its lock yet)
     fd = lock_run(staging)
     if fd is None:
-        return  # still being created
+        return  # another recovery is removing it
     try:
         shutil.rmtree(staging, ignore_errors=True)
     finally:
@@ -177,6 +393,41 @@ def _kill_leftovers(run_dir: Path, status: StatusRecord) -> None:
     # Whatever is left of any agent it started, even one whose root has exited, whose pid
     # was never written down, or that escaped with setsid().
     kill_agents_of(run_dir)
+    kill_hooks_of(run_dir)
+
+
+def kill_hooks_of(run_dir: Path) -> list[int]:
+    """SIGKILL the process group of every hook of the run still running: a hook runs as the
+    leader of a session of its own (`run_in_group`), with ``CUB_HOOK`` and ``CUB_RUN_DIR`` in
+    its environment and its own path on its command line. A service a finished hook left
+    behind in a session of its own is not the hook, and is left alone, as the runner would
+    have left it. Returns the group ids killed."""
+    import signal
+
+    import psutil
+
+    from cub.loop.hooks import ENV_HOOK, HOOK_POINTS
+
+    wanted = f"{AGENT_RUN_DIR_VAR}={run_dir.resolve()}"
+    killed = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) != proc.pid:
+                continue
+            env = proc.environ()
+            point = env.get(ENV_HOOK)
+            if (
+                point not in HOOK_POINTS
+                or f"{AGENT_RUN_DIR_VAR}={env.get(AGENT_RUN_DIR_VAR)}" != wanted
+            ):
+                continue
+            if not any(f"/{point}.d/" in arg for arg in proc.cmdline()):
+                continue
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed.append(proc.pid)
+        except (psutil.Error, OSError):
+            continue
+    return killed
 
 
 def kill_agents_of(run_dir: Path) -> None:
@@ -191,26 +442,44 @@ def agent_env(run_dir: Path) -> dict[str, str]:
     return {AGENT_RUN_DIR_VAR: str(run_dir.resolve())}
 
 
-def _release_claims(project_dir: Path, status: StatusRecord) -> list[Task]:
-    """Give the dead run's claims back to the backlog; returns the tasks it held."""
+def _release_claims(
+    project_dir: Path, run_dir: Path, status: StatusRecord
+) -> tuple[list[Task], list[str]]:
+    """Give the dead run's claims back to the backlog; returns the tasks it held and the ids
+    of those it closed: a task whose attempt the run had already recorded as succeeded (the
+    runner died between writing its task.json and closing it) is closed, not reopened."""
     from cub.config.load import load_config
     from cub.errors import CubError
     from cub.tasks.backend import open_backend
+    from cub.tasks.beads import BeadsBackend
     from cub.tasks.changes import owned_by
+    from cub.tasks.file_store import FileTaskBackend
 
     note = f"released by recovery: run {status.run_id} died"
     try:
         backend = open_backend(project_dir, load_config(project_dir).config)
+        if isinstance(backend, FileTaskBackend | BeadsBackend):
+            backend.drop_stale_temp_files()  # the runner may have died rewriting the backlog
         # Also a claim the runner made but died before writing down in status.json.
         held = [t for t in backend.load() if owned_by(t, status.run_id)]
+        closed: list[str] = []
         for task_id in dict.fromkeys([*status.claimed_tasks, *(t.id for t in held)]):
+            if _last_outcome(run_dir, task_id) == "succeeded":
+                closed.append(task_id)
+                backend.close(
+                    task_id,
+                    status.run_id,
+                    reason=f"done in cub run {status.run_id}; closed by recovery (its runner "
+                    "died before closing it)",
+                )
+                continue
             # Killed with its runner: not an attempt of the task's own.
             backend.release(task_id, status.run_id, note=note, uncount=True)
     except (CubError, OSError):
         # The backlog is unreadable right now; the run is still recorded, and the claim stays
         # visible (assignee = this run id) for a person to clear.
-        return []
-    return held
+        return [], []
+    return held, closed
 
 
 def _record_lost_attempts(store: RunStore, status: StatusRecord, held: list[Task]) -> int:

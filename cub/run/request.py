@@ -26,6 +26,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
     stream: bool = False
     worktree: bool = False
     worktree_keep: bool = False
+    in_place: bool = False
+    allow_dirty: bool = False
     parallel: int | None = None
     sandbox: bool = False
     sandbox_keep: bool = False
@@ -44,6 +46,13 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
     verbose: bool = False
     # Set by a parallel run on each child run it starts (hidden --parent-run-id).
     parent_run_id: str | None = None
+
+    @property
+    def in_checkout(self) -> bool:
+        """Whether the agent works in the user's checkout rather than a worktree of its own:
+        only when asked (``--in-place``, or ``--use-current-branch``, which commits on the
+        checked-out branch). Isolation is the default (SPEC §10)."""
+        return self.in_place or self.use_current_branch
 
     @property
     def mode(self) -> str:

@@ -5,18 +5,42 @@ The handler only records the first signal and wakes whoever waits; the run drive
 whatever the main thread is doing, so it raises `ForceKillRequested` (a BaseException, like
 KeyboardInterrupt) right where the main thread is; the driver turns that into `force_kill`.
 Once the run has entered a terminal state, further signals change nothing.
+
+One request, one interrupt: a stop signal that reaches cub within `SAME_REQUEST_WINDOW`
+(0.5 s) of the first is the same request delivered twice, not a second one. GNU `timeout -s INT`
+sends its signal to cub and then to cub's whole process group, and `kill -INT -PGID` from a
+shell that also signals cub does the same; those copies land microseconds apart (and Python
+may or may not fold them into one handler call). A person's second Ctrl+C comes after the first
+was announced ("interrupt again to kill it now"); one sent sooner than the window is dropped,
+and the next one kills. The window is timed when the handler runs, which for copies of one
+delivery is within milliseconds of each other however busy the process is.
+
+A `cub run` installs this watch first thing, in `cub.cli.main`, before any other import
+(`EARLY_WATCH`), so this module imports nothing that is not already loaded at that point
+beyond `threading` and `cub.errors`. What remains before it is the interpreter's own start
+(≈10–40 ms, most of it `site` and the packages' .pth files): a SIGINT there gets Python's
+KeyboardInterrupt traceback (or, in its first milliseconds, kills it), a SIGTERM or SIGHUP the
+default death by signal, and in both cases no cub code has run and no run directory exists.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
-from types import FrameType
-from typing import Any, NoReturn
+import time
 
 from cub.errors import ForceKillRequested
 
+# `typing` costs milliseconds of the early window; mypy treats this name as true.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import FrameType
+    from typing import Any, NoReturn
+
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+# A stop signal this soon after the first is the same request delivered again (see above).
+SAME_REQUEST_WINDOW = 0.5
 
 
 class StopRequested(BaseException):
@@ -30,6 +54,7 @@ class StopRequested(BaseException):
 class InterruptWatch:
     def __init__(self, *, armed: bool = True) -> None:
         self.first: int | None = None
+        self.first_at: float | None = None  # time.monotonic() when the first was handled
         self.second: int | None = None
         self.wake = threading.Event()
         # Under `loop.on_interrupt: finish`, when the attempt's grace runs out.
@@ -67,9 +92,12 @@ class InterruptWatch:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        now = time.monotonic()
         if self.first is None:
-            self.first = signum
+            self.first, self.first_at = signum, now
             self.wake.set()
+            return
+        if self.is_same_request(now):
             return
         if self.second is None:
             self.second = signum
@@ -96,6 +124,10 @@ class InterruptWatch:
     def disarm(self) -> None:
         """The run is entering its terminal state: later signals must not interrupt the record."""
         self._armed, self._done = False, True
+
+    def is_same_request(self, now: float) -> bool:
+        """Whether a signal handled at ``now`` is a copy of the first rather than a new request."""
+        return self.first_at is not None and now - self.first_at < SAME_REQUEST_WINDOW
 
     @property
     def requested(self) -> bool:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from cub.durations import parse_duration
 from cub.errors import Rejected, one_line
-from cub.records.store import check_safe_name
+from cub.records.store import check_run_name, check_safe_name
 from cub.run.request import RunRequest
 
 if TYPE_CHECKING:
@@ -68,8 +68,23 @@ def _conflicts(r: RunRequest) -> list[tuple[bool, str]]:
             "--sandbox-keep requires --sandbox (there is no container to keep)",
         ),
         (
-            r.worktree_keep and not r.worktree,
-            "--worktree-keep requires --worktree (there is no worktree to keep)",
+            r.worktree_keep and r.in_checkout,
+            f"--worktree-keep cannot be used with {_in_checkout_flag(r)}: the run works in "
+            "this checkout, there is no worktree to keep",
+        ),
+        (
+            r.worktree and r.in_checkout,
+            f"--worktree cannot be used with {_in_checkout_flag(r)}: one works in a worktree "
+            "of its own, the other in this checkout",
+        ),
+        (
+            r.allow_dirty and not r.in_checkout,
+            "--allow-dirty requires --in-place: a run in its own worktree never sees this "
+            "checkout's uncommitted changes",
+        ),
+        (
+            r.in_place and r.sandbox,
+            "--in-place cannot be used with --sandbox: a sandboxed run works in its container",
         ),
     ]
     for flag, attr in (*_SELECTION_FLAGS, ("--gh-issue", "gh_issue")):
@@ -114,6 +129,10 @@ def _conflicts(r: RunRequest) -> list[tuple[bool, str]]:
     return rules
 
 
+def _in_checkout_flag(r: RunRequest) -> str:
+    return "--in-place" if r.in_place else "--use-current-branch"
+
+
 def check_flag_conflicts(r: RunRequest) -> None:
     for broken, message in _conflicts(r):
         if broken:
@@ -135,7 +154,7 @@ def check_harness_name(r: RunRequest) -> None:
 def check_values(r: RunRequest) -> None:
     check_harness_name(r)
     if r.name is not None:
-        check_safe_name(r.name, "--name")
+        check_run_name(r.name, "--name")
     if r.task is not None:
         check_safe_name(r.task, "task id (--task)")
     for flag, value in (
@@ -225,6 +244,31 @@ def _needs_harness(r: RunRequest) -> bool:
     return not r.ready
 
 
+def check_clean_checkout(r: RunRequest, git_root: Path, backlog: Path | None) -> None:
+    """A run in this checkout must not carry the user's uncommitted changes onto its branch:
+    refused unless --allow-dirty (then they stay where they are, and may end up in the agent's
+    commits). The backlog file is cub's own and does not count."""
+    if not r.in_checkout or r.allow_dirty or r.ready:
+        return
+    from cub.git import git
+
+    # Tracked files that differ from HEAD, staged or not (none to compare with: the staged ones).
+    out = git(git_root, "diff", "--name-only", "-z", "HEAD", "--", check=False) or git(
+        git_root, "diff", "--cached", "--name-only", "-z", check=False
+    )
+    own = str(backlog.resolve().relative_to(git_root.resolve())) if backlog else None
+    changed = [path for path in out.split("\0") if path and path != own]
+    if changed:
+        shown = ", ".join(changed[:3]) + (
+            f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        )
+        raise Rejected(
+            "dirty_worktree",
+            f"{_in_checkout_flag(r)}: tracked files have uncommitted changes ({shown}); commit "
+            "or stash them, pass --allow-dirty, or drop the flag to work in a worktree of its own",
+        )
+
+
 def check_branch(r: RunRequest, git_root: Path, protected: list[str]) -> None:
     if not r.use_current_branch or r.main_ok:
         return
@@ -291,6 +335,9 @@ def validate(
             raise Rejected(
                 "task_not_found", f"--task {r.task}: no such task in {backend.describe()}"
             )
+
+    if git_root is not None:
+        check_clean_checkout(r, git_root, backend.path if _needs_backend(r) and backend else None)
 
     harness = None
     if _needs_harness(r):

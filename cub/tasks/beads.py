@@ -251,6 +251,14 @@ class BeadsBackend:
         except msgspec.DecodeError as exc:
             raise BackendError(f"`{shown}` printed something that is not JSON: {exc}") from None
 
+    def drop_stale_temp_files(self) -> list[Path]:
+        """Remove what a writer killed mid-write left beside cub-state.json."""
+        from cub.tasks.file_store import drop_temp_files_beside
+
+        if not self.path.is_dir():
+            return []
+        return drop_temp_files_beside(self._state_path, self._lock)
+
     @contextmanager
     def _locked(self) -> Iterator[None]:
         self.path.mkdir(exist_ok=True)

@@ -170,6 +170,11 @@ class FileTaskBackend:
             )
             return document.append(raw)
 
+    def drop_stale_temp_files(self) -> list[Path]:
+        """Remove what a writer killed mid-write left beside the task file; see
+        `drop_temp_files_beside`."""
+        return drop_temp_files_beside(self.path, self._lock)
+
     # --- plumbing --------------------------------------------------------------------------
 
     def _guarded(self, task_id: str, decide: Any) -> bool:
@@ -230,6 +235,28 @@ class FileTaskBackend:
                 self._cached = None
         finally:
             self._lock.release()
+
+
+def drop_temp_files_beside(path: Path, lock: filelock.BaseFileLock) -> list[Path]:
+    """The temp files `write_atomic` makes beside ``path`` (``.<name>.*.tmp``) exist only
+    while a writer holds ``lock``: with the lock taken, any that is there was left by a writer
+    killed mid-write, and is removed. Skipped (nothing removed) while someone holds the lock.
+    Returns the files removed."""
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        return []
+    removed = []
+    try:
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                continue
+            removed.append(tmp)
+    finally:
+        lock.release()
+    return removed
 
 
 def next_task_id(existing: Sequence[str]) -> str:

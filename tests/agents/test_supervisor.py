@@ -228,6 +228,53 @@ def test_secrets_are_masked_in_the_log_and_the_lines(tmp_path: Path, chunks: int
     assert SECRET[:10] not in log
 
 
+@pytest.mark.timeout(30)
+def test_the_log_stops_at_its_cap_and_says_how_much_it_dropped(tmp_path: Path) -> None:
+    line = "x" * 99  # 100 bytes with its newline
+    script = write_script(
+        tmp_path / "agent",
+        f"""
+        for n in range(50):
+            print({line!r}, flush=True)
+        print("é" * 10 + " the last line", flush=True)
+        """,
+    )
+    request = AgentRequest(**{**vars(agent_request(tmp_path, script)), "log_max_bytes": 1050})
+    with AgentProcess.start(request) as agent:
+        lines = collect_lines(agent)
+    # Everything was still read and handed on...
+    assert lines == [line] * 50 + ["é" * 10 + " the last line"]
+    total = 50 * 100 + len(("é" * 10 + " the last line\n").encode())
+    # ...but the log kept only its first 1050 bytes, then says how much more there was.
+    assert agent.log_dropped_bytes == total - 1050
+    log = (tmp_path / "harness.log").read_bytes()
+    kept, notice = log[:1050], log[1050:]
+    assert kept == (line + "\n").encode() * 10 + b"x" * 50
+    assert (
+        notice
+        == (
+            f"\n[cub] harness.log reached its cap of 1050 bytes (loop.log_max_bytes): "
+            f"{total - 1050} more bytes of output were not written\n"
+        ).encode()
+    )
+
+
+@pytest.mark.timeout(30)
+def test_the_log_cap_never_splits_a_character_and_no_cap_drops_nothing(tmp_path: Path) -> None:
+    script = write_script(tmp_path / "agent", 'print("ab" + "é" * 5, flush=True)\n')
+    capped = AgentRequest(**{**vars(agent_request(tmp_path, script)), "log_max_bytes": 4})
+    with AgentProcess.start(capped) as agent:
+        collect_lines(agent)
+    log = (tmp_path / "harness.log").read_bytes()
+    assert log.startswith("abé\n[cub]".encode())  # 4 bytes: "ab" and one whole "é"
+    assert agent.log_dropped_bytes == len("ab" + "é" * 5 + "\n") + 5 - 4
+    (tmp_path / "harness.log").unlink()
+    with AgentProcess.start(agent_request(tmp_path, script)) as agent:
+        collect_lines(agent)
+    assert agent.log_dropped_bytes == 0
+    assert read_log(tmp_path) == "ab" + "é" * 5 + "\n"
+
+
 # ------------------------------------------------ partial lines (pure logic, explicit clock)
 
 
@@ -361,6 +408,99 @@ def test_agent_exits_while_its_grandchild_holds_stdout(tmp_path: Path, subreaper
             assert psutil.Process(grandchild).ppid() == os.getpid()
         assert agent.read_lines(0) == ["agent done"]
     assert not is_alive(grandchild)  # close() killed the leftover
+
+
+@pytest.fixture
+def as_subreaper() -> Iterator[None]:
+    """This process is a child subreaper for the test, as `cub run` is."""
+    assert become_subreaper()
+    try:
+        yield
+    finally:
+        become_subreaper(False)
+
+
+def escaping_agent(path: Path, pid_file: Path, then: str = "", *, stubborn: bool = False) -> Path:
+    """Leaves a ``sleep`` with no environment, out of its session, whose parent (a shell) has
+    exited at once: it has no marker, no session and no parent that tie it to the agent.
+    ``stubborn``: the sleep ignores SIGINT, SIGTERM and SIGHUP."""
+    trap = "trap '' INT TERM HUP; " if stubborn else ""
+    return write_script(
+        path,
+        f"""
+        import subprocess, time
+        subprocess.run(
+            ["env", "-i", "setsid", "sh", "-c", "{trap}sleep 30 & echo $! > {pid_file}.tmp"],
+            check=True,
+        )
+        import os
+        os.rename("{pid_file}.tmp", "{pid_file}")
+        print("escaped", flush=True)
+        {then}
+        """,
+    )
+
+
+@pytest.mark.timeout(30)
+def test_an_escapee_with_no_environment_is_adopted_and_killed_at_close(
+    tmp_path: Path, as_subreaper: None
+) -> None:
+    pid_file = tmp_path / "escapee.pid"
+    script = escaping_agent(tmp_path / "agent", pid_file)
+    with AgentProcess.start(agent_request(tmp_path, script)) as agent:
+        escapee = int(wait_for_file(pid_file))
+        assert psutil.Process(escapee).ppid() == os.getpid()  # re-parented to us
+        assert "CUB_AGENT_TREE" not in psutil.Process(escapee).environ()
+        assert collect_lines(agent) == ["escaped"]
+        assert agent.returncode == 0
+    assert not is_alive(escapee)
+    with pytest.raises(ChildProcessError):  # and reaped: no zombie of it is left to us
+        os.waitpid(escapee, os.WNOHANG)
+
+
+@pytest.mark.timeout(30)
+def test_an_escapee_with_no_environment_gets_the_stop_signals(
+    tmp_path: Path, as_subreaper: None
+) -> None:
+    pid_file = tmp_path / "escapee.pid"
+    script = escaping_agent(tmp_path / "agent", pid_file, then="time.sleep(30)", stubborn=True)
+    with AgentProcess.start(agent_request(tmp_path, script)) as agent:
+        escapee = int(wait_for_file(pid_file))
+        report = agent.stop(signal.SIGINT, grace=0.3, term_wait=0.3)
+        # The agent dies of SIGINT; the escapee, seen as the agent's, ignores it and SIGTERM,
+        # and is what kept the tree alive until SIGKILL.
+        assert report.signals_sent == (signal.SIGINT, signal.SIGTERM, signal.SIGKILL)
+        assert not is_alive(escapee)
+
+
+@pytest.mark.timeout(30)
+def test_our_own_children_and_their_orphans_are_not_taken_for_the_agents(
+    tmp_path: Path, as_subreaper: None
+) -> None:
+    """A hook or a child `cub` started while the agent runs (a session of its own, younger than
+    the agent), and what such a child leaves re-parented to us, are cub's, not the agent's."""
+    script = sleeping_agent(tmp_path / "agent", tmp_path / "ready")
+    with AgentProcess.start(agent_request(tmp_path, script)) as agent:
+        wait_for_file(tmp_path / "ready")
+        own = subprocess.Popen(["sleep", "30"], start_new_session=True)
+        left = subprocess.run(
+            ["sh", "-c", "sleep 30 >/dev/null 2>&1 & echo $!"],
+            start_new_session=True,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        orphan = int(left.stdout)
+        wait_until(lambda: psutil.Process(orphan).ppid() == os.getpid(), what="orphan adopted")
+        agent.stop(signal.SIGINT, grace=2)
+    try:
+        assert is_alive(own.pid) and is_alive(orphan)
+        assert own.poll() is None  # its exit status is still its Popen's to collect
+    finally:
+        own.kill()
+        os.kill(orphan, signal.SIGKILL)
+        os.waitpid(orphan, 0)
+    assert own.wait() == -signal.SIGKILL
 
 
 # ------------------------------------------------------------------------ crash recovery

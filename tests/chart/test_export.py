@@ -82,4 +82,4 @@ def test_the_exit_audit_tool_can_write_the_exit_paths(tmp_path: Path) -> None:
     (tmp_path / "cub").mkdir()
     assert run(AUDIT, "--write", "--root", tmp_path).returncode == 0
     written = (tmp_path / "statecharts" / "exit-paths.md").read_text(encoding="utf-8")
-    assert written == exit_paths_markdown(RUN_CHART)
+    assert written == exit_paths_markdown(RUN_CHART, {})  # no tests/ there: no scenarios

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.agents import processes_with_token
+
+
+@pytest.fixture
+def token() -> Iterator[str]:
+    """Put in cub's environment (TEST_TOKEN_VAR), so its agents carry it; whatever of theirs is
+    left afterwards is killed."""
+    value = uuid.uuid4().hex
+    yield value
+    for proc in processes_with_token(value):
+        proc.kill()
 
 
 @pytest.fixture

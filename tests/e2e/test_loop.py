@@ -31,6 +31,7 @@ from tests.helpers.cli import (
     run_dir,
     task,
 )
+from tests.helpers.exit_paths import assert_ending, exit_path
 from tests.helpers.git import git
 
 pytestmark = pytest.mark.timeout(60)
@@ -179,10 +180,13 @@ done(0)
     ]
     assert record.harness is not None and record.harness.name == "command"
 
-    # The run's branch was created from main and holds one commit per task; main is untouched.
+    # The run's branch was created from main and holds one commit per task; main is untouched,
+    # and so is the checkout: the run worked in a worktree of its own, removed at the end.
     branch = f"cub/{run_id}"
     assert record.branch == branch
-    assert git(project, "branch", "--show-current") == branch
+    assert git(project, "branch", "--show-current") == "main"
+    assert not (project / "t1.txt").exists()
+    assert not (project / ".cub" / "worktrees" / run_id).exists()
     assert git(project, "rev-parse", "main") == main_head
     assert git(project, "merge-base", "main", branch) == main_head
     subjects = git(project, "log", "--reverse", "--format=%s", f"main..{branch}").splitlines()
@@ -595,17 +599,18 @@ def test_passing_verify(project: Path, bin_dir: Path) -> None:
 # ---------------------------------------------------------------------------- exceptions
 
 
-def test_unexpected_exception_in_the_loop(project: Path, bin_dir: Path) -> None:
+def test_an_agent_that_corrupts_the_backlog_ends_the_run_as_what_it_is(
+    project: Path, bin_dir: Path
+) -> None:
     set_tasks(project, task("a"), task("b"))
     script = agent(
         bin_dir,
         "Path('.cub/tasks.jsonl').write_text('this is not json\\n'); done(0)\n",
     )
-    result = run_cub(["run", *command_harness(script)], project)
-    record = assert_ended(result, project, "failed", 1, "exception", "crash")
-    assert record.error is not None
-    assert record.error.type == "TaskFileError"
-    assert record.error.traceback and "Traceback" in record.error.traceback
+    # --in-place: the agent works in the checkout that holds the backlog, and breaks it.
+    result = run_cub(["run", "--in-place", *command_harness(script)], project)
+    record = assert_ended(result, project, "failed", 1, "task_file_changed", "backlog_changed")
+    assert record.error is None  # not a bug of cub's: no traceback to show
     assert "tasks.jsonl:1" in record.reason
     assert read_attempt(project, "a").outcome == "succeeded"
     assert len([line for line in result.stderr.splitlines() if line.startswith("  File ")]) == 0
@@ -770,6 +775,7 @@ def test_every_directory_under_a_run_is_private(project: Path, bin_dir: Path) ->
     }
 
 
+@exit_path("finish", "selecting", "promise_complete")
 def test_promise_complete_is_recorded_and_ends_the_run_when_the_backlog_agrees(
     project: Path, bin_dir: Path
 ) -> None:
@@ -779,6 +785,7 @@ def test_promise_complete_is_recorded_and_ends_the_run_when_the_backlog_agrees(
     # After "a" the backlog still has "b": the claim is recorded and the loop goes on; after
     # "b" nothing is left, and the run ends on the agent's word.
     record = assert_ended(result, project, "completed", 0, "promise_complete", "finish")
+    assert_ending(project, result.returncode, "finish", "selecting", "promise_complete")
     assert record.tasks.attempted == ["a", "b"]
     promises = [e for e in read_events(project) if e.kind == "promise_complete"]
     assert [(e.task_id, e.data["tasks_left"]) for e in promises] == [("a", True), ("b", False)]

@@ -83,8 +83,10 @@ def models_seen(rig: CliRig) -> set[str]:
 
 
 def assert_committed(project: Path, message: str, path: str, content: str) -> None:
-    assert (project / path).read_text() == content
-    assert git(project, "log", "-1", "--format=%s").strip() == message
+    """Committed on the run's branch (the run worked in a worktree of its own)."""
+    branch = read_run(project).branch or ""
+    assert git(project, "show", f"{branch}:{path}") == content.rstrip("\n")
+    assert git(project, "log", "-1", "--format=%s", branch).strip() == message
 
 
 # ------------------------------------------------------------------------------ tests

@@ -105,8 +105,9 @@ def test_usage_recorded_is_exactly_the_ledger(tmp_path: Path, rig: CliRig) -> No
         "function_call_output",
         "function_call_output",
     ]
-    assert (project / "notes.txt").read_text() == "hello\nworld\n"
-    assert "add notes" in git(project, "log", "--format=%s")
+    branch = read_run(project).branch or ""
+    assert git(project, "show", f"{branch}:notes.txt").strip() == "hello\nworld"
+    assert "add notes" in git(project, "log", "--format=%s", branch)
     assert read_tasks(project)["t1"]["status"] == "closed"
     # cub's prompt reached the model on stdin
     first = rig.server.model_calls()[0].body

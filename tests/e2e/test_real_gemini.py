@@ -80,8 +80,9 @@ def test_usage_recorded_is_what_the_api_reported(tmp_path: Path, rig: CliRig) ->
     assert result.returncode == 0, result.stderr
     attempt = read_attempt(project, "t1")
     assert attempt.outcome == "succeeded"
-    assert "add notes" in git(project, "log", "--format=%s")
-    assert (project / "notes.txt").read_text() == "hello"
+    branch = read_run(project).branch or ""
+    assert "add notes" in git(project, "log", "--format=%s", branch)
+    assert git(project, "show", f"{branch}:notes.txt") == "hello"
     # The routing check is a model call of its own, and Gemini CLI counts it in its stats.
     assert "routing" in rig.counted_kinds
     kinds = [entry.kind for entry in rig.server.ledger]
@@ -245,7 +246,7 @@ def test_a_token_budget_stops_gemini_mid_task_on_the_estimate(tmp_path: Path, ri
     assert attempt.usage.total_tokens > budget
     assert run.budget.tokens_used == attempt.usage.total_tokens
     # Stopped before the commit turn was answered.
-    assert "add notes" not in git(project, "log", "--format=%s")
+    assert "add notes" not in git(project, "log", "--format=%s", "--all")
     assert [e.kind for e in rig.server.ledger][-1] != "final"
 
 

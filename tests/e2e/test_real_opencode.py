@@ -32,7 +32,7 @@ from tests.helpers.cli import (
 )
 from tests.helpers.git import git
 from tests.helpers.model_servers.base import CliRig, script_marker
-from tests.helpers.model_servers.openai_chat import opencode_rig
+from tests.helpers.model_servers.openai_chat import create_database, opencode_rig
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -111,9 +111,10 @@ def test_opencode_writes_commits_and_reports_the_ledgers_usage(rig: CliRig, tmp_
     run = read_run(project)
     assert run.state == "completed"
     assert read_tasks(project)["t1"]["status"] == "closed"
-    assert git(project, "log", "-1", "--format=%s").strip() == "add notes"
-    assert git(project, "rev-parse", "HEAD~1").strip() == before
-    assert (project / "notes.txt").read_text() == "hello\n"
+    branch = run.branch or ""
+    assert git(project, "log", "-1", "--format=%s", branch).strip() == "add notes"
+    assert git(project, "rev-parse", f"{branch}~1").strip() == before
+    assert git(project, "show", f"{branch}:notes.txt") == "hello"
     attempt = read_attempt(project, "t1")
     assert attempt.outcome == "succeeded"
     # Three steps reported (write, commit, final); the title request is not in OpenCode's
@@ -183,6 +184,7 @@ def test_worktree_commit_lands_on_the_run_branch_not_the_checkout(
     project = project_for(
         rig, tmp_path / "proj", [scripted("t1", write=["notes.txt", "hi\n"], commit="add notes")]
     )
+    create_database(rig, project)  # a first use's race is not what this test is about
     main_before = head(project, "main")
     checkout_before = checkout_state(project)
 

@@ -3,7 +3,8 @@ record, from the next `cub run`, `cub runs …` or `cub status`.
 
 Liveness is the runner's lock on .cub/runs/<run_id>/runner.lock, which the kernel drops when the
 runner dies, however it dies: a run whose lock is held is never touched, whatever pid its
-status.json names; a run whose lock is free is finalised, whatever process now has its pid.
+status.json names. A free lock is believed only when the runner status.json names (pid and start
+time) is gone too: a deleted lock file must not make a live run look dead.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +52,6 @@ from tests.helpers.cli import (
 from tests.helpers.faults import orphaned_run, orphaned_runs
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def token() -> Any:
-    """Put in cub's environment, so its agents carry it; whatever is left is killed after."""
-    value = uuid.uuid4().hex
-    yield value
-    for proc in processes_with_token(value):
-        proc.kill()
 
 
 def force_kill_transitions(project: Path, run_id: str) -> int:
@@ -224,30 +215,33 @@ time.sleep(60)
 
 
 @pytest.mark.parametrize("create_time", ["matching", "different"])
-def test_a_dead_runner_is_finalised_even_when_its_pid_is_alive(
+def test_a_free_lock_is_believed_only_when_the_runner_is_gone(
     tmp_path: Path, create_time: str
 ) -> None:
-    """The runner's pid now belongs to a live process (this one): with the same create_time or
-    a different one, the lock is free, so the run is finalised."""
+    """The lock is free and status.json names a live process (this one). With its own start
+    time, that is the runner, alive (its lock file was deleted): the run is left alone. With
+    another start time, the pid was reused by someone else: the run is finalised."""
     project = make_project(tmp_path / "proj", [task("t1")])
     orphan = orphaned_run(project, "pid-reused", ("validate", "accept", "prepared"))
     status = read_status(project, "pid-reused")
-    assert status.runner.pid == os.getpid()
-    if create_time == "different":
-        fake = msgspec.structs.replace(
-            status,
-            runner=RunnerInfo(
-                pid=os.getpid(),
-                create_time=status.runner.create_time - 1000,
-                host=status.runner.host,
-            ),
-        )
-        (orphan / "status.json").write_bytes(msgspec.json.encode(fake))
+    me = psutil.Process()
+    offset = 0 if create_time == "matching" else -1000
+    fake = msgspec.structs.replace(
+        status,
+        runner=RunnerInfo(
+            pid=me.pid, create_time=me.create_time() + offset, host=status.runner.host
+        ),
+    )
+    (orphan / "status.json").write_bytes(msgspec.json.encode(fake))
 
     result = run_cub(["runs", "list"], project)
 
     assert result.returncode == 0, result.stderr
-    assert_recovered(project, "pid-reused", "selecting")
+    if create_time == "matching":
+        assert not (orphan / "run.json").exists()
+        assert read_status(project, "pid-reused").state == "selecting"
+    else:
+        assert_recovered(project, "pid-reused", "selecting")
 
 
 def test_a_reused_agent_pid_is_not_killed(tmp_path: Path) -> None:
@@ -347,7 +341,8 @@ def test_a_runner_that_died_before_its_first_status(tmp_path: Path) -> None:
     run.mkdir(parents=True)
     runner = RunnerInfo(pid=4242, create_time=12.5, host="elsewhere")
     (run / RUNNER_LOCK).write_bytes(msgspec.json.encode(runner))
-    staging = runs / ".run-half-made..x1y2"  # a creation cut short before the rename
+    # A creation cut short before the rename; its name says who made it: a process long gone.
+    staging = runs / ".run-half-made..4242-12500-x1y2"
     staging.mkdir()
     (staging / RUNNER_LOCK).write_bytes(b"")
     not_a_run = runs / "notes"  # a directory a person put there
@@ -512,6 +507,85 @@ def test_recovery_does_not_wait_for_a_run_being_created(tmp_path: Path) -> None:
     for proc in starters:
         assert proc.wait(30) == 0
     for run in (project / ".cub" / "runs").iterdir():
-        if not run.is_symlink():
+        if run.is_dir() and not run.is_symlink():
             record = read_run(project, run.name)
             assert (record.state, record.recorded_by) == ("completed", "machine")
+
+
+def test_a_deleted_lock_file_does_not_make_a_live_run_look_dead(tmp_path: Path, token: str) -> None:
+    """An agent deletes every *.lock it can reach, then works on; `cub status` and `cub runs
+    list` from another terminal must leave the live run, its agent and its claim alone."""
+    project = make_project(tmp_path / "p", [task("t1")])
+    ready, go_on = tmp_path / "ready", tmp_path / "go-on"
+    agent = write_script(
+        tmp_path / "agent.py",
+        f"""
+        import glob, os, time
+        for root in (os.environ["CUB_RUN_DIR"], {str(project / ".cub")!r}):
+            for path in glob.glob(os.path.join(root, "*.lock")):
+                os.remove(path)
+        open({str(ready)!r}, "w").close()
+        while not os.path.exists({str(go_on)!r}):
+            time.sleep(0.05)
+        """,
+    )
+    proc = start_cub(
+        ["run", *command_harness(f"{sys.executable} {agent}")],
+        project,
+        env={TEST_TOKEN_VAR: token},
+    )
+    try:
+        wait_for_file(ready, timeout=30)
+        assert not (run_dir(project) / RUNNER_LOCK).exists()
+        for command in (["status"], ["runs", "list"]):
+            assert run_cub(command, project).returncode == 0
+        assert not (run_dir(project) / "run.json").exists()
+        assert processes_with_token(token), "the live run's agent was killed"
+        assert read_tasks(project)["t1"]["status"] == "in_progress"
+        go_on.touch()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out + err
+    run = read_run(project)
+    assert (run.state, run.recorded_by) == ("completed", "machine")
+    assert read_tasks(project)["t1"]["status"] == "closed"
+
+
+def test_a_task_its_agent_finished_is_closed_when_the_runner_dies_before_closing_it(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL between the attempt's record (succeeded) and the task's close: recovery closes
+    the task from that record; the finished work is never reopened to be done again."""
+    project = make_project(tmp_path / "p", [task("t1")])
+    agent = write_script(tmp_path / "agent.py", "print('done')\n")
+    proc = start_cub(
+        ["run", "--name", "closing", *command_harness(f"{sys.executable} {agent}")],
+        project,
+        env={"CUB_FAULT": "pause:settling:30"},
+    )
+    try:
+        wait_until(
+            lambda: (run_dir(project, "closing") / "tasks" / "t1" / "task.json").exists(),
+            timeout=30,
+            what="the attempt's record",
+        )
+        time.sleep(0.3)  # into the pause, before the close
+        assert read_tasks(project)["t1"]["status"] == "in_progress"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    result = run_cub(["runs", "list"], project)
+
+    assert result.returncode == 0, result.stderr
+    record = read_run(project, "closing")
+    assert (record.state, record.reason_code) == ("force_killed", "runner_died")
+    assert record.tasks.succeeded == 1
+    assert read_attempt(project, "t1", "closing").outcome == "succeeded"
+    t1 = read_tasks(project)["t1"]
+    assert t1["status"] == "closed"
+    assert "closed by recovery" in t1["close_reason"]

@@ -37,6 +37,7 @@ from tests.helpers.cli import (
     task,
     write_tasks,
 )
+from tests.helpers.exit_paths import assert_ending, exit_path
 from tests.helpers.git import git, make_repo
 
 pytestmark = pytest.mark.timeout(60)
@@ -70,7 +71,11 @@ CONFLICTS = [
     (["--from-branch", "main", "--use-current-branch"], ["--from-branch", "--use-current-branch"]),
     (["--no-network"], ["--no-network", "--sandbox"]),
     (["--sandbox-keep"], ["--sandbox-keep", "--sandbox"]),
-    (["--worktree-keep"], ["--worktree-keep", "--worktree"]),
+    (["--worktree-keep", "--in-place"], ["--worktree-keep", "--in-place"]),
+    (["--worktree", "--in-place"], ["--worktree", "--in-place"]),
+    (["--worktree", "--use-current-branch"], ["--worktree", "--use-current-branch"]),
+    (["--allow-dirty"], ["--allow-dirty", "--in-place"]),
+    (["--in-place", "--sandbox"], ["--in-place", "--sandbox"]),
     (["--harness", "claude", "--harness-cmd", "true"], ["--harness-cmd", "--harness claude"]),
 ]
 
@@ -318,12 +323,44 @@ def test_use_current_branch_on_master_needs_main_ok(tmp_path: Path) -> None:
 
 def test_main_ok_without_a_main_branch_is_a_no_op(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj", [], branch="feature")
-    result = run_cub(["run", "--main-ok", *OK_HARNESS], project)
+    result = run_cub(["run", "--in-place", "--main-ok", *OK_HARNESS], project)
     assert result.returncode == 0, result.stderr
     record = read_run(project)
     assert record.state == "completed"
     assert record.branch == "feature"
     assert git(project, "branch", "--show-current") == "feature"
+
+
+def test_a_run_works_on_a_branch_of_its_own_whatever_the_checkout_is_on(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj", [task("a")], branch="feature")
+    result = run_cub(["run", *OK_HARNESS], project)
+    assert result.returncode == 0, result.stderr
+    record = read_run(project)
+    assert record.branch is not None and record.branch.startswith("cub/")
+    assert git(project, "merge-base", "feature", record.branch) == git(
+        project, "rev-parse", "feature"
+    )
+    assert git(project, "branch", "--show-current") == "feature"
+
+
+@exit_path("reject", "validating", "dirty_worktree")
+def test_in_place_refuses_a_checkout_with_uncommitted_changes(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "proj", [task("a")])
+    (project / "README.md").write_text("the user's unsaved edit\n")
+    result = run_cub(["run", "--in-place", *OK_HARNESS], project)
+    assert_rejected(result, project, "dirty_worktree", "--in-place", "README.md", "--allow-dirty")
+    assert_ending(project, result.returncode, "reject", "validating", "dirty_worktree")
+    assert git(project, "branch", "--show-current") == "main"
+    assert read_tasks(project)["a"]["status"] == "open"
+
+    allowed = run_cub(["run", "--in-place", "--allow-dirty", *OK_HARNESS], project)
+    assert allowed.returncode == 0, allowed.stderr
+    # Without --in-place the edit is simply not the run's business: it stays where it is.
+    (project / "README.md").write_text("another edit\n")
+    run_cub(["tasks", "add", "b"], project)
+    isolated = run_cub(["run", *OK_HARNESS], project)
+    assert isolated.returncode == 0, isolated.stderr
+    assert (project / "README.md").read_text() == "another edit\n"
 
 
 # ------------------------------------------------------------------------ project and git

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
 from tests.helpers.agents import is_alive, wait_for_file, write_script
 from tests.helpers.cli import (
@@ -22,6 +23,7 @@ from tests.helpers.cli import (
     start_cub,
     task,
 )
+from tests.helpers.exit_paths import assert_ending, exit_path
 from tests.helpers.git import git
 
 pytestmark = pytest.mark.timeout(60)
@@ -144,7 +146,7 @@ def test_direct_run_stopped_by_signals(
     agent_pid = int(ready.read_text())
     for sig in signals:
         proc.send_signal(sig)
-        time.sleep(0.2)
+        time.sleep(SAME_REQUEST_WINDOW + 0.2)  # a second request, not the first delivered twice
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == code, err
     assert "Traceback" not in err
@@ -190,6 +192,7 @@ def test_worktree_keep_keeps_the_worktree(tmp_path: Path) -> None:
     assert git(workdir, "branch", "--show-current") == "cub/kept"
 
 
+@exit_path("setup_failed", "preparing", "worktree_failed")
 def test_worktree_path_taken_fails_setup_with_a_record(tmp_path: Path) -> None:
     project = make_project(tmp_path / "proj", [task("a")])
     (project / ".cub" / "worktrees" / "taken").mkdir(parents=True)
@@ -199,6 +202,7 @@ def test_worktree_path_taken_fails_setup_with_a_record(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
     record = read_run(project)
     assert (record.state, record.reason_code) == ("failed", "worktree_failed")
+    assert_ending(project, result.returncode, "setup_failed", "preparing", "worktree_failed")
     assert "already exists" in record.reason
     assert record.history[-1].trigger == "setup_failed"
     assert read_tasks(project)["a"]["status"] == "open"

@@ -54,6 +54,7 @@ from tests.helpers.cli import (
     run_dir,
     start_cub,
 )
+from tests.helpers.exit_paths import assert_ending, exit_path
 from tests.helpers.git import git
 
 pytestmark = pytest.mark.timeout(60)
@@ -504,6 +505,7 @@ def test_sigint_ends_interrupted_and_comments(
     assert comment["ok"] is True and comment["state"] == "interrupted"
 
 
+@exit_path("reject", "validating", "issue_not_found")
 def test_missing_issue_is_rejected_in_one_line(
     project: Path, github: FakeGitHub, fixing_agent: Path
 ) -> None:
@@ -515,6 +517,7 @@ def test_missing_issue_is_rejected_in_one_line(
     record = read_run(project)
     assert_identity(project)
     assert (record.state, record.reason_code) == ("validation_rejected", "issue_not_found")
+    assert_ending(project, result.returncode, "reject", "validating", "issue_not_found")
     assert read_events(project)[-1].state_to == "validation_rejected"
     assert github.seen("POST") == []
     assert not any(b.startswith("fix/") for b in branches(project))
@@ -573,6 +576,7 @@ def test_api_failure_ends_failed_with_a_record(
     assert len(github.seen()) == 1  # nothing retried, nothing commented
 
 
+@exit_path("setup_failed", "preparing", "github_failed")
 def test_network_down_ends_failed_with_a_record(project: Path, fixing_agent: Path) -> None:
     result = cub_issue(project, closed_port_url(), fixing_agent)
     assert_no_traceback(result)
@@ -580,6 +584,7 @@ def test_network_down_ends_failed_with_a_record(project: Path, fixing_agent: Pat
     record = read_run(project)
     assert_identity(project)
     assert (record.state, record.reason_code) == ("failed", "github_failed")
+    assert_ending(project, result.returncode, "setup_failed", "preparing", "github_failed")
     assert "cannot reach the GitHub API" in record.reason
     assert "connection refused" in record.reason
     (request,) = events_of(project, "github_request")

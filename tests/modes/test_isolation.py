@@ -16,6 +16,7 @@ import pytest
 from tests.e2e.support import command_harness
 from tests.helpers.agents import write_script
 from tests.helpers.cli import make_project, read_attempt, read_run, read_tasks, run_cub, task
+from tests.helpers.exit_paths import assert_ending, exit_path
 from tests.helpers.git import git
 
 pytestmark = pytest.mark.timeout(60)
@@ -54,6 +55,7 @@ def test_the_agent_gets_its_worktree_as_pwd_not_the_callers(tmp_path: Path) -> N
     assert where == {"cwd": str(worktree), "pwd": str(worktree)}
 
 
+@exit_path("stop_on_failure", "settling", "isolation_breached")
 def test_an_agent_that_commits_in_the_starting_checkout_fails_the_run(tmp_path: Path) -> None:
     project = make_project(tmp_path / "p", [task("t1"), task("t2")])
     agent = write_script(tmp_path / "agent.py", ESCAPING)
@@ -65,6 +67,14 @@ def test_an_agent_that_commits_in_the_starting_checkout_fails_the_run(tmp_path: 
     )
 
     assert result.returncode == 1, result.stdout + result.stderr
+    assert_ending(
+        project,
+        result.returncode,
+        "stop_on_failure",
+        "settling",
+        "isolation_breached",
+        task_id="t1",
+    )
     run = read_run(project)
     assert (run.state, run.reason_code) == ("failed", "isolation_breached")
     assert "HEAD of the checkout" in run.reason
@@ -120,6 +130,7 @@ def test_git_refreshing_the_index_of_the_checkout_is_not_a_breach(tmp_path: Path
     assert read_run(project).state == "completed"
 
 
+@exit_path("children_failed", "supervising", "isolation_breached")
 def test_a_parallel_child_that_commits_in_the_starting_checkout_fails_the_run(
     tmp_path: Path,
 ) -> None:
@@ -138,6 +149,9 @@ def test_a_parallel_child_that_commits_in_the_starting_checkout_fails_the_run(
     )
 
     assert result.returncode == 1, result.stdout + result.stderr
+    assert_ending(
+        project, result.returncode, "children_failed", "supervising", "isolation_breached"
+    )
     run = read_run(project)
     assert (run.state, run.reason_code) == ("failed", "isolation_breached")
     assert run.reason.startswith("while t1 ran, HEAD of the checkout")
@@ -146,3 +160,29 @@ def test_a_parallel_child_that_commits_in_the_starting_checkout_fails_the_run(
     # The child closed it; the parent says what it is: not done.
     assert t1["status"] == "failed"
     assert "isolation_breached" in json.dumps(t1)
+
+
+def test_git_never_sees_the_records_or_the_worktrees(tmp_path: Path) -> None:
+    """No .gitignore of the project's: `git status` still lists nothing under .cub/runs or
+    .cub/worktrees, and an agent's `git add -A` in the checkout (--in-place) commits none of
+    the run's records."""
+    project = make_project(tmp_path / "p", [task("t1"), task("t2")])
+    agent = write_script(
+        tmp_path / "agent.py",
+        "import os, subprocess\n"
+        "open(os.environ['CUB_TASK_ID'] + '.txt', 'w').write('work\\n')\n"
+        "subprocess.run(['git', 'add', '-A'], check=True)\n"
+        "subprocess.run(['git', 'commit', '-qm', 'everything'], check=True)\n",
+    )
+    harness = command_harness(f"{sys.executable} {agent}")
+
+    isolated = run_cub(["run", "--task", "t1", "--worktree-keep", *harness], project)
+    in_place = run_cub(["run", "--in-place", "--task", "t2", *harness], project)
+
+    assert isolated.returncode == 0, isolated.stdout + isolated.stderr
+    assert in_place.returncode == 0, in_place.stdout + in_place.stderr
+    status = git(project, "status", "--porcelain", "--untracked-files=all", "--ignored=no")
+    assert ".cub/runs" not in status and ".cub/worktrees" not in status, status
+    committed = git(project, "show", "--name-only", "--format=", read_run(project).branch or "")
+    assert "t2.txt" in committed.split()
+    assert not [path for path in committed.split() if path.startswith(".cub/runs")], committed

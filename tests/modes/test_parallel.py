@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from cub.records.schemas import RunRecord
+from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
 from tests.helpers.agents import (
     TEST_TOKEN_VAR,
@@ -28,6 +29,7 @@ from tests.helpers.agents import (
     write_script,
 )
 from tests.helpers.cli import all_runs, make_project, read_status, read_tasks, run_cub, start_cub
+from tests.helpers.exit_paths import assert_ending, exit_path
 from tests.helpers.git import git
 
 pytestmark = pytest.mark.timeout(120)
@@ -144,7 +146,8 @@ def test_independent_tasks_run_as_children_and_merge(
         assert child.state == "completed"
         assert child.branch == f"cub/{child.run_id}"
     assert {"T1.txt", "T2.txt", "T3.txt", "T4.txt"} <= _on_branch(project, parent.branch)
-    assert git(project, "branch", "--show-current") == parent.branch
+    # The parent merged in a worktree of its own: the checkout never left main.
+    assert git(project, "branch", "--show-current") == "main"
     assert all(t["status"] == "closed" for t in read_tasks(project).values())
     # The children removed their worktrees; their branches stay.
     assert git(project, "worktree", "list").count("\n") == 0
@@ -157,6 +160,7 @@ def test_independent_tasks_run_as_children_and_merge(
     assert (runs / "latest").resolve().name == PARENT
 
 
+@exit_path("children_done", "supervising", "no_ready_tasks")
 def test_nothing_ready_completes_without_children(
     tmp_path: Path, agent: Path, pid_dir: Path
 ) -> None:
@@ -167,11 +171,15 @@ def test_nothing_ready_completes_without_children(
     project = make_project(tmp_path / "p", tasks)
     result = run_cub(_args(agent, 2), project, env=_env(pid_dir))
     assert result.returncode == 0, result.stdout + result.stderr
+    assert_ending(
+        project, result.returncode, "children_done", "supervising", "no_ready_tasks", run_id=PARENT
+    )
     parent, children = _records(project)
     assert (parent.state, parent.reason_code) == ("completed", "no_ready_tasks")
     assert parent.children == [] and children == {}
 
 
+@exit_path("exhaust_budget", "supervising", "task_budget")
 def test_the_task_budget_caps_how_many_children_start(
     tmp_path: Path, agent: Path, pid_dir: Path
 ) -> None:
@@ -180,6 +188,9 @@ def test_the_task_budget_caps_how_many_children_start(
         [*_args(agent, 3), "--budget-tasks", "2"], project, env=_env(pid_dir, AGENT_SLEEP="0.2")
     )
     assert result.returncode == 3, result.stdout + result.stderr
+    assert_ending(
+        project, result.returncode, "exhaust_budget", "supervising", "task_budget", run_id=PARENT
+    )
     parent, _ = _records(project)
     assert (parent.state, parent.reason_code) == ("budget_exhausted", "task_budget")
     assert sorted(c.task_id for c in parent.children) == ["T1", "T2"]
@@ -222,6 +233,7 @@ def test_a_failing_child_fails_the_parent_and_the_others_merge(
     assert {"T1.txt", "T3.txt"} <= on_branch and "T2.txt" not in on_branch
 
 
+@exit_path("children_failed", "supervising", "merge_conflict")
 def test_a_branch_that_does_not_merge_fails_its_task(
     tmp_path: Path, agent: Path, pid_dir: Path
 ) -> None:
@@ -229,6 +241,14 @@ def test_a_branch_that_does_not_merge_fails_its_task(
     env = _env(pid_dir, AGENT_SLEEP="0.2", AGENT_SHARED="1")
     result = run_cub(_args(agent, 2), project, env=env)
     assert result.returncode == 1, result.stdout + result.stderr
+    assert_ending(
+        project,
+        result.returncode,
+        "children_failed",
+        "supervising",
+        "merge_conflict",
+        run_id=PARENT,
+    )
     parent, children = _records(project)
     assert (parent.state, parent.reason_code) == ("failed", "merge_conflict")
     assert "T2" in parent.reason
@@ -293,6 +313,7 @@ def test_second_sigint_kills_every_child_at_once(
         ),
         what="children stopping",
     )
+    time.sleep(SAME_REQUEST_WINDOW + 0.1)  # a second request, not the first delivered twice
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
@@ -309,6 +330,7 @@ def test_second_sigint_kills_every_child_at_once(
     _assert_no_survivors(pid_dir, token)
 
 
+@exit_path("force_kill", "supervising", "runner_died")
 def test_children_of_a_killed_parent_stop_in_order(
     tmp_path: Path, agent: Path, pid_dir: Path
 ) -> None:
@@ -328,6 +350,15 @@ def test_children_of_a_killed_parent_stop_in_order(
         assert (child.state, child.reason_code, child.exit_code) == ("interrupted", "sigterm", 143)
     _assert_no_survivors(pid_dir, token)
     run_cub(["runs", "list"], project)
+    assert_ending(
+        project,
+        proc.returncode,
+        "force_kill",
+        "supervising",
+        "runner_died",
+        recorded_by="recovery",
+        run_id=PARENT,
+    )
     parent, _ = _records(project)
     assert (parent.state, parent.reason_code, parent.recorded_by) == (
         "force_killed",
@@ -336,6 +367,7 @@ def test_children_of_a_killed_parent_stop_in_order(
     )
 
 
+@exit_path("exhaust_budget", "supervising", "token_budget")
 def test_the_token_budget_is_shared_by_the_children(
     tmp_path: Path, agent: Path, pid_dir: Path
 ) -> None:
@@ -344,6 +376,9 @@ def test_the_token_budget_is_shared_by_the_children(
     env = _env(pid_dir, token, AGENT_SLEEP="30", AGENT_USAGE="1")
     result = run_cub([*_args(agent, 2), "--budget-tokens", "150"], project, env=env)
     assert result.returncode == 3, result.stdout + result.stderr
+    assert_ending(
+        project, result.returncode, "exhaust_budget", "supervising", "token_budget", run_id=PARENT
+    )
     parent, children = _records(project)
     assert (parent.state, parent.reason_code) == ("budget_exhausted", "token_budget")
     assert [h.trigger for h in parent.history][-1] == "exhaust_budget"

@@ -120,7 +120,7 @@ def test_provider_key_is_masked_entirely(provider: str) -> None:
 @pytest.mark.parametrize("provider", sorted(KEYS))
 def test_provider_key_is_masked_inside_a_json_record(provider: str) -> None:
     record = {"config": {"harness": {"env": {"SOME_KEY": KEYS[provider], "MODE": "fast"}}}}
-    redacted = json.loads(Redactor().bytes(msgspec.json.encode(record)))
+    redacted = json.loads(msgspec.json.encode(Redactor().value(record)))
     assert redacted == {"config": {"harness": {"env": {"SOME_KEY": MASK, "MODE": "fast"}}}}
 
 
@@ -190,7 +190,7 @@ def test_private_key_block_in_a_document_is_masked_whole(kind: str) -> None:
 def test_private_key_in_a_json_record_is_masked_whole(kind: str) -> None:
     # A service-account file or a tool result: the key is one JSON string with \n escapes.
     record = {"type": "service_account", "private_key": PEMS[kind] + "\n", "project": "p"}
-    redacted = json.loads(Redactor().bytes(msgspec.json.encode(record)))
+    redacted = json.loads(msgspec.json.encode(Redactor().value(record)))
     assert redacted == {"type": "service_account", "private_key": MASK + "\n", "project": "p"}
 
 
@@ -266,8 +266,8 @@ def test_ordinary_output_line_is_unchanged(line: str) -> None:
 def test_ordinary_output_as_a_document_and_a_record_is_unchanged() -> None:
     text = "\n".join(ORDINARY_OUTPUT) + "\n"
     assert Redactor()(text) == text
-    record = msgspec.json.encode({"output": text, "lines": ORDINARY_OUTPUT})
-    assert Redactor().bytes(record) == record
+    record = {"output": text, "lines": ORDINARY_OUTPUT}
+    assert Redactor().value(record) == record
 
 
 # ------------------------------------------------------------------ patterns and settings

@@ -13,6 +13,7 @@ import msgspec
 import pytest
 
 from cub.records.schemas import ChildRun, RunRecord
+from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
 from tests.helpers.agents import wait_for_file, wait_until
 from tests.helpers.cli import (
@@ -27,6 +28,7 @@ from tests.helpers.cli import (
     task,
     write_tasks,
 )
+from tests.helpers.exit_paths import assert_ending, exit_path
 from tests.helpers.git import git
 
 pytestmark = pytest.mark.timeout(180)
@@ -174,6 +176,7 @@ def test_no_network_cuts_the_container_off(tmp_path: Path, docker_host: str) -> 
     assert record.config["sandbox"]["network"] is False
 
 
+@exit_path("children_failed", "supervising", "sandbox_oom")
 def test_a_container_out_of_memory_fails_the_run_as_sandbox_oom(
     tmp_path: Path, docker_host: str, docker_client: Any
 ) -> None:
@@ -185,6 +188,9 @@ def test_a_container_out_of_memory_fails_the_run_as_sandbox_oom(
     assert done.returncode == 1, done.stdout + done.stderr
     record = read_run(project, "greedy")
     assert (record.state, record.reason_code) == ("failed", "sandbox_oom")
+    assert_ending(
+        project, done.returncode, "children_failed", "supervising", "sandbox_oom", run_id="greedy"
+    )
     assert "32m" in record.reason
     child = child_of(record)
     assert child.oom_killed is True
@@ -247,7 +253,9 @@ def test_a_second_sigint_kills_the_container_at_once(
         proc.send_signal(signal.SIGINT)
         wait_until(lambda: read_status(project, "killme").state == "stopping", timeout=10,
                    what="the host run stopping")  # fmt: skip
-        time.sleep(0.5)  # the inner run is stopping too, and its agent ignores SIGINT
+        # The inner run is stopping too, and its agent ignores SIGINT; well past the window in
+        # which a signal counts as the first one delivered twice (cub.run.signals).
+        time.sleep(SAME_REQUEST_WINDOW + 0.3)
         second = time.monotonic()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
@@ -361,6 +369,7 @@ def test_sandbox_keep_keeps_the_hardened_container(
     assert git(project, "log", "-1", "--format=%s", "cub/kept") == "agent work"
 
 
+@exit_path("setup_failed", "preparing", "sandbox_failed")
 def test_a_missing_image_fails_setup_and_leaves_nothing(tmp_path: Path, docker_host: str) -> None:
     project = sandbox_project(tmp_path, COMMITTING_AGENT,
                               config={"sandbox": {"image": "cub-sandbox:not-built"}})  # fmt: skip
@@ -371,6 +380,9 @@ def test_a_missing_image_fails_setup_and_leaves_nothing(tmp_path: Path, docker_h
     assert done.returncode == 1, done.stdout + done.stderr
     record = read_run(project, "noimage")
     assert (record.state, record.reason_code) == ("failed", "sandbox_failed")
+    assert_ending(
+        project, done.returncode, "setup_failed", "preparing", "sandbox_failed", run_id="noimage"
+    )
     assert "cub-sandbox:not-built not found" in record.reason
     assert "cub sandbox build" in record.reason
     assert git(project, "branch", "--list", "cub/*") == ""
@@ -402,6 +414,7 @@ def test_sandbox_build_refuses_a_base_image_that_is_not_there(docker_host: str) 
     )
 
 
+@exit_path("children_failed", "supervising", "sandbox_failed")
 def test_the_agent_must_be_installed_in_the_image_not_on_the_host(
     tmp_path: Path, docker_host: str
 ) -> None:
@@ -414,6 +427,14 @@ def test_the_agent_must_be_installed_in_the_image_not_on_the_host(
     assert done.returncode == 1, done.stdout + done.stderr
     record = read_run(project, "noclaude")
     assert (record.state, record.reason_code) == ("failed", "sandbox_failed")
+    assert_ending(
+        project,
+        done.returncode,
+        "children_failed",
+        "supervising",
+        "sandbox_failed",
+        run_id="noclaude",
+    )
     child = child_of(record)
     assert (child.state, child.reason_code, child.exit_code) == (
         "validation_rejected",

@@ -5,19 +5,24 @@
     .venv/bin/python tools/soak/fault_injection.py --kind sigkill --seed 17 --keep   # replay one
 
 Each trial builds a git project with a random backlog of scripted agents (fast ones, chatty
-ones, ones that ignore SIGINT, ones that leave a setsid() grandchild), starts the real cub on
-it, and stops it with SIGKILL, SIGINT, SIGTERM or two SIGINTs at a random moment; then it runs
-recovery (`cub runs list`) and checks the records, the task file and that no agent process
-survived (see tests/helpers/faults.py for the checks, shared with the CI sample in
+ones, ones that ignore SIGINT, ones that leave a setsid() grandchild, ones that commit, all
+reporting usage), starts the real cub on it, and stops it with SIGKILL, SIGINT, SIGTERM or two
+SIGINTs at a random moment, or (kind `natural`) lets it end by itself. Trials also draw issue
+13's endings: a token budget crossed by an agent's final report, cub's stdout closed by its
+reader (EPIPE), an agent deleting every *.lock then asking `cub status`, and in `--in-place`
+runs an agent deleting or corrupting the task file. Then it runs recovery (`cub runs list`) and
+checks the records, the task file (no stranded claim, no finished task reopened), recorded
+usage against what the agents reported, and that no agent process survived (see
+tests/helpers/faults.py for the checks, shared with the CI sample in
 tests/e2e/test_fault_injection.py). A trial is fully described by its kind and seed.
 
 SIGKILL lands anywhere from the process's first instant. The other signals land from the moment
 the run's directory exists: before that, cub is still importing and parsing its command line,
 and the CLI entry point (not the run) decides what a signal does.
 
-With ``--record`` a section is appended to tools/bench/RESULTS.md (appended in one write, never
-rewritten: other benchmarks append there too). Failures are printed in full and written to
-``failures.txt`` in the work directory, which is kept when anything failed.
+With ``--record`` a section is appended to tools/soak/RESULTS.md (appended in one write, never
+rewritten; the soaks before issue 13 are in tools/bench/RESULTS.md). Failures are printed in
+full and written to ``failures.txt`` in the work directory, which is kept when anything failed.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from tests.helpers.faults import (  # noqa: E402 - after the path set-up above
     run_trials,
 )
 
-RESULTS = REPO / "tools" / "bench" / "RESULTS.md"
+RESULTS = REPO / "tools" / "soak" / "RESULTS.md"
 
 
 def main() -> int:
@@ -57,7 +62,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, help="... with this seed")
     parser.add_argument("--keep", action="store_true", help="keep every trial's directory")
     parser.add_argument("--workdir", type=Path, help="where trials run (default: a temp dir)")
-    parser.add_argument("--record", action="store_true", help="append to tools/bench/RESULTS.md")
+    parser.add_argument("--record", action="store_true", help="append to tools/soak/RESULTS.md")
     parser.add_argument("--note", default="", help="a sentence to add to the recorded section")
     parser.add_argument(
         "--results", type=Path, default=RESULTS, help="the file --record appends to"
@@ -81,7 +86,7 @@ def main() -> int:
         summaries.append(summary)
         print(
             f"  {kind:<14} {summary.trials} trials, {len(summary.failures)} failed, "
-            f"{summary.seconds:.0f}s",
+            f"{summary.seconds:.0f}s; {_tally(summary.features)}",
             flush=True,
         )
     failures = [f for s in summaries for f in s.failures]
@@ -116,10 +121,14 @@ def record(summaries: list[Summary], args: argparse.Namespace) -> None:
         f"`tools/soak/fault_injection.py --trials {args.trials} --workers {args.workers} "
         f"--first-seed {args.first_seed}` on {machine_line()}. Each trial: a "
         "real `cub run` on a random backlog of 3-14 scripted agents, stopped at a random "
-        "moment, then recovery (`cub runs list`) and the checks of tests/helpers/faults.py.",
+        "moment (`natural`: not stopped), then recovery (`cub runs list`) and the checks of "
+        "tests/helpers/faults.py: records parse, no stranded claim, no finished task "
+        "reopened, recorded usage = reported usage, no process left. *Drawn* counts the "
+        "trials that went through issue 13's cases: a token budget, `--in-place`, stdout "
+        "closed (EPIPE), locks deleted by the agent, the task file deleted or corrupted.",
         "",
-        "| kind | trials | failed | time | how the runs ended |",
-        "|---|---|---|---|---|",
+        "| kind | trials | failed | time | drawn | how the runs ended |",
+        "|---|---|---|---|---|---|",
     ]
     for summary in summaries:
         endings = "; ".join(
@@ -127,7 +136,7 @@ def record(summaries: list[Summary], args: argparse.Namespace) -> None:
         )
         lines.append(
             f"| {summary.kind} | {summary.trials} | {len(summary.failures)} | "
-            f"{summary.seconds:.0f} s | {endings} |"
+            f"{summary.seconds:.0f} s | {_tally(summary.features)} | {endings} |"
         )
     failed = sum(len(s.failures) for s in summaries)
     lines += ["", "Result: " + ("every trial passed." if not failed else f"{failed} failed.")]
@@ -135,6 +144,10 @@ def record(summaries: list[Summary], args: argparse.Namespace) -> None:
         lines += ["", args.note]
     lines.append("")
     append_section(args.results, "Fault-injection soak", lines)
+
+
+def _tally(counts: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in sorted(counts.items())) or "-"
 
 
 def _by_count(item: tuple[str, int]) -> tuple[int, str]:

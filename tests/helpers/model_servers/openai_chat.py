@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -235,6 +237,20 @@ def _seed_config_dir(config_dir: Path) -> None:
     (config_dir / "package.json").write_text(json.dumps({"dependencies": deps}))
     lock = {"lockfileVersion": 3, "packages": {"": {"dependencies": deps}}}
     (config_dir / "package-lock.json").write_text(json.dumps(lock))
+
+
+def create_database(rig: CliRig, cwd: Path) -> None:
+    """Let OpenCode set up its database, as any earlier use would have: two OpenCode processes
+    starting at once on a fresh data directory race on its schema (1.18: "Failed query: CREATE
+    TABLE `workspace`", exit 1). `opencode session list` creates it without a model call."""
+    subprocess.run(
+        ["opencode", "session", "list"],
+        cwd=cwd,
+        env={**os.environ, **rig.env},
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
 
 
 @contextlib.contextmanager
