@@ -184,7 +184,6 @@ def test_worktree_commit_lands_on_the_run_branch_not_the_checkout(
     project = project_for(
         rig, tmp_path / "proj", [scripted("t1", write=["notes.txt", "hi\n"], commit="add notes")]
     )
-    create_database(rig, project)  # a first use's race is not what this test is about
     main_before = head(project, "main")
     checkout_before = checkout_state(project)
 
@@ -214,6 +213,7 @@ def test_parallel_worktree_commits_land_only_on_run_branches(rig: CliRig, tmp_pa
             scripted("t2", write=["two.txt", "2\n"], commit="add two"),
         ],
     )
+    create_database(rig, project)  # a first use's race is not what this test is about
     main_before = head(project, "main")
     checkout_before = checkout_state(project)
 

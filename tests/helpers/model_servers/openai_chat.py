@@ -30,6 +30,7 @@ from tests.helpers.model_servers.base import (
     find_script,
     path_with,
     pause,
+    script_marker,
 )
 
 PROVIDER = "scripted"
@@ -240,17 +241,23 @@ def _seed_config_dir(config_dir: Path) -> None:
 
 
 def create_database(rig: CliRig, cwd: Path) -> None:
-    """Let OpenCode set up its database, as any earlier use would have: two OpenCode processes
-    starting at once on a fresh data directory race on its schema (1.18: "Failed query: CREATE
-    TABLE `workspace`", exit 1). `opencode session list` creates it without a model call."""
+    """Use OpenCode once, as a user's has been: two OpenCode processes starting at once on a
+    fresh data directory race on its database schema (1.18: "Failed query: CREATE TABLE
+    `workspace`", exit 1), and only a real `opencode run` creates all of it. The server's
+    ledger and request log are cleared afterwards, so the test counts only its own run."""
+    model = rig.config["harness"]["model"]
     subprocess.run(
-        ["opencode", "session", "list"],
+        ["opencode", "run", "--format", "json", "-m", model],
+        input=script_marker(final="ready"),
+        text=True,
         cwd=cwd,
         env={**os.environ, **rig.env},
         check=True,
         capture_output=True,
-        timeout=60,
+        timeout=120,
     )
+    del rig.server.ledger[:]
+    del rig.server.requests[:]
 
 
 @contextlib.contextmanager
