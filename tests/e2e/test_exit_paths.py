@@ -499,6 +499,14 @@ def test_force_kill_grace_expired(project: Path, bin_dir: Path, started: list[Ba
     assert processes_with_token(run.token) == []
 
 
+def runner_killed_and_recovered(project: Path, run: Background, state: str) -> None:
+    """SIGKILL the runner where it stands, recover, and check the `runner_died` ending."""
+    run.send(signal.SIGKILL)
+    code = run.wait()
+    recover(project, run.token)
+    assert_ending(project, code, "force_kill", state, "runner_died", recorded_by="recovery")
+
+
 # ------------------------------------------------------------------ the runner SIGKILLed
 
 
@@ -506,10 +514,7 @@ def test_force_kill_grace_expired(project: Path, bin_dir: Path, started: list[Ba
 def test_runner_died_while_validating(project: Path, started: list[Background]) -> None:
     run = start(started, project, "--direct", "-", *command_harness("true"), stdin=subprocess.PIPE)
     wait_state(project, "validating")
-    run.send(signal.SIGKILL)
-    code = run.wait()
-    recover(project, run.token)
-    assert_ending(project, code, "force_kill", "validating", "runner_died", recorded_by="recovery")
+    runner_killed_and_recovered(project, run, "validating")
 
 
 @exit_path("force_kill", "preparing", "runner_died")
@@ -521,10 +526,7 @@ def test_runner_died_while_preparing(
     run = start(started, project, *agent(bin_dir, OK))
     wait_for_file(ready)
     wait_state(project, "preparing")
-    run.send(signal.SIGKILL)
-    code = run.wait()
-    recover(project, run.token)
-    assert_ending(project, code, "force_kill", "preparing", "runner_died", recorded_by="recovery")
+    runner_killed_and_recovered(project, run, "preparing")
     assert read_tasks(project)["a"]["status"] == "open"
 
 
@@ -815,10 +817,7 @@ def test_force_kill_second_interrupt_while_supervising(
 def test_runner_died_while_created(project: Path, bin_dir: Path, started: list[Background]) -> None:
     run = start_with(started, project, {"CUB_FAULT": "pause:created:30"}, *agent(bin_dir, OK))
     wait_state(project, "created")
-    run.send(signal.SIGKILL)
-    code = run.wait()
-    recover(project, run.token)
-    assert_ending(project, code, "force_kill", "created", "runner_died", recorded_by="recovery")
+    runner_killed_and_recovered(project, run, "created")
 
 
 @exit_path("force_kill", "selecting", "runner_died")
@@ -830,10 +829,7 @@ def test_runner_died_while_selecting(
     run = start(started, project, *agent(bin_dir, OK))
     wait_for_file(ready)
     wait_state(project, "selecting")
-    run.send(signal.SIGKILL)
-    code = run.wait()
-    recover(project, run.token)
-    assert_ending(project, code, "force_kill", "selecting", "runner_died", recorded_by="recovery")
+    runner_killed_and_recovered(project, run, "selecting")
     assert {t["status"] for t in read_tasks(project).values()} == {"closed"}
 
 
@@ -841,7 +837,7 @@ def test_runner_died_while_selecting(
 
 
 def _crash(
-    started: list[Background], project: Path, where: str, source: str, *args: str
+    started: list[Background], project: Path, where: str, *args: str
 ) -> tuple[Background, int]:
     """`CUB_FAULT=raise:WHERE` raises an unexpected exception there, as a bug in cub would."""
     run = start_with(started, project, {"CUB_FAULT": f"raise:{where}"}, *args)
@@ -858,25 +854,25 @@ def _assert_crashed(project: Path, code: int, source: str, task_id: str | None =
 
 @exit_path("crash", "created", "exception")
 def test_crash_while_created(project: Path, bin_dir: Path, started: list[Background]) -> None:
-    _, code = _crash(started, project, "created", "created", *agent(bin_dir, OK))
+    _, code = _crash(started, project, "created", *agent(bin_dir, OK))
     _assert_crashed(project, code, "created")
 
 
 @exit_path("crash", "validating", "exception")
 def test_crash_while_validating(project: Path, bin_dir: Path, started: list[Background]) -> None:
-    _, code = _crash(started, project, "validating", "validating", *agent(bin_dir, OK))
+    _, code = _crash(started, project, "validating", *agent(bin_dir, OK))
     _assert_crashed(project, code, "validating")
 
 
 @exit_path("crash", "preparing", "exception")
 def test_crash_while_preparing(project: Path, bin_dir: Path, started: list[Background]) -> None:
-    _, code = _crash(started, project, "preparing", "preparing", *agent(bin_dir, OK))
+    _, code = _crash(started, project, "preparing", *agent(bin_dir, OK))
     _assert_crashed(project, code, "preparing")
 
 
 @exit_path("crash", "selecting", "exception")
 def test_crash_while_selecting(project: Path, bin_dir: Path, started: list[Background]) -> None:
-    _, code = _crash(started, project, "selecting", "selecting", *agent(bin_dir, OK))
+    _, code = _crash(started, project, "selecting", *agent(bin_dir, OK))
     _assert_crashed(project, code, "selecting")
 
 
@@ -885,7 +881,7 @@ def test_crash_while_executing(project: Path, bin_dir: Path, started: list[Backg
     # Raised once the agent has started: the attempt is recorded, the agent does not outlive it.
     ready = bin_dir / "ready"
     script = sleeping_agent(bin_dir / "sleeper", ready)
-    run, code = _crash(started, project, "agent_started", "executing", *command_harness(script))
+    run, code = _crash(started, project, "agent_started", *command_harness(script))
     _assert_crashed(project, code, "executing", task_id="a")
     assert read_attempt(project, "a").outcome == "killed"
     assert processes_with_token(run.token) == []
@@ -893,14 +889,14 @@ def test_crash_while_executing(project: Path, bin_dir: Path, started: list[Backg
 
 @exit_path("crash", "settling", "exception")
 def test_crash_while_settling(project: Path, bin_dir: Path, started: list[Background]) -> None:
-    _, code = _crash(started, project, "settling", "settling", *agent(bin_dir, OK))
+    _, code = _crash(started, project, "settling", *agent(bin_dir, OK))
     _assert_crashed(project, code, "settling", task_id="a")
 
 
 @exit_path("crash", "supervising", "exception")
 def test_crash_while_supervising(project: Path, bin_dir: Path, started: list[Background]) -> None:
     args = ["--parallel", "2", *agent(bin_dir, OK)]
-    _, code = _crash(started, project, "supervising", "supervising", *args)
+    _, code = _crash(started, project, "supervising", *args)
     _assert_crashed(project, code, "supervising")
 
 

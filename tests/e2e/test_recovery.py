@@ -30,6 +30,7 @@ from tests.helpers.agents import (
     TEST_TOKEN_VAR,
     is_alive,
     processes_with_token,
+    sleeping_agent,
     stubborn_agent,
     wait_for_file,
     wait_until,
@@ -176,15 +177,7 @@ def test_a_live_runner_is_never_finalised_whatever_its_status_says(
     """status.json names a dead pid as the runner, but the runner holds its lock: alive."""
     project = make_project(tmp_path / "proj", [task("t1")])
     ready = bin_dir / "ready"
-    agent = write_script(
-        bin_dir / "agent",
-        f"""
-import signal, sys, time
-signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
-open({str(ready)!r}, "w").close()
-time.sleep(60)
-""",
-    )
+    agent = sleeping_agent(bin_dir / "agent", ready, exit_on_sigint=130)
     proc = start_cub(["run", *command_harness(agent)], project, env={TEST_TOKEN_VAR: token})
     try:
         wait_for_file(ready)

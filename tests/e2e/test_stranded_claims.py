@@ -14,7 +14,7 @@ import pytest
 
 from cub.tasks.jsonl import JsonlBackend
 from tests.e2e.support import assert_no_traceback, command_harness
-from tests.helpers.agents import TEST_TOKEN_VAR, wait_for_file, write_script
+from tests.helpers.agents import TEST_TOKEN_VAR, sleeping_agent, wait_for_file, write_script
 from tests.helpers.cli import make_project, read_attempt, read_run, read_tasks, run_cub, start_cub
 from tests.helpers.cli import task as make_task
 from tests.helpers.exit_paths import assert_ending, exit_path
@@ -150,15 +150,7 @@ def test_tasks_release_gives_a_stranded_claim_back(tmp_path: Path) -> None:
 def test_tasks_release_refuses_a_claim_its_live_run_holds(tmp_path: Path, token: str) -> None:
     project = make_project(tmp_path / "proj", [make_task("t1")])
     ready = tmp_path / "ready"
-    agent = write_script(
-        tmp_path / "agent.py",
-        f"""
-import signal, sys, time
-signal.signal(signal.SIGINT, lambda *_: sys.exit(130))
-open({str(ready)!r}, "w").close()
-time.sleep(60)
-""",
-    )
+    agent = sleeping_agent(tmp_path / "agent.py", ready, exit_on_sigint=130)
     proc = start_cub(["run", *command_harness(agent)], project, env={TEST_TOKEN_VAR: token})
     try:
         wait_for_file(ready)
