@@ -11,8 +11,9 @@ from cub.records.durable import write_atomic
 from cub.tasks.jsonl import DEFAULT_PATH as TASKS_PATH
 
 RUNLOOP_TEMPLATE = Path(__file__).parent / "templates" / "runloop.md"
-# Records stay local (they may hold secrets); the task file itself is meant to be committed.
-GITIGNORE_ENTRIES = (".cub/runs/", ".cub/worktrees/", ".cub/tasks.jsonl.lock")
+# The runs' worktrees stay out of git; the task file itself is meant to be committed. (Records,
+# locks and the backlog's ledger are kept out of the tree altogether: `cub.records.location`.)
+GITIGNORE_ENTRIES = (".cub/worktrees/",)
 SHARED_FILE_MODE = 0o644
 
 

@@ -25,6 +25,15 @@ PROMISE_COMPLETE = "<promise>COMPLETE</promise>"
 _PLACEHOLDER_REASONS = {"REASON", "", "` + a one-sentence reason + `"}
 
 
+_SIGNAL_TAGS = re.compile(r"<(/?)(stuck|promise)>")
+
+
+def neutralize_signals(text: str) -> str:
+    """``text`` (a task's or an issue's words) with its signal tags written ``&lt;stuck>``:
+    an agent that echoes its task must not be taken to have said what the task said."""
+    return _SIGNAL_TAGS.sub(r"&lt;\1\2>", text)
+
+
 @dataclass(frozen=True)
 class Invocation:
     argv: tuple[str, ...]

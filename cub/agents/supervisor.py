@@ -65,6 +65,8 @@ from typing import IO, NamedTuple
 
 import psutil
 
+from cub.records.durable import open_log
+
 __all__ = [
     "RUNNER_MARKER_VAR",
     "TREE_MARKER_VAR",
@@ -73,6 +75,7 @@ __all__ = [
     "SentSignal",
     "StopReport",
     "become_subreaper",
+    "kill_adopted_orphans",
     "kill_process_tree",
     "kill_processes_with_env",
     "process_matches",
@@ -456,7 +459,8 @@ class AgentProcess:
     @classmethod
     def start(cls, request: AgentRequest) -> AgentProcess:
         request.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(request.log_path, "ab")  # noqa: SIM115 - owned by the AgentProcess, closed in close()
+        # Owned by the AgentProcess, closed in close().
+        log = open(open_log(request.log_path), "ab")  # noqa: SIM115
         token = f"{os.getpid()}-{uuid.uuid4().hex}"  # unique per agent, even across runners
         # Without cub's runner marker: what this agent leaves re-parented to us is its own.
         env = {k: v for k, v in request.env.items() if k != RUNNER_MARKER_VAR}
@@ -1060,6 +1064,28 @@ def _wait_dead(procs: Iterable[tuple[int, int]], timeout: float) -> None:
         ]
         if pending:
             time.sleep(0.01)
+
+
+def kill_adopted_orphans() -> list[int]:
+    """Kill the live orphans re-parented to this subreaper that none of cub's own processes
+    started (the test of `_TreeTracker._adopted`), with everything below them, and reap them.
+    For a parallel parent once a child cub has died: an escapee its agent left is re-parented
+    here, its own runner no longer there to stop it. Returns the pids killed."""
+    if not _is_subreaper:
+        return []
+    me = os.getpid()
+    members = _TreeTracker(-1, 0, None, adopt=True).refresh(full=False)
+    killed = [
+        pid
+        for pid, st in members.items()
+        if st.alive and _signal_if_same(pid, st.starttime, signal.SIGKILL)
+    ]
+    _wait_dead(((pid, members[pid].starttime) for pid in killed), timeout=2.0)
+    for pid in killed:
+        if members[pid].ppid == me:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+    return killed
 
 
 def become_subreaper(enabled: bool = True) -> bool:

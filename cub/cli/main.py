@@ -67,7 +67,7 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, "-V", "--version", prog_name="cub")
 def cli() -> None:
     """cub drives AI coding agents through a task backlog, unattended, and leaves a durable
-    record of every run under .cub/runs/."""
+    record of every run (`cub runs`)."""
 
 
 def _is_run(args: list[str]) -> bool:
@@ -80,8 +80,23 @@ def _exit_code(result: Any) -> int:
     return result if isinstance(result, int) else 0
 
 
+def _undecodable(args: list[str]) -> str | None:
+    """The first argument that is not valid UTF-8 (it arrives as lone surrogates), shown."""
+    for arg in args:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return None
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     args = list(sys.argv[1:] if argv is None else argv)
+    # `cub run` rejects such an argument itself, with a record (cub.run.validation).
+    bad = None if _is_run(args) else _undecodable(args)
+    if bad is not None:
+        print(f"cub: error: argument {bad!r} is not valid UTF-8", file=sys.stderr)
+        sys.exit(2)
     try:
         code = _exit_code(cli.main(args=args, prog_name="cub", standalone_mode=False))
     except click.UsageError as exc:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, TextIO
 
 import msgspec
 
+from cub.cli.safe_text import agent_line_safe, terminal_safe
 from cub.cli.views import cost_text
 
 if TYPE_CHECKING:
@@ -52,16 +53,16 @@ class ConsoleObserver:
         return f"\x1b[{code}m{text}\x1b[0m" if self.color else text
 
     def message(self, text: str) -> None:
-        self._say(text)
+        self._say(terminal_safe(text))
 
     def task_started(self, task: Task, attempt: int) -> None:
         suffix = f" (attempt {attempt})" if attempt > 1 else ""
-        self._say(f"▶ {task.id}: {task.title}{suffix}")
+        self._say(f"▶ {task.id}: {terminal_safe(task.title)}{suffix}")
 
     def task_finished(self, attempt: TaskAttempt) -> None:
         ok = attempt.outcome == "succeeded"
         mark = self._paint("✓", "32") if ok else self._paint("✗", "31")
-        detail = f" — {attempt.stuck_reason}" if attempt.stuck_reason else ""
+        detail = f" — {terminal_safe(attempt.stuck_reason)}" if attempt.stuck_reason else ""
         self._say(
             f"{mark} {attempt.task_id}: {attempt.outcome} in {attempt.duration_s:.1f}s{detail}"
         )
@@ -71,13 +72,13 @@ class ConsoleObserver:
         # turns it off for --quiet.
         if self.stream:
             self._clear_status()
-            write_quietly(self.out, f"  │ {line}\n")
+            write_quietly(self.out, f"  │ {agent_line_safe(line)}\n")
 
     def journaled(self, line: str) -> None:
         if self.verbose:
             from cub.cli.views import event_line
 
-            self._say(self._paint(f"  · {event_line(line)}", "2"))
+            self._say(self._paint(f"  · {terminal_safe(event_line(line))}", "2"))
 
     def progress(
         self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float | None
@@ -154,11 +155,13 @@ def _report(result: RunResult, *, json_output: bool, quiet: bool) -> None:
         else:
             sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
     if record.state == "validation_rejected":
-        print(f"cub run: error: {record.reason}", file=sys.stderr)
+        print(f"cub run: error: {terminal_safe(record.reason)}", file=sys.stderr)
         return
     if result.ready is not None and not json_output:
         _print_ready(result.ready, human)
-    print(f"cub: {record.state} (exit {record.exit_code}): {record.reason}", file=human)
+    print(
+        f"cub: {record.state} (exit {record.exit_code}): {terminal_safe(record.reason)}", file=human
+    )
     if not quiet:
         _print_summary(result, human)
     human.flush()
@@ -167,7 +170,7 @@ def _report(result: RunResult, *, json_output: bool, quiet: bool) -> None:
 def _print_ready(ready: list[Task], out: TextIO) -> None:
     for task in ready:
         labels = f"  [{', '.join(task.labels)}]" if task.labels else ""
-        print(f"P{task.priority}  {task.id}  {task.title}{labels}", file=out)
+        print(terminal_safe(f"P{task.priority}  {task.id}  {task.title}{labels}"), file=out)
 
 
 # Endings after which running `cub run` again picks up where this run stopped.

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from cub.cli.safe_text import agent_line_safe, terminal_safe
+
 if TYPE_CHECKING:
     from cub.records.schemas import RunRecord, StatusRecord
 
@@ -24,11 +26,13 @@ def _project_dir() -> Path:
 
 
 def _recover(project_dir: Path) -> None:
-    """Finalise runs whose runner died before anything reads them."""
+    """Finalise runs whose runner died, and settle claims runs left, before anything reads
+    them."""
     from cub.records.reader import unfinished_run_dirs
+    from cub.tasks.ledger import ledgers_hold_claims
 
-    if not unfinished_run_dirs(project_dir):
-        return  # every run has its record: nothing to recover, nothing more to import
+    if not unfinished_run_dirs(project_dir) and not ledgers_hold_claims(project_dir):
+        return  # every run has its record and no task is claimed: nothing more to import
     from cub.run.recovery import recover_runs
 
     for message in recover_runs(project_dir):
@@ -139,7 +143,7 @@ def list_command(json_: bool, state: str | None, since: str | None, limit: int |
         return 0
     print(summary_header())
     for summary in summaries:
-        print(summary_line(summary))
+        print(terminal_safe(summary_line(summary)))
     return 0
 
 
@@ -183,7 +187,8 @@ def tail_command(run_id: str, interval: float) -> int:
 
     def show(lines: Iterator[tuple[str, str]]) -> None:
         for kind, text in lines:
-            print(event_line(text) if kind == "event" else f"  │ {text}", flush=True)
+            shown = terminal_safe(event_line(text)) if kind == "event" else agent_line_safe(text)
+            print(shown if kind == "event" else f"  │ {shown}", flush=True)
 
     follower = RunFollower(run_dir)
     while True:
@@ -194,7 +199,7 @@ def tail_command(run_id: str, interval: float) -> int:
             show(follower.finish())
             print(
                 f"run {record.run_id} ended {record.state} (exit {record.exit_code}): "
-                f"{record.reason}"
+                f"{terminal_safe(record.reason)}"
             )
             return 0
         show(follower.poll())

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from cub.cli.safe_text import terminal_safe
 from cub.errors import CubError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def _reporting(command: Callable[..., int]) -> Callable[..., int]:
         try:
             return command(*args, **kwargs)
         except (CubError, OSError) as exc:
-            click.echo(f"cub tasks: {exc}", err=True)
+            click.echo(terminal_safe(f"cub tasks: {exc}"), err=True)
             return 1
 
     return wrapper
@@ -56,17 +57,17 @@ def tasks_group(ctx: click.Context, project_dir: Path | None) -> None:
     ctx.meta[_PROJECT_KEY] = project_dir
 
 
-def _open_backend() -> TaskBackend:
+def _open_backend(*, by_hand: bool = False) -> TaskBackend:
     from cub.config.load import load_config
     from cub.tasks.backend import open_backend
 
     project_dir: Path = click.get_current_context().meta[_PROJECT_KEY]
-    return open_backend(project_dir, load_config(project_dir).config)
+    return open_backend(project_dir, load_config(project_dir).config, by_hand=by_hand)
 
 
 def _warn_problems(backend: TaskBackend) -> None:
     for problem in backend.problems():
-        click.echo(f"warning: {problem}", err=True)
+        click.echo(terminal_safe(f"warning: {problem}"), err=True)
 
 
 def _print_json(tasks: Task | Sequence[Task]) -> None:
@@ -80,8 +81,10 @@ def _print_rows(tasks: Sequence[Task]) -> None:
     for task in tasks:
         labels = f"  [{', '.join(task.labels)}]" if task.labels else ""
         click.echo(
-            f"{task.id:<{width}}  {task.status:<11}  {task.priority_name}  "
-            f"{task.issue_type:<7}  {task.title}{labels}"
+            terminal_safe(
+                f"{task.id:<{width}}  {task.status:<11}  {task.priority_name}  "
+                f"{task.issue_type:<7}  {task.title}{labels}"
+            )
         )
 
 
@@ -142,10 +145,11 @@ def show_command(task_id: str, json_: bool) -> int:
         return 0
     status: dict[str, str] = {t.id: t.status for t in tasks}
     for name, value in _show_fields(task, status):
-        click.echo(f"{name + ':':<14}{value}")
+        click.echo(terminal_safe(f"{name + ':':<14}{value}"))
     for heading, body in _show_blocks(task):
         click.echo(f"{heading}:")
-        click.echo("".join(f"  {line}\n" for line in body.splitlines()), nl=False)
+        lines = terminal_safe(body, keep_newlines=True).splitlines()
+        click.echo("".join(f"  {line}\n" for line in lines), nl=False)
     return 0
 
 
@@ -232,10 +236,26 @@ def _split(values: Sequence[str]) -> list[str]:
 @click.option("--reason", "-r", default="closed by hand", show_default=True)
 @_reporting
 def close_command(task_id: str, reason: str) -> int:
-    """Close a task (from any status)."""
-    backend = _open_backend()
+    """Close a task (from any status), in the task file itself."""
+    backend = _open_backend(by_hand=True)
     task = backend.close(task_id, CLI_RUN_ID, reason)
-    click.echo(f"closed {task.id}: {task.title}")
+    click.echo(terminal_safe(f"closed {task.id}: {task.title}"))
+    return 0
+
+
+@tasks_group.command("reopen")
+@click.argument("task_id")
+@_reporting
+def reopen_command(task_id: str) -> int:
+    """Put a task back to open (attempts from zero), in the task file itself: e.g. to have a
+    task a run closed or gave up on done again."""
+    from cub.tasks.beads import BeadsBackend
+    from cub.tasks.file_store import FileTaskBackend
+
+    backend = _open_backend(by_hand=True)
+    assert isinstance(backend, FileTaskBackend | BeadsBackend)  # what open_backend gives
+    task = backend.reopen(task_id)
+    click.echo(terminal_safe(f"reopened {task.id}: {task.title}"))
     return 0
 
 
@@ -264,7 +284,7 @@ def release_command(task_id: str) -> int:
     if not backend.release(task.id, owner, note=f"released by hand (claimed by {owner})"):
         click.echo(f"cub tasks: {task.id} changed meanwhile; not released", err=True)
         return 1
-    click.echo(f"released {task.id}: {task.title} (was claimed by {owner})")
+    click.echo(terminal_safe(f"released {task.id}: {task.title} (was claimed by {owner})"))
     return 0
 
 

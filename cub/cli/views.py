@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from cub.cli.safe_text import terminal_safe
+
 if TYPE_CHECKING:
     from cub.records.reader import RunSummary
     from cub.records.schemas import BudgetUse, Event, RunRecord, StatusRecord, TaskCounts
@@ -83,64 +85,64 @@ def print_record(record: RunRecord | StatusRecord, run_dir: Path) -> None:
     from cub.records.schemas import RunRecord
 
     ended = isinstance(record, RunRecord)
-    print(
+    _print(
         f"run       {record.run_id}  ({record.mode})"
         + (f"  child of {record.parent_run_id}" if record.parent_run_id else "")
     )
     if isinstance(record, RunRecord):
-        print(
+        _print(
             f"state     {record.state}  exit {record.exit_code}"
             + ("  (recorded by recovery)" if record.recorded_by == "recovery" else "")
         )
-        print(f"reason    {record.reason}  [{record.reason_code}]")
+        _print(f"reason    {record.reason}  [{record.reason_code}]")
         if record.error is not None:
-            print(f"error     {record.error.type}: {record.error.message}")
-        print(
+            _print(f"error     {record.error.type}: {record.error.message}")
+        _print(
             f"time      {record.started_at} → {record.ended_at}  ({_duration(record.duration_s)})"
         )
     else:
-        print(f"state     {record.state}  (live, updated {record.updated_at})")
-        print(f"started   {record.started_at}")
+        _print(f"state     {record.state}  (live, updated {record.updated_at})")
+        _print(f"started   {record.started_at}")
         if record.current_task is not None:
             task = record.current_task
-            print(
+            _print(
                 f"running   {task.id} attempt {task.attempt} since {task.started_at}: {task.title}"
             )
     if record.harness is not None:
-        print(
+        _print(
             f"harness   {record.harness.name} {record.harness.version or ''}"
             f"{'  model ' + record.harness.model if record.harness.model else ''}".rstrip()
         )
     if record.branch:
-        print(f"branch    {record.branch}")
-    print(f"tasks     {task_counts_line(record.tasks)}")
-    print(f"usage     {budget_line(record.budget)}")
+        _print(f"branch    {record.branch}")
+    _print(f"tasks     {task_counts_line(record.tasks)}")
+    _print(f"usage     {budget_line(record.budget)}")
     attempts = task_attempts(run_dir)
     if attempts:
-        print("attempts")
+        _print("attempts")
         for directory, attempt in attempts:
             usage = attempt.usage
             cost = cost_text(usage.cost_usd)
             detail = attempt.stuck_reason or (attempt.error.message if attempt.error else "")
-            print(
+            _print(
                 f"  {attempt.task_id} #{attempt.attempt}  {attempt.outcome:<11} "
                 f"{_duration(attempt.duration_s):>7}  {usage.total_tokens} tokens  {cost}"
                 f"{'  — ' + detail if detail else ''}"
             )
-            print(f"      {directory / 'harness.log'}")
+            _print(f"      {directory / 'harness.log'}")
     if ended and record.history:  # type: ignore[union-attr]
-        print("timeline")
+        _print("timeline")
         for step in record.history:  # type: ignore[union-attr]
-            print(f"  {step.at[11:23]}  {step.from_:<11} → {step.to:<19} {step.trigger}")
+            _print(f"  {step.at[11:23]}  {step.from_:<11} → {step.to:<19} {step.trigger}")
     children = getattr(record, "children", [])
     if children:
-        print("children")
+        _print("children")
         for child in children:
-            print(
+            _print(
                 f"  {child.run_id}  {child.state}  exit {child.exit_code}"
                 f"{'  task ' + child.task_id if child.task_id else ''}"
             )
-    print(f"records   {run_dir}")
+    _print(f"records   {run_dir}")
 
 
 def event_line(raw: str) -> str:
@@ -149,7 +151,7 @@ def event_line(raw: str) -> str:
 
     try:
         event = msgspec.json.decode(raw, type=Event)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return raw
     return _format_event(event)
 
@@ -164,27 +166,32 @@ def _format_event(event: Event) -> str:
 
 
 def print_events(events: list[Event]) -> None:
-    print("events")
+    _print("events")
     for event in events:
-        print(f"  {event.seq:>4} {_format_event(event)}")
+        _print(f"  {event.seq:>4} {_format_event(event)}")
 
 
 def print_status(record: RunRecord | StatusRecord, run_dir: Path) -> None:
     from cub.records.schemas import RunRecord
 
     if isinstance(record, RunRecord):
-        print(
+        _print(
             f"last run {record.run_id}: {record.state} (exit {record.exit_code}) — {record.reason}"
         )
-        print(f"  {budget_line(record.budget)}")
-        print(f"  records: {run_dir}")
+        _print(f"  {budget_line(record.budget)}")
+        _print(f"  records: {run_dir}")
         return
     started = datetime.fromisoformat(record.started_at)
     elapsed = (datetime.now(UTC) - started).total_seconds()
-    print(f"run {record.run_id}: {record.state}, running for {_duration(elapsed)}")
+    _print(f"run {record.run_id}: {record.state}, running for {_duration(elapsed)}")
     task = record.current_task
     if task is not None:
-        print(f"  task {task.id} (attempt {task.attempt}): {task.title}")
-    print(f"  {budget_line(record.budget)}")
-    print(f"  tasks: {record.tasks.succeeded} succeeded, {record.tasks.failed} failed")
-    print(f"  records: {run_dir}")
+        _print(f"  task {task.id} (attempt {task.attempt}): {task.title}")
+    _print(f"  {budget_line(record.budget)}")
+    _print(f"  tasks: {record.tasks.succeeded} succeeded, {record.tasks.failed} failed")
+    _print(f"  records: {run_dir}")
+
+
+def _print(text: str = "") -> None:
+    """Every line shown here holds text from records (titles, reasons, agents' words)."""
+    print(terminal_safe(text))

@@ -16,7 +16,12 @@ from typing import Any
 
 import msgspec
 
-from cub.config.messages import describe_validation_error, json_error_parts, relative_label
+from cub.config.messages import (
+    describe_validation_error,
+    json_error_parts,
+    nul_character_at,
+    relative_label,
+)
 from cub.config.schema import (
     Config,
     decode_hook,
@@ -48,12 +53,17 @@ def load_config(
     project_dir: Path,
     env: Mapping[str, str] | None = None,
     overrides: Mapping[str, object] | None = None,
+    *,
+    with_project: bool = True,
 ) -> LoadedConfig:
-    """The effective config; ``ConfigError`` (one line: source, key path, problem) if invalid."""
+    """The effective config; ``ConfigError`` (one line: source, key path, problem) if invalid.
+    ``with_project=False``: what the user alone configured (their file and environment), for
+    settings a repository must not be trusted with (where to send the user's tokens)."""
     env = os.environ if env is None else env
     merged: dict[str, Any] = {}
     sources: list[Path] = []
-    for path in (user_config_path(env), project_dir / PROJECT_CONFIG):
+    files = [user_config_path(env), *([project_dir / PROJECT_CONFIG] if with_project else [])]
+    for path in files:
         layer = _read_file_layer(path, relative_label(path, project_dir))
         if layer is not None:
             sources.append(path)
@@ -91,9 +101,18 @@ def _read_file_layer(path: Path, label: str) -> dict[str, Any] | None:
     if not data.strip():
         return {}
     try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{label}: line {line}: not valid UTF-8") from None
+    try:
         layer = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{label}: {_json_error(data, str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"{label}: invalid JSON: nested too deeply") from None
+    if b"\\u0000" in data and (at := nul_character_at(layer)) is not None:
+        raise ConfigError(f"{label}: {at}: contains a NUL character (\\u0000)")
     _validate(layer, label)
     assert isinstance(layer, dict)  # _validate checked it is a JSON object
     return layer

@@ -191,6 +191,27 @@ def _other_members(tp: Any) -> list[str]:
     return names
 
 
+def nul_character_at(data: Any, path: str = "$") -> str | None:
+    """The JSON path of the first key or string in ``data`` holding a NUL character, if any:
+    such a string cannot go into an argument, an environment variable or a file name, so it
+    is refused where it is read, with its place named."""
+    if isinstance(data, str):
+        return path if "\x00" in data else None
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if isinstance(key, str) and "\x00" in key:
+                return f"{path}.{key!r}"
+            found = nul_character_at(value, f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            found = nul_character_at(value, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 def json_error_parts(message: str) -> tuple[int | None, str]:
     """A msgspec JSON decode error as (byte offset if it gives one, what is wrong)."""
     found = _BYTE_OFFSET.search(message)

@@ -151,12 +151,25 @@ class RedactionConfig(Section):
     use_defaults: bool = True
 
     def __post_init__(self) -> None:
-        # A bad pattern is a config error now, not a crash halfway through a run.
+        # A bad pattern is a config error now, not a crash halfway through a run (or in the
+        # recovery of a dead one): each is checked the way the redactor will compile it, as
+        # one alternative of a single regex after the defaults.
+        from cub.records.redact import Redactor, alternative
+
         for pattern in self.patterns:
             try:
-                re.compile(pattern)
+                alone = re.compile(alternative(pattern))
             except re.error as exc:
                 raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+            if alone.fullmatch(""):
+                raise ValueError(
+                    f"regular expression {pattern!r} matches the empty string "
+                    "(it would mask between every character)"
+                )
+        try:
+            Redactor.for_config(self)
+        except re.error as exc:  # e.g. a back-reference that means another group once joined
+            raise ValueError(f"the patterns do not compile together: {exc}") from None
 
 
 class Config(Section):

@@ -22,6 +22,7 @@ from pathlib import Path
 import msgspec
 
 from cub.loop.commands import run_in_group
+from cub.records.durable import open_log
 
 HOOK_POINTS: tuple[str, ...] = (
     "pre-loop",
@@ -235,5 +236,5 @@ def _append_log(log_dir: Path, outcome: HookOutcome, output: str) -> None:
     if output and not output.endswith("\n"):
         output += "\n"
     log_dir.mkdir(parents=True, exist_ok=True)
-    with (log_dir / HOOKS_LOG).open("a", encoding="utf-8") as log:
+    with open(open_log(log_dir / HOOKS_LOG), "a", encoding="utf-8") as log:
         log.write(header + output)

@@ -6,6 +6,8 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cub.agents.harness import neutralize_signals
+
 if TYPE_CHECKING:
     from cub.tasks.model import Task
 
@@ -30,6 +32,9 @@ def _criteria(task: Task) -> list[str]:
 
 
 def task_prompt(task: Task, backlog: list[Task], previous_log: Path | None = None) -> str:
+    """The task at hand, from the task's (and its epic's) text and, on a retry, the end of the
+    previous attempt's output. None of it is cub's to vouch for: the agent's signals are
+    neutralised in it (`neutralize_signals`), so only the agent's own count."""
     lines = [f"## Task {task.id}: {task.title}", ""]
     if task.description:
         lines += [task.description.strip(), ""]
@@ -49,7 +54,7 @@ def task_prompt(task: Task, backlog: list[Task], previous_log: Path | None = Non
             "```",
             "",
         ]
-    return "\n".join(lines).rstrip() + "\n"
+    return neutralize_signals("\n".join(lines).rstrip() + "\n")
 
 
 def _epic_context(task: Task, backlog: list[Task]) -> list[str]:

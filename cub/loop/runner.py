@@ -165,8 +165,7 @@ class TaskLoop:
         if result.stopped_by not in (None, "timed_out"):
             if record.outcome == "succeeded":
                 # Stopped for the budget, it finished its task first: that work is kept.
-                commits = self._close(task)
-                run.machine.note("task_closed", task_id=task.id, data={"commits": commits})
+                self._close_outside_the_loop(task)
             else:
                 # Cut short: the task goes back to the backlog untouched, and the attempt cub
                 # cut short is not one of the task's own.
@@ -326,8 +325,7 @@ class TaskLoop:
         """Keep a finished attempt's work; anything else goes back to the backlog."""
         record = result.record
         if record.outcome == "succeeded":
-            commits = self._close(task)
-            self.run.machine.note("task_closed", task_id=task.id, data={"commits": commits})
+            self._close_outside_the_loop(task)
         else:
             # Failed by itself, it counts; cut short by the stop, it does not.
             cut_short = record.outcome in ("interrupted", "killed")
@@ -351,6 +349,12 @@ class TaskLoop:
         ctx.claimed_tasks.remove(task.id)
         ctx.tasks.succeeded += 1
         return commits
+
+    def _close_outside_the_loop(self, task: Task) -> None:
+        """Close a finished task while the run is ending (budget, stop): journaled as an
+        event, the machine being past the transition that records a success."""
+        commits = self._close(task)
+        self.run.machine.note("task_closed", task_id=task.id, data={"commits": commits})
 
     def _release(self, task: Task, note: str, uncount: bool = False) -> None:
         ctx = self.run.ctx

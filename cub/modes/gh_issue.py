@@ -125,6 +125,41 @@ def _without_credentials(url: str) -> str:
     return re.sub(r"//[^@/]+@", "//", url)
 
 
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def check_api_url(api_url: str) -> None:
+    """Only https, or http to this machine (a local test server): over plain http the token
+    would cross the network in clear."""
+    parts = urllib.parse.urlsplit(api_url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme == "https" and host:
+        return
+    if parts.scheme == "http" and (host in _LOOPBACK or host.startswith("127.")):
+        return
+    raise Rejected(
+        "invalid_config",
+        f"github.api_url {api_url!r}: cub talks to the GitHub API over https:// only "
+        "(http:// only to this machine, e.g. http://127.0.0.1:8080)",
+    )
+
+
+def _token_may_go_to(api_url: str, env: Mapping[str, str]) -> bool:
+    """The user's GitHub token goes to the public API, or to a host the user named (their
+    own config or environment); never to one only a repository's .cub/config.json names."""
+    from cub.config.load import load_config
+
+    host = (urllib.parse.urlsplit(api_url).hostname or "").lower()
+    if host == "api.github.com":
+        return True
+    try:
+        users_own = load_config(Path.cwd(), env, with_project=False).config.github.api_url
+    except Rejected:
+        users_own = None
+    named = api_base_url(env, users_own)
+    return (urllib.parse.urlsplit(named).hostname or "").lower() == host
+
+
 def check_repo_flag(value: str) -> None:
     if _REPO_FLAG.fullmatch(value) is None:
         raise Rejected(
@@ -161,8 +196,10 @@ def fetch_issue(
     any other API failure is kept in ``IssueRun.error``.
     """
     api_url = api_base_url(env, config.github.api_url)
+    check_api_url(api_url)
     owner, name = resolve_repository(git_root, config.github.repo, api_url)
-    client = GitHubClient(api_url, resolve_token(env, api_url))
+    token = resolve_token(env, api_url) if _token_may_go_to(api_url, env) else None
+    client = GitHubClient(api_url, token)
     found = IssueRun(
         owner=owner,
         name=name,

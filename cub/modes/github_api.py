@@ -341,7 +341,7 @@ class GitHubClient:
     def _decode(self, payload: bytes, kind: Any, method: str, path: str) -> Any:
         try:
             return msgspec.json.decode(payload, type=kind)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
             message = (
                 f"unexpected answer from the GitHub API at {self.api_url} for {method} "
                 f"{_display_path(self.api_url, path)}: {_one_line(str(exc))}"
@@ -379,7 +379,7 @@ def _github_message(body: bytes) -> str:
         return ""
     try:
         data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return _one_line(body.decode("utf-8", "replace"), 120)
     if isinstance(data, dict) and isinstance(data.get("message"), str):
         return _one_line(data["message"], 120)

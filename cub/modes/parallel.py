@@ -31,6 +31,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from cub.agents.supervisor import kill_adopted_orphans
 from cub.loop.budget import exhausted_while_running
 from cub.modes.parallel_children import (
     BUDGET_CODES,
@@ -140,6 +141,10 @@ class ParallelRun:
         ctx, machine = self.run.ctx, self.run.machine
         self.live.remove(child)
         record = child.collect(self.plan.project_dir)
+        # A child that died took none of its agents' escapees with it: they are ours now.
+        orphans = kill_adopted_orphans()
+        if orphans:
+            machine.note("orphans_killed", task_id=child.task_id, data={"pids": orphans})
         ctx.children.append(child.summary())
         state = child.state
         if record is not None:

@@ -26,6 +26,7 @@ import psutil
 
 from cub.chart.definition import RUN_CHART
 from cub.records.durable import make_private_dir, replace_symlink
+from cub.records.location import runs_dir
 from cub.records.reader import read_run_json, read_status_json
 from cub.records.schemas import BudgetUse, ChildRun, RunRecord
 
@@ -224,7 +225,7 @@ def start_child(
         task_id=task_id,
         run_id=run_id,
         order=order,
-        run_dir=project_dir / ".cub" / "runs" / run_id,
+        run_dir=runs_dir(project_dir) / run_id,
         proc=proc,
         create_time=create_time,
         log=log,

@@ -39,9 +39,9 @@ from cub.modes.sandbox_container import (
 )
 from cub.modes.sandbox_results import Ending
 from cub.modes.worktree import worktree_path
+from cub.records.location import runs_dir
 from cub.records.reader import read_status_json
 from cub.records.schemas import RunRecord
-from cub.records.store import RUNS_DIR
 from cub.run.machine import signal_word
 
 if TYPE_CHECKING:
@@ -160,7 +160,7 @@ class SandboxRun:
 
     @property
     def inner_dir(self) -> Path:
-        return self.inner_project / RUNS_DIR / self.inner_id
+        return runs_dir(self.inner_project) / self.inner_id
 
     @property
     def copied_dir(self) -> Path | None:
@@ -217,11 +217,11 @@ class SandboxRun:
         store = self.run.ctx.store
         if store is not None:
             # The snapshot comes from the recorded copy, so both are the same backlog.
-            at_start = ws.keep_backlog_at_start(self.task_file, store.run_dir)
+            at_start = ws.keep_backlog_at_start(host, store.run_dir)
             self.before = ws.snapshot(type(host)(at_start, self.project))
         else:
             self.before = ws.snapshot(host)
-        copied = ws.copy_project_files(self.project, self.inner_project, self.task_file)
+        copied = ws.copy_project_files(self.project, self.inner_project, host)
         self.config_home = ws.copy_user_config(user_config_path(_environ()), self.workspace)
         self.note(
             "sandbox_workspace",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cub.errors import one_line
+from cub.records.durable import open_log
 
 if TYPE_CHECKING:
     from cub.config.schema import SandboxConfig
@@ -263,7 +264,7 @@ class LogPump:
         pending = b""
         try:
             stream = client(None).api.logs(self.container_id, stream=True, follow=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fd = open_log(self.path)
             with open(fd, "a", encoding="utf-8") as log:
                 for chunk in stream:
                     pending += chunk

@@ -77,7 +77,11 @@ def _salvage(
     """The steps of a normal ending after the container (see `sandbox_results.collect`)."""
     from cub.git import repo_root
 
-    inner_project = inner_dir.parents[2]  # <inner project>/.cub/runs/<inner run id>
+    repo = repo_root(project_dir)
+    # The project's place in the workspace's clone is its place in the host repository.
+    inner_project = (
+        workspace / project_dir.resolve().relative_to(repo.resolve()) if repo else workspace
+    )
     inner_id = inner_dir.name
     done: dict[str, Any] = {"inner_run_id": inner_id}
     needed, message = recover_inner(inner_project, inner_dir)
@@ -98,7 +102,6 @@ def _salvage(
             inner_id, inner, container_id=started.get("container_id"), image=started.get("image")
         )
     ]
-    repo = repo_root(project_dir)
     if repo is None:
         done["problems"] = [*notes, f"{project_dir} is no longer in a git repository"]
         return done

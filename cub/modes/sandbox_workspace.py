@@ -76,13 +76,19 @@ def create_workspace(repo: Path, workspace: Path, branch: str, base: str | None)
     return created
 
 
-def copy_project_files(project: Path, inner_project: Path, task_file: Path) -> list[str]:
-    """Copy the task file and cub's project files into the clone where they are missing or
-    differ; returns what was copied (paths relative to the project)."""
+def copy_project_files(project: Path, inner_project: Path, host: FileTaskBackend) -> list[str]:
+    """Copy the backlog (as the host sees it: its task file with the ledger laid over it) and
+    cub's project files into the clone where they are missing or differ; returns what was
+    copied (paths relative to the project)."""
     copied = []
+    backlog = inner_project / host.path.relative_to(project)
+    data = host.snapshot_bytes()
+    if not backlog.is_file() or backlog.read_bytes() != data:
+        backlog.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(backlog, data, mode=0o644)
+        copied.append(str(host.path.relative_to(project)))
     cub_dir = project / ".cub"
-    candidates = [task_file, *(cub_dir / name for name in _PROJECT_FILES)]
-    for source in candidates:
+    for source in (cub_dir / name for name in _PROJECT_FILES):
         if not source.is_file():
             continue
         target = inner_project / source.relative_to(project)
@@ -162,16 +168,12 @@ def fetch_branch(repo: Path, workspace: Path, branch: str) -> tuple[str, str | N
 BACKLOG_AT_START_DIR = "sandbox-backlog"
 
 
-def keep_backlog_at_start(task_file: Path, run_dir: Path) -> Path:
+def keep_backlog_at_start(host: FileTaskBackend, run_dir: Path) -> Path:
     """Copy the host backlog into the run's records as the sandbox gets it, so that even a
     recovery after the host died can tell the host's own later changes from the sandbox's."""
-    target = run_dir / BACKLOG_AT_START_DIR / task_file.name
+    target = run_dir / BACKLOG_AT_START_DIR / host.path.name
     make_private_dir(target.parent)
-    try:
-        data = task_file.read_bytes()
-    except FileNotFoundError:
-        data = b""
-    write_atomic(target, data)
+    write_atomic(target, host.snapshot_bytes())
     return target
 
 

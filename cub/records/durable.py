@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -24,6 +25,20 @@ def keep_out_of_git(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_log(path: Path) -> int:
+    """A descriptor to append to the log at ``path``, created private. Never through a
+    symlink: one found there was planted (cub makes none in a run's directory), so it is
+    removed and the log created in its place, not wherever the link points."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+    path.unlink()
+    return os.open(path, flags | os.O_EXCL, 0o600)
 
 
 def make_private_dir(path: Path) -> None:

@@ -94,7 +94,7 @@ class RunFollower:
             return None
         try:
             event = _event_decoder.decode(line)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             return None
         if event.kind != "agent_started" or not event.task_id:
             return None

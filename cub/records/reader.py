@@ -10,6 +10,7 @@ from pathlib import Path
 import msgspec
 
 from cub.records.durable import replace_symlink
+from cub.records.location import runs_dir
 from cub.records.schemas import (
     BudgetUse,
     Event,
@@ -18,7 +19,7 @@ from cub.records.schemas import (
     TaskAttempt,
     TaskCounts,
 )
-from cub.records.store import RUNS_DIR, lock_run, runs_root_is_linked, unlock_run
+from cub.records.store import lock_run, runs_root_is_linked, unlock_run
 
 _run_decoder = msgspec.json.Decoder(RunRecord)
 _status_decoder = msgspec.json.Decoder(StatusRecord)
@@ -26,10 +27,6 @@ _status_decoder = msgspec.json.Decoder(StatusRecord)
 
 class RunNotFound(LookupError):
     pass
-
-
-def runs_dir(project_dir: Path) -> Path:
-    return project_dir / RUNS_DIR
 
 
 def run_dirs(project_dir: Path) -> list[Path]:
@@ -40,7 +37,7 @@ def _run_dir_paths(project_dir: Path) -> list[str]:
     # Plain strings from scandir, whose entry types come with the listing: no stat and no
     # Path object per run (for 10,000 runs, 10 ms instead of 200).
     root = runs_dir(project_dir)
-    if runs_root_is_linked(project_dir, root):
+    if runs_root_is_linked(root):
         return []  # not the project's records (and recovery must not write there)
     try:
         with os.scandir(root) as entries:
@@ -63,7 +60,7 @@ def read_run_json(run_dir: Path) -> RunRecord | None:
     """The run's final record; None until it is written (or if it cannot be read)."""
     try:
         return _run_decoder.decode((run_dir / "run.json").read_bytes())
-    except (OSError, msgspec.DecodeError):
+    except (OSError, msgspec.DecodeError, RecursionError):
         return None
 
 
@@ -71,7 +68,7 @@ def read_status_json(run_dir: Path) -> StatusRecord | None:
     """The run's live status; None if there is none (or it cannot be read)."""
     try:
         return _status_decoder.decode((run_dir / "status.json").read_bytes())
-    except (OSError, msgspec.DecodeError):
+    except (OSError, msgspec.DecodeError, RecursionError):
         return None
 
 
@@ -121,7 +118,7 @@ def load_summary(run_dir: Path | str) -> RunSummary | None:
         try:
             with open(os.path.join(run_dir, name), "rb") as fh:
                 summary = _summary_decoder.decode(fh.read())
-        except (FileNotFoundError, NotADirectoryError, msgspec.DecodeError):
+        except (FileNotFoundError, NotADirectoryError, msgspec.DecodeError, RecursionError):
             continue
         summary.live = live
         return summary
@@ -161,7 +158,7 @@ def task_attempts(run_dir: Path) -> list[tuple[Path, TaskAttempt]]:
     ):
         try:
             found.append((path.parent, _attempt_decoder.decode(path.read_bytes())))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             continue
     found.sort(key=lambda item: item[1].started_at)
     return found
@@ -179,7 +176,7 @@ def read_events(run_dir: Path) -> list[Event]:
     for line in lines:
         try:
             events.append(_event_decoder.decode(line))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             continue
     return events
 

@@ -146,6 +146,31 @@ def _joined_by_first_char(patterns: Sequence[str]) -> str:
 _DEFAULTS_JOINED = _joined_by_first_char(DEFAULT_SECRET_PATTERNS)
 
 
+def _encodable(text: str) -> str:
+    """``text`` as UTF-8 can hold it: bytes that were not UTF-8 (a command line's, which
+    Python keeps as lone surrogates) become U+FFFD, so that no record fails to be written."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+_LEADING_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+
+
+def alternative(pattern: str) -> str:
+    """``pattern`` as one alternative of the joined regex. Flags written at its start, as
+    ``(?i)secret``, would be global flags in the middle of the joined regex (an error): they
+    become flags of its own group, ``(?i:secret)``."""
+    flags = _LEADING_FLAGS.match(pattern)
+    if flags is not None:
+        return f"(?{flags.group(1)}:{pattern[flags.end() :]})"
+    return f"(?:{pattern})"
+
+
 class Redactor:
     """Replaces every match of ``patterns`` with ``MASK``; with the defaults (listed first), also
     a text that is a private key's base64 body line."""
@@ -157,9 +182,9 @@ class Redactor:
         n_defaults = len(DEFAULT_SECRET_PATTERNS)
         self._key_body_lines = patterns[:n_defaults] == DEFAULT_SECRET_PATTERNS
         if self._key_body_lines:
-            parts = [_DEFAULTS_JOINED, *(f"(?:{p})" for p in patterns[n_defaults:])]
+            parts = [_DEFAULTS_JOINED, *(alternative(p) for p in patterns[n_defaults:])]
         else:
-            parts = [f"(?:{p})" for p in patterns]
+            parts = [alternative(p) for p in patterns]
         self._regex = re.compile("|".join(parts)) if parts else None
 
     @classmethod
@@ -186,7 +211,7 @@ class Redactor:
 
     def _value(self, value: Any, keep: frozenset[str]) -> Any:
         if isinstance(value, str):
-            return self(value)
+            return self(_encodable(value))
         if isinstance(value, msgspec.Struct):
             changes = {
                 name: self._value(getattr(value, name), keep)
@@ -203,7 +228,7 @@ class Redactor:
     def _mapping(self, mapping: dict[Any, Any], keep: frozenset[str]) -> dict[Any, Any]:
         redacted: dict[Any, Any] = {}
         for key, item in mapping.items():
-            new_key = self(key) if isinstance(key, str) else key
+            new_key = self(_encodable(key)) if isinstance(key, str) else key
             # Two keys masked alike (two secrets used as names) both stay, numbered.
             base, n = new_key, 1
             while new_key in redacted:

@@ -1,9 +1,11 @@
 """The run directory: where a run's records live and the only code that writes them.
 
-.cub/runs/<run_id>/status.json   rewritten at every transition
-.cub/runs/<run_id>/events.jsonl  one fsynced line per transition or event
-.cub/runs/<run_id>/run.json      the final record, written last
-.cub/runs/<run_id>/tasks/<task_id>/{prompt.md,harness.log,task.json}
+<runs>/<run_id>/status.json   rewritten at every transition
+<runs>/<run_id>/events.jsonl  one fsynced line per transition or event
+<runs>/<run_id>/run.json      the final record, written last
+<runs>/<run_id>/tasks/<task_id>/{prompt.md,harness.log,task.json}
+
+``<runs>`` is the project's runs directory, out of the agent's reach (`cub.records.location`).
 """
 
 from __future__ import annotations
@@ -30,11 +32,11 @@ from cub.errors import Rejected
 from cub.records.durable import (
     append_line,
     fsync_dir,
-    keep_out_of_git,
     make_private_dir,
     replace_symlink,
     write_atomic,
 )
+from cub.records.location import runs_dir
 from cub.records.redact import Redactor
 from cub.records.schemas import (
     JSON_ENCODER,
@@ -45,8 +47,6 @@ from cub.records.schemas import (
     TaskAttempt,
     encode,
 )
-
-RUNS_DIR = Path(".cub") / "runs"
 
 # Record fields cub fills from a vocabulary of its own (states, outcomes, reason codes) or its
 # clock: never a secret, and masking one (a redaction pattern is the user's regex) would leave
@@ -140,10 +140,9 @@ class RunStore:
 
     @classmethod
     def create(cls, project_dir: Path, run_id: str, redactor: Redactor) -> RunStore:
-        runs = project_dir / RUNS_DIR
-        check_runs_root(project_dir, runs)
+        runs = runs_dir(project_dir)
+        check_runs_root(runs)
         make_private_dir(runs)
-        keep_out_of_git(runs)
         run_dir = runs / run_id
         taken = Rejected("invalid_name", f"a run named {run_id!r} already exists in {runs}")
         if run_dir.exists():
@@ -307,27 +306,21 @@ class RunStore:
         return archive
 
 
-def check_runs_root(project_dir: Path, runs: Path) -> None:
-    """Refuse a runs directory reached through a symlink (a committed ``.cub/runs -> /tmp/x``,
+def check_runs_root(runs: Path) -> None:
+    """Refuse a runs directory reached through a symlink (one planted as ``.git/cub -> /tmp/x``,
     say): every record, and recovery's writes, would land wherever it points."""
-    try:
-        steps = runs.relative_to(project_dir).parts
-        current = project_dir
-    except ValueError:  # kept outside the project: only its own name is checked
-        steps, current = (runs.name,), runs.parent
-    for step in steps:
-        current = current / step
-        if current.is_symlink():
+    for step in (runs.parent, runs):
+        if step.is_symlink():
             raise Rejected(
                 "records_unwritable",
-                f"{current} is a symlink (to {os.readlink(current)}): cub writes run records "
-                "only into a real directory of the project; remove the link",
+                f"{step} is a symlink (to {os.readlink(step)}): cub writes run records "
+                "only into a real directory; remove the link",
             )
 
 
-def runs_root_is_linked(project_dir: Path, runs: Path) -> bool:
+def runs_root_is_linked(runs: Path) -> bool:
     try:
-        check_runs_root(project_dir, runs)
+        check_runs_root(runs)
     except Rejected:
         return True
     return False
@@ -363,7 +356,7 @@ def _last_seq(events: Path) -> int:
     for line in reversed(data.splitlines()):
         try:
             return msgspec.json.decode(line, type=Event).seq
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             continue
     return 0
 
@@ -389,7 +382,7 @@ def read_runner(run_dir: Path) -> RunnerInfo | None:
     """Who created the run, as written in its lock file; None for older runs or a torn write."""
     try:
         return msgspec.json.decode((run_dir / RUNNER_LOCK).read_bytes(), type=RunnerInfo)
-    except (OSError, msgspec.DecodeError):
+    except (OSError, msgspec.DecodeError, RecursionError):
         return None
 
 

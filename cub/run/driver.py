@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cub.errors import ForceKillRequested, Rejected, SetupFailed
+from cub.records.location import runs_dir
 from cub.records.redact import Redactor
 from cub.records.schemas import RunRecord
 from cub.records.store import RunStore, new_run_id
@@ -104,23 +105,27 @@ def _open_run(
 
         for message in recover_runs(root):
             print(f"cub: {message}", file=sys.stderr)
-    early_rejection: Rejected | None = None
+    from cub.run.validation import printable_argument, undecodable_argument
+
+    early_rejection = undecodable_argument(argv)
+    # The record keeps what was typed, bytes that are not UTF-8 shown as U+FFFD.
+    argv = [printable_argument(arg) for arg in argv]
     try:
         run_id = new_run_id(mode, name)
     except Rejected as exc:
-        early_rejection, run_id = exc, new_run_id(mode)
+        early_rejection, run_id = early_rejection or exc, new_run_id(mode)
 
     store = None
     if root is not None or anywhere:
         try:
             store = RunStore.create(project_dir, run_id, Redactor())
         except Rejected as exc:  # a run by that --name exists already
-            early_rejection = exc
+            early_rejection = early_rejection or exc
             run_id = new_run_id(mode)
             store = _try_store(project_dir, run_id)
         except OSError as exc:
             print(
-                f"cub: cannot write run records under {project_dir}/.cub/runs: {exc}",
+                f"cub: cannot write run records under {runs_dir(project_dir)}: {exc}",
                 file=sys.stderr,
             )
 
@@ -255,7 +260,7 @@ def _drive(
     if run.ctx.store is None:
         # A run that cannot leave a record does no work.
         machine.reject(
-            reason=f"cannot write run records under {plan.project_dir / '.cub' / 'runs'}; "
+            reason=f"cannot write run records under {runs_dir(plan.project_dir)}; "
             "fix its permissions or free some space",
             reason_code="records_unwritable",
         )

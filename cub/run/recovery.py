@@ -321,7 +321,7 @@ def _last_outcome(run_dir: Path, task_id: str) -> str | None:
     try:
         path = run_dir / "tasks" / task_id / "task.json"
         return msgspec.json.decode(path.read_bytes(), type=TaskAttempt).outcome
-    except (OSError, msgspec.DecodeError):
+    except (OSError, msgspec.DecodeError, RecursionError):
         return None
 
 
@@ -503,7 +503,7 @@ def _record_lost_attempts(store: RunStore, status: StatusRecord, held: list[Task
             try:
                 if msgspec.json.decode(path.read_bytes(), type=TaskAttempt).attempt >= attempt:
                     continue
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 pass
         recorded += 1
         store.write_attempt(

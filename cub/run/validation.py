@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cub.durations import parse_duration
-from cub.errors import Rejected, one_line
+from cub.errors import BackendError, Rejected, one_line
 from cub.records.store import check_run_name, check_safe_name
 from cub.run.request import RunRequest
 
@@ -149,6 +149,28 @@ def check_harness_name(r: RunRequest) -> None:
             f"--harness {r.harness!r} is not a known harness "
             f"(choose one of: {', '.join(KNOWN_HARNESSES)})",
         )
+
+
+def undecodable_argument(argv: Sequence[str]) -> Rejected | None:
+    """The rejection for the first argument that is not valid UTF-8 (Python hands such bytes
+    over as lone surrogates, which no record, file name or agent could take), naming its flag."""
+    for index, arg in enumerate(argv):
+        if printable_argument(arg) == arg:
+            continue
+        flag, _, value = arg.partition("=") if arg.startswith("--") else (arg, "", "")
+        if not value and not arg.startswith("-") and index > 0:
+            flag = argv[index - 1] if argv[index - 1].startswith("-") else "an argument"
+        shown = printable_argument(arg)
+        return Rejected("invalid_flag", f"{printable_argument(flag)}: {shown!r} is not valid UTF-8")
+    return None
+
+
+def printable_argument(arg: str) -> str:
+    try:
+        data = arg.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = arg.encode("utf-8", "replace")
+    return data.decode("utf-8", "replace")
 
 
 def check_values(r: RunRequest) -> None:
@@ -297,6 +319,21 @@ def check_docker() -> None:
         ) from exc
 
 
+def _checked_backend(r: RunRequest, project_dir: Path, config: Config) -> TaskBackend:
+    """The project's backlog, read once: it parses, and holds the task ``--task`` names."""
+    from cub.tasks.backend import open_backend
+
+    backend = open_backend(project_dir, config)
+    try:
+        tasks = backend.load()
+    except BackendError as exc:
+        # Only beads is read through a program: what it answered is the backlog.
+        raise Rejected("invalid_task_file", f"{backend.describe()}: {exc}") from None
+    if r.task is not None and not any(t.id == r.task for t in tasks):
+        raise Rejected("task_not_found", f"--task {r.task}: no such task in {backend.describe()}")
+    return backend
+
+
 def validate(
     r: RunRequest, project_dir: Path, env: Mapping[str, str], stdin: Any = None
 ) -> RunPlan:
@@ -327,14 +364,7 @@ def validate(
 
         backend = DirectBackend(direct_prompt)
     elif _needs_backend(r):
-        from cub.tasks.backend import open_backend
-
-        backend = open_backend(project_dir, config)
-        tasks = backend.load()
-        if r.task is not None and not any(t.id == r.task for t in tasks):
-            raise Rejected(
-                "task_not_found", f"--task {r.task}: no such task in {backend.describe()}"
-            )
+        backend = _checked_backend(r, project_dir, config)
 
     if git_root is not None:
         check_clean_checkout(r, git_root, backend.path if _needs_backend(r) and backend else None)

@@ -95,34 +95,38 @@ class TaskBackend(Protocol):
         ...
 
 
-def open_backend(project_dir: Path, config: Config) -> TaskBackend:
-    """The backend ``config.backend`` names, or the one found in ``project_dir``."""
+def open_backend(project_dir: Path, config: Config, *, by_hand: bool = False) -> TaskBackend:
+    """The backend ``config.backend`` names, or the one found in ``project_dir``. ``by_hand``:
+    a person's closes and notes are written into a task file (a run's go to its ledger, see
+    `cub.tasks.ledger`)."""
     mode = config.backend.mode
     configured = _resolve(project_dir, config.backend.path)
     if mode == "jsonl":
-        return _existing(JsonlBackend(configured or project_dir / JSONL_PATH, project_dir))
+        path = configured or project_dir / JSONL_PATH
+        return _existing(JsonlBackend(path, project_dir, by_hand=by_hand))
     if mode == "prd":
-        return _existing(PrdBackend(configured or project_dir / PRD_PATH, project_dir))
+        path = configured or project_dir / PRD_PATH
+        return _existing(PrdBackend(path, project_dir, by_hand=by_hand))
     if mode == "beads":
         if not (project_dir / ".beads").is_dir():
             raise _no_backend(project_dir, "backend.mode is beads but there is no .beads/")
         return BeadsBackend(project_dir)
-    return _detect(project_dir, configured)
+    return _detect(project_dir, configured, by_hand)
 
 
-def _detect(project_dir: Path, configured: Path | None) -> TaskBackend:
+def _detect(project_dir: Path, configured: Path | None, by_hand: bool) -> TaskBackend:
     if configured is not None:
         # A configured path says which file; its suffix says which format.
         backend: TaskBackend = (
-            PrdBackend(configured, project_dir)
+            PrdBackend(configured, project_dir, by_hand=by_hand)
             if configured.suffix == ".json"
-            else JsonlBackend(configured, project_dir)
+            else JsonlBackend(configured, project_dir, by_hand=by_hand)
         )
         return _existing(backend)
     if (project_dir / JSONL_PATH).is_file():
-        return JsonlBackend(project_dir / JSONL_PATH, project_dir)
+        return JsonlBackend(project_dir / JSONL_PATH, project_dir, by_hand=by_hand)
     if (project_dir / PRD_PATH).is_file():
-        return PrdBackend(project_dir / PRD_PATH, project_dir)
+        return PrdBackend(project_dir / PRD_PATH, project_dir, by_hand=by_hand)
     if (project_dir / ".beads").is_dir():
         return BeadsBackend(project_dir)
     raise _no_backend(project_dir)

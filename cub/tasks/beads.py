@@ -1,9 +1,10 @@
 """The beads backend: tasks live in beads and are read and changed through the ``bd`` CLI.
 
 Beads has no ``retry``/``failed`` statuses and no attempt counter, so cub keeps those in
-``.beads/cub-state.json`` (attempts per task, and which ``blocked`` issues cub itself marked
-failed). Claims are serialised by a lock file in ``.beads/``: two cub runs never pick the same
-issue, though a person using ``bd`` directly is outside that lock.
+``beads-state.json`` in its state directory (attempts per task, and which ``blocked`` issues cub
+itself marked failed), out of the agent's reach like the rest of cub's state. Claims are
+serialised by a lock file there: two cub runs never pick the same issue, though a person using
+``bd`` directly is outside that lock.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import msgspec
 
 from cub.config.messages import describe_validation_error
 from cub.errors import BackendError, InvalidTaskId, TaskFileError, TaskNotFound
-from cub.records.durable import write_atomic
+from cub.records.durable import make_private_dir, write_atomic
+from cub.records.location import state_dir
 from cub.tasks import changes
 from cub.tasks.integrity import dependency_problems
+from cub.tasks.ledger import LEDGER_DIR
 from cub.tasks.model import (
     DEFAULT_PRIORITY,
     ISSUE_TYPES,
@@ -52,8 +55,9 @@ class BeadsBackend:
         self.project_dir = project_dir
         self.path = project_dir / ".beads"
         self.bd = bd
-        self._state_path = self.path / "cub-state.json"
-        self._lock = filelock.FileLock(str(self.path / "cub-claim.lock"), timeout=LOCK_TIMEOUT_S)
+        state = state_dir(project_dir) / LEDGER_DIR
+        self._state_path = state / "beads-state.json"
+        self._lock = filelock.FileLock(str(state / "beads.lock"), timeout=LOCK_TIMEOUT_S)
 
     def describe(self) -> str:
         return "beads (.beads/ via bd)"
@@ -138,6 +142,16 @@ class BeadsBackend:
             state.failed[task_id] = reason
             self._write_state(state)
             return True
+
+    def reopen(self, task_id: str) -> Task:
+        validate_task_id(task_id)
+        with self._locked():
+            self._update(task_id, status="open")
+            state = self._read_state()
+            state.failed.pop(task_id, None)
+            state.attempts.pop(task_id, None)
+            self._write_state(state)
+            return self._show(task_id, state)
 
     def fail_closed(self, task_id: str, reason: str) -> bool:
         """Closed → failed (beads: blocked, with cub's failed mark), whoever closed it."""
@@ -236,6 +250,7 @@ class BeadsBackend:
                 cwd=self.project_dir,
                 capture_output=True,
                 text=True,
+                errors="replace",  # its JSON is checked below; anything else is only shown
                 timeout=BD_TIMEOUT_S,
                 stdin=subprocess.DEVNULL,
             )
@@ -248,25 +263,25 @@ class BeadsBackend:
             raise BackendError(f"`{shown}` failed (exit {done.returncode}): {detail[0]}")
         try:
             return msgspec.json.decode(done.stdout or "null")
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, RecursionError) as exc:
             raise BackendError(f"`{shown}` printed something that is not JSON: {exc}") from None
 
     def drop_stale_temp_files(self) -> list[Path]:
-        """Remove what a writer killed mid-write left beside cub-state.json."""
+        """Remove what a writer killed mid-write left beside beads-state.json."""
         from cub.tasks.file_store import drop_temp_files_beside
 
-        if not self.path.is_dir():
+        if not self._state_path.parent.is_dir():
             return []
         return drop_temp_files_beside(self._state_path, self._lock)
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.mkdir(exist_ok=True)
+        make_private_dir(self._state_path.parent)
         try:
             self._lock.acquire()
         except filelock.Timeout:
             raise BackendError(
-                f".beads/cub-claim.lock: held by another process for over {LOCK_TIMEOUT_S:.0f}s"
+                f"{self._lock.lock_file}: held by another process for over {LOCK_TIMEOUT_S:.0f}s"
             ) from None
         try:
             yield
@@ -278,11 +293,11 @@ class BeadsBackend:
             return msgspec.json.decode(self._state_path.read_bytes(), type=CubState)
         except FileNotFoundError:
             return CubState()
-        except (msgspec.DecodeError, OSError) as exc:
-            raise BackendError(f".beads/cub-state.json: cannot read: {exc}") from None
+        except (msgspec.DecodeError, RecursionError, OSError) as exc:
+            raise BackendError(f"{self._state_path}: cannot read: {exc}") from None
 
     def _write_state(self, state: CubState) -> None:
-        write_atomic(self._state_path, msgspec.json.encode(state), mode=0o644)
+        write_atomic(self._state_path, msgspec.json.encode(state))
 
 
 def _single(result: Any, command: str) -> Any:

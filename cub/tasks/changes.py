@@ -78,6 +78,18 @@ def close(task: Task, run_id: str, reason: str) -> Changes:
     return changes
 
 
+def reopen(task: Task) -> Changes:
+    """Back to ``open`` for another try, from any status; attempts start again from zero."""
+    return {
+        "status": "open",
+        "assignee": None,
+        "closed_at": None,
+        "close_reason": None,
+        "attempts": None,
+        "updated_at": now_iso(),
+    }
+
+
 def note(task: Task, text: str) -> Changes:
     return {"notes": append_note(task.notes, text), "updated_at": now_iso()}
 

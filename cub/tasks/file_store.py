@@ -1,9 +1,10 @@
 """Operations shared by the file-backed task stores (``tasks.jsonl``, ``prd.json``).
 
-Every change is a transaction: take the exclusive lock on ``<file>.lock``, re-read the file
-inside it (another process may have changed it since we last looked), apply the change onto the
-task's original JSON object, and replace the file atomically. Readers need no lock: a replaced
-file is always whole.
+Every change is a transaction: take the exclusive lock (kept in cub's state directory, beside the
+backlog's ledger), re-read the file and the ledger inside it (another process may have changed
+them since we last looked), apply the change onto the task's JSON object, and replace what
+changed atomically: the ledger for what runs do, the file for what a person does by hand (see
+`cub.tasks.ledger`). Readers need no lock: a replaced file is always whole.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import filelock
 
 from cub.config.messages import relative_label
 from cub.errors import BackendError, TaskNotFound
-from cub.records.durable import write_atomic
+from cub.records.durable import make_private_dir, write_atomic
 from cub.tasks import changes
 from cub.tasks.integrity import dependency_problems
+from cub.tasks.ledger import applicable, entry_between, ledger_path, read_ledger, write_ledger
 from cub.tasks.model import DEFAULT_PRIORITY, Task, new_task_dict, validate_task_id
 from cub.tasks.selection import pick_task
 
@@ -36,6 +38,8 @@ class TaskDocument(Protocol):
     tasks: list[Task]
     # Set by update() and append() when the serialised file would differ.
     changed: bool
+    # Positions of the tasks update() and append() changed.
+    touched: set[int]
 
     def position(self, task_id: str) -> int | None: ...
 
@@ -47,6 +51,12 @@ class TaskDocument(Protocol):
 
     def depends_on_spelling(self) -> str: ...
 
+    def raw(self, index: int) -> dict[str, Any]: ...
+
+    def original(self, index: int) -> dict[str, Any] | None: ...
+
+    def replace(self, index: int, raw: dict[str, Any]) -> Task: ...
+
     def to_bytes(self) -> bytes: ...
 
 
@@ -55,15 +65,21 @@ class FileTaskBackend:
 
     kind = "file"
 
-    def __init__(self, path: Path, project_dir: Path) -> None:
+    def __init__(self, path: Path, project_dir: Path, *, by_hand: bool = False) -> None:
         self.path = path
         self.project_dir = project_dir
         self.label = relative_label(path, project_dir)
-        self._lock = filelock.FileLock(str(path) + ".lock", timeout=LOCK_TIMEOUT_S)
-        # The last document read or written, with the identity of the file it came from: a
-        # loop claims and closes task after task, and re-parsing a large backlog for each
-        # change would cost more than the change.
-        self._cached: tuple[_FileIdentity, TaskDocument] | None = None
+        # `cub tasks close` and `note` change the file itself; a run's changes, and claims
+        # whoever makes them, go to the ledger.
+        self.by_hand = by_hand
+        self.ledger_path = ledger_path(path, project_dir)
+        self._lock = filelock.FileLock(
+            str(self.ledger_path.with_suffix(".lock")), timeout=LOCK_TIMEOUT_S
+        )
+        # The last document read or written (the file with the ledger laid over it), with
+        # the identities of both files: a loop claims and closes task after task, and
+        # re-parsing a large backlog for each change would cost more than the change.
+        self._cached: tuple[_Identities, TaskDocument] | None = None
 
     def describe(self) -> str:
         return f"{self.kind} {self.label}"
@@ -78,6 +94,11 @@ class FileTaskBackend:
 
     def get(self, task_id: str) -> Task:
         return self._find(self._read(), task_id)
+
+    def snapshot_bytes(self) -> bytes:
+        """The backlog as cub sees it (the file with the ledger laid over it), as the
+        content of a task file: what a sandboxed run gets as its copy."""
+        return self._read().to_bytes()
 
     def problems(self) -> list[str]:
         document = self._read()
@@ -118,9 +139,18 @@ class FileTaskBackend:
         return self._guarded(task_id, lambda task: changes.fail(task, run_id, reason))
 
     def close(self, task_id: str, run_id: str, reason: str) -> Task:
-        with self._transaction() as document:
+        with self._transaction(to_file=self.by_hand) as document:
             task = self._find(document, task_id)
             return self._apply(document, task_id, changes.close(task, run_id, reason))
+
+    def reopen(self, task_id: str) -> Task:
+        """A person's change: always written into the file (which may already say ``open``:
+        only the ledger said otherwise)."""
+        with self._transaction(to_file=True) as document:
+            task = self._find(document, task_id)
+            reopened = self._apply(document, task_id, changes.reopen(task))
+            document.touched.add(self._position(document, task_id))
+            return reopened
 
     def fail_closed(self, task_id: str, reason: str) -> bool:
         """Closed → failed, whoever closed it (see `changes.fail_closed`); False if the task
@@ -134,7 +164,7 @@ class FileTaskBackend:
             return True
 
     def update_notes(self, task_id: str, note: str) -> Task:
-        with self._transaction() as document:
+        with self._transaction(to_file=self.by_hand) as document:
             task = self._find(document, task_id)
             return self._apply(document, task_id, changes.note(task, note))
 
@@ -153,7 +183,7 @@ class FileTaskBackend:
     ) -> Task:
         for ref in (*depends_on, *([parent] if parent else []), *([task_id] if task_id else [])):
             validate_task_id(ref)
-        with self._transaction() as document:
+        with self._transaction(to_file=True) as document:
             if task_id is not None and document.position(task_id) is not None:
                 raise BackendError(f"{self.label}: a task with id {task_id!r} already exists")
             raw = new_task_dict(
@@ -171,9 +201,11 @@ class FileTaskBackend:
             return document.append(raw)
 
     def drop_stale_temp_files(self) -> list[Path]:
-        """Remove what a writer killed mid-write left beside the task file; see
-        `drop_temp_files_beside`."""
-        return drop_temp_files_beside(self.path, self._lock)
+        """Remove what a writer killed mid-write left beside the task file and the ledger;
+        see `drop_temp_files_beside`."""
+        return drop_temp_files_beside(self.path, self._lock) + drop_temp_files_beside(
+            self.ledger_path, self._lock
+        )
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -184,6 +216,11 @@ class FileTaskBackend:
                 return False
             self._apply(document, task_id, change)
             return True
+
+    def _position(self, document: TaskDocument, task_id: str) -> int:
+        index = document.position(task_id)
+        assert index is not None
+        return index
 
     def _find(self, document: TaskDocument, task_id: str) -> Task:
         index = document.position(task_id)
@@ -197,44 +234,91 @@ class FileTaskBackend:
         return document.update(index, change)
 
     def _read(self) -> TaskDocument:
-        identity: _FileIdentity | None = None
+        identities = self._identities()
+        if self._cached is not None and self._cached[0] == identities:
+            return self._cached[1]
+        document = self._parse_file()
+        ledger = read_ledger(self.ledger_path, self.label)
+        for task_id, entry in ledger.tasks.items():
+            index = document.position(task_id)
+            original = document.original(index) if index is not None else None
+            if index is not None and original is not None:
+                document.update(index, applicable(original, entry))
+        document.changed, document.touched = False, set()
+        self._cached = (identities, document) if identities[0] is not None else None
+        return document
+
+    def _parse_file(self) -> TaskDocument:
         try:
-            with open(self.path, "rb") as f:
-                identity = _identity(os.fstat(f.fileno()))
-                if self._cached is not None and self._cached[0] == identity:
-                    return self._cached[1]
-                data = f.read()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             data = b""  # removed since detection: an empty backlog, re-created on add
         except OSError as exc:
             raise BackendError(f"{self.label}: cannot read: {exc.strerror or exc}") from None
-        document = self.parse(data)
-        self._cached = (identity, document) if identity is not None else None
-        return document
+        return self.parse(data)
+
+    def _identities(self) -> _Identities:
+        return (_identity_of(self.path), _identity_of(self.ledger_path))
 
     @contextmanager
-    def _transaction(self) -> Iterator[TaskDocument]:
+    def _transaction(self, *, to_file: bool = False) -> Iterator[TaskDocument]:
+        """The backlog as it is now, to change in place; on leaving, what changed is written:
+        to the file when ``to_file`` (a person's change), else to the ledger."""
         try:
+            make_private_dir(self.ledger_path.parent)
             self._lock.acquire()
         except filelock.Timeout:
             raise BackendError(
-                f"{self.label}: another process held {self.label}.lock for over "
-                f"{LOCK_TIMEOUT_S:.0f}s"
+                f"{self.label}: another process held its lock ({self._lock.lock_file}) for "
+                f"over {LOCK_TIMEOUT_S:.0f}s"
             ) from None
         try:
             document = self._read()
             self._cached = None  # changed in place from here on: cached again once written
-            document.changed = False
+            document.changed, document.touched = False, set()
             yield document
-            if document.changed:
-                write_atomic(self.path, document.to_bytes(), mode=_file_mode(self.path))
-            # Under the lock nobody else has replaced the file since: this is its content.
-            try:
-                self._cached = (_identity(os.stat(self.path)), document)
-            except FileNotFoundError:  # an empty backlog that is still not written
-                self._cached = None
+            if document.touched and to_file:
+                self._write_file(document)  # read afresh next time: the file's lines moved
+                return
+            if document.touched:
+                self._write_ledger(document)
+            # Under the lock nobody else has replaced either file since: this is the content.
+            identities = self._identities()
+            self._cached = (identities, document) if identities[0] is not None else None
         finally:
             self._lock.release()
+
+    def _write_ledger(self, document: TaskDocument) -> None:
+        ledger = read_ledger(self.ledger_path, self.label)
+        for index in document.touched:
+            original = document.original(index)
+            if original is None:
+                raise BackendError(f"{self.label}: a run cannot add tasks")
+            task_id = document.tasks[index].id
+            entry = entry_between(original, document.raw(index))
+            if entry:
+                ledger.tasks[task_id] = entry
+            else:
+                ledger.tasks.pop(task_id, None)
+        write_ledger(self.ledger_path, ledger)
+
+    def _write_file(self, document: TaskDocument) -> None:
+        """Write the touched tasks as they are now (ledger entries included) into the file,
+        every other line as it is in the file; their ledger entries are then in the file."""
+        on_file = self._parse_file()
+        for index in sorted(document.touched):
+            if index < len(on_file.tasks):
+                on_file.replace(index, document.raw(index))
+            else:
+                on_file.append(document.raw(index))
+        if on_file.changed:
+            write_atomic(self.path, on_file.to_bytes(), mode=_file_mode(self.path))
+        ledger = read_ledger(self.ledger_path, self.label)
+        moved = [document.tasks[i].id for i in document.touched]
+        if any(task_id in ledger.tasks for task_id in moved):
+            for task_id in moved:
+                ledger.tasks.pop(task_id, None)
+            write_ledger(self.ledger_path, ledger)
 
 
 def drop_temp_files_beside(path: Path, lock: filelock.BaseFileLock) -> list[Path]:
@@ -281,9 +365,16 @@ def next_task_id(existing: Sequence[str]) -> str:
 # least one of them a new value (cub and editors replace the file; an in-place edit moves the
 # times).
 _FileIdentity = tuple[int, int, int, int]
+_Identities = tuple[_FileIdentity | None, _FileIdentity | None]  # (task file, ledger)
 
 
-def _identity(st: os.stat_result) -> _FileIdentity:
+def _identity_of(path: Path) -> _FileIdentity | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise BackendError(f"{path}: cannot read: {exc.strerror or exc}") from None
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 

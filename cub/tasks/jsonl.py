@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from cub.config.messages import describe_validation_error, json_error_parts
+from cub.config.messages import describe_validation_error, json_error_parts, nul_character_at
 from cub.errors import InvalidTaskId, TaskFileError
 from cub.tasks import changes
 from cub.tasks.file_store import FileTaskBackend
@@ -25,9 +25,11 @@ class JsonlDocument:
     def __init__(self, data: bytes, label: str) -> None:
         self.label = label
         self.changed = False
+        self.touched: set[int] = set()
         self.lines: list[bytes] = data.split(b"\n")
         if self.lines and not self.lines[-1]:
             self.lines.pop()  # the newline that ends the last line
+        self._file_lines = list(self.lines)  # as read, for `original`
         self.tasks: list[Task] = []
         self._line_index: list[int] = []  # task position -> index into self.lines
         self._by_id: dict[str, int] = {}
@@ -53,13 +55,29 @@ class JsonlDocument:
     def location(self, index: int) -> str:
         return f"{self.label}:{self._line_index[index] + 1}"
 
-    def update(self, index: int, change: changes.Changes) -> Task:
+    def raw(self, index: int) -> dict[str, Any]:
+        decoded: dict[str, Any] = msgspec.json.decode(self.lines[self._line_index[index]])
+        return decoded
+
+    def original(self, index: int) -> dict[str, Any] | None:
         line_index = self._line_index[index]
-        raw = msgspec.json.decode(self.lines[line_index])
+        if line_index >= len(self._file_lines):
+            return None  # appended since the file was read
+        decoded: dict[str, Any] = msgspec.json.decode(self._file_lines[line_index])
+        return decoded
+
+    def update(self, index: int, change: changes.Changes) -> Task:
+        raw = self.raw(index)
         changes.apply(raw, change)
+        return self.replace(index, raw)
+
+    def replace(self, index: int, raw: dict[str, Any]) -> Task:
+        line_index = self._line_index[index]
         encoded = msgspec.json.encode(raw)
         task = decode_line(encoded, self.location(index))
-        self.changed = self.changed or encoded != self.lines[line_index]
+        if encoded != self.lines[line_index]:
+            self.changed = True
+            self.touched.add(index)
         self.lines[line_index] = encoded
         self.tasks[index] = task
         return task
@@ -70,6 +88,7 @@ class JsonlDocument:
         self.lines.append(encoded)
         self.changed = True
         self._add(task, len(self.lines) - 1)
+        self.touched.add(len(self.tasks) - 1)
         return task
 
     def depends_on_spelling(self) -> str:
@@ -86,6 +105,13 @@ class JsonlDocument:
 
 def decode_line(line: bytes, where: str) -> Task:
     """One task line → Task; ``TaskFileError`` naming ``where`` (``file:line``) otherwise."""
+    # Checked here, not left to the decoder: it does not look inside keys it skips, and a
+    # line taken now would fail when cub next rewrites it.
+    if not line.isascii():
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise TaskFileError(f"{where}: not valid UTF-8 at column {exc.start + 1}") from None
     try:
         entry = TASK_ENTRY_DECODER.decode(line)
     except msgspec.ValidationError as exc:
@@ -93,6 +119,10 @@ def decode_line(line: bytes, where: str) -> Task:
         raise TaskFileError(f"{where}: {problem.render()}") from None
     except msgspec.DecodeError as exc:
         raise TaskFileError(f"{where}: invalid JSON: {_json_detail(str(exc))}") from None
+    except RecursionError:
+        raise TaskFileError(f"{where}: invalid JSON: nested too deeply") from None
+    if b"\\u0000" in line and (at := nul_character_at(_generic(line))) is not None:
+        raise TaskFileError(f"{where}: {at}: contains a NUL character (\\u0000)")
     try:
         validate_task_id(entry.id)
     except InvalidTaskId as exc:
@@ -103,7 +133,7 @@ def decode_line(line: bytes, where: str) -> Task:
 def _generic(line: bytes) -> Any:
     try:
         return msgspec.json.decode(line)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
 
 

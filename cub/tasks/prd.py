@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from cub.config.messages import describe_validation_error, json_error_parts
+from cub.config.messages import describe_validation_error, json_error_parts, nul_character_at
 from cub.errors import InvalidTaskId, TaskFileError
 from cub.tasks import changes
 from cub.tasks.file_store import FileTaskBackend
@@ -24,11 +24,13 @@ class PrdDocument:
     def __init__(self, data: bytes, label: str) -> None:
         self.label = label
         self.changed = False
+        self.touched: set[int] = set()
         self.root: dict[str, Any] = _decode_root(data, label)
         raw_tasks = self.root.setdefault("tasks", [])
         if not isinstance(raw_tasks, list):
             raise TaskFileError(f"{label}: $.tasks: Expected array, got {type(raw_tasks).__name__}")
         self.raw_tasks: list[Any] = raw_tasks
+        self._file_tasks = msgspec.json.decode(msgspec.json.encode(raw_tasks))  # for `original`
         self.tasks: list[Task] = []
         self._by_id: dict[str, int] = {}
         for index, raw in enumerate(raw_tasks):
@@ -47,12 +49,23 @@ class PrdDocument:
     def location(self, index: int) -> str:
         return f"{self.label}: $.tasks[{index}]"
 
+    def raw(self, index: int) -> dict[str, Any]:
+        return dict(self.raw_tasks[index])
+
+    def original(self, index: int) -> dict[str, Any] | None:
+        return dict(self._file_tasks[index]) if index < len(self._file_tasks) else None
+
     def update(self, index: int, change: changes.Changes) -> Task:
-        raw = self.raw_tasks[index]
-        before = dict(raw)
+        raw = self.raw(index)
         changes.apply(raw, change)
-        self.changed = self.changed or raw != before
+        return self.replace(index, raw)
+
+    def replace(self, index: int, raw: dict[str, Any]) -> Task:
         task = decode_task(raw, self.label, index)
+        if raw != self.raw_tasks[index]:
+            self.changed = True
+            self.touched.add(index)
+        self.raw_tasks[index] = raw
         self.tasks[index] = task
         return task
 
@@ -61,6 +74,7 @@ class PrdDocument:
         task = decode_task(raw, self.label, index)
         self.raw_tasks.append(raw)
         self.changed = True
+        self.touched.add(index)
         self._by_id[task.id] = index
         self.tasks.append(task)
         return task
@@ -77,6 +91,9 @@ class PrdDocument:
 
 def decode_task(raw: object, label: str, index: int) -> Task:
     where = f"$.tasks[{index}]"
+    at = nul_character_at(raw, where)
+    if at is not None:
+        raise TaskFileError(f"{label}: {at}: contains a NUL character (\\u0000)")
     try:
         entry = msgspec.convert(raw, TaskEntry)
     except msgspec.ValidationError as exc:
@@ -94,11 +111,18 @@ def _decode_root(data: bytes, label: str) -> dict[str, Any]:
     if not data.strip():
         return {}
     try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad_line = data[: exc.start].count(b"\n") + 1
+        raise TaskFileError(f"{label}: line {bad_line}: not valid UTF-8") from None
+    try:
         root = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
         offset, detail = json_error_parts(str(exc))
         line = "end" if offset is None else data[:offset].count(b"\n") + 1
         raise TaskFileError(f"{label}: line {line}: invalid JSON: {detail}") from None
+    except RecursionError:
+        raise TaskFileError(f"{label}: invalid JSON: nested too deeply") from None
     if not isinstance(root, dict):
         raise TaskFileError(f'{label}: $: expected a JSON object with a "tasks" array')
     return root

@@ -24,6 +24,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from cub.records.location import runs_dir
 from cub.records.reader import RunSummary
 from cub.records.schemas import RunRecord, StatusRecord
 from tests.e2e.support import assert_one_line_error, command_harness
@@ -145,7 +146,7 @@ def set_started(project: Path, run_id: str, when: datetime) -> None:
 
 
 def latest_target(project: Path) -> str:
-    return os.readlink(project / ".cub" / "runs" / "latest")
+    return os.readlink(runs_dir(project) / "latest")
 
 
 def copy_project(source: Path, dest: Path) -> Path:
@@ -451,7 +452,7 @@ def _tail_live(tmp_path: Path, task_id: str, *extra: str) -> tuple[list[tuple[fl
         ["run", *command_harness(make_agent(tmp_path / "bin")), "--task", task_id, *extra], project
     )
     try:
-        wait_for_file(project / ".cub" / "runs" / "latest" / "status.json", timeout=20)
+        wait_for_file(runs_dir(project) / "latest" / "status.json", timeout=20)
         tail = start_cub(["runs", "tail"], project)
         got, reader = _follow(tail)
         run.communicate(timeout=30)
@@ -546,7 +547,7 @@ def test_prune_older_than_repoints_latest(project: Path) -> None:
     )
     cub(["runs", "prune", "--older-than", "0s"], project)
     assert all_runs(project) == []
-    assert not os.path.lexists(project / ".cub" / "runs" / "latest")
+    assert not os.path.lexists(runs_dir(project) / "latest")
     assert_one_line_error(run_cub(["status"], project), code=1)
 
 

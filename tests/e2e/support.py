@@ -6,6 +6,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from cub.records.location import runs_dir
 from cub.records.schemas import RunRecord
 from tests.helpers.cli import read_events, read_run, run_dir
 
@@ -70,7 +71,7 @@ def assert_rejected(
 
 
 def run_ids(project: Path) -> Sequence[str]:
-    root = project / ".cub" / "runs"
+    root = runs_dir(project)
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.is_symlink())

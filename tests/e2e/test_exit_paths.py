@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from cub.records.location import runs_dir
 from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
 from tests.helpers.agents import (
@@ -286,7 +287,8 @@ def test_reject_task_not_found(project: Path) -> None:
 def test_reject_records_unwritable(project: Path, bin_dir: Path) -> None:
     """The one ending without a record: nothing can create the run's directory (a file is
     where it would go), so cub does no work and says so on stderr with exit 2."""
-    runs = project / ".cub" / "runs"
+    runs = runs_dir(project)
+    runs.parent.mkdir(parents=True, exist_ok=True)
     runs.write_text("not a directory\n")
     ran = bin_dir / "ran"
     result = run_cub(["run", *agent(bin_dir, f"open({str(ran)!r}, 'w').close()\n")], project)

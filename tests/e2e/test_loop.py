@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from cub.records.location import runs_dir
 from cub.records.schemas import RunRecord
 from tests.e2e.support import assert_no_traceback, command_harness
 from tests.helpers.agents import is_alive, write_script
@@ -112,9 +113,14 @@ def project(tmp_path: Path) -> Path:
 
 
 def set_tasks(project: Path, *tasks: dict[str, Any]) -> None:
+    """A new backlog: the file, and no ledger of what runs did to the one before."""
+    import shutil
+
+    from cub.records.location import state_dir
     from tests.helpers.cli import write_tasks
 
     write_tasks(project, tasks)
+    shutil.rmtree(state_dir(project) / "backlog", ignore_errors=True)
 
 
 def set_config(project: Path, config: dict[str, Any]) -> None:
@@ -748,7 +754,7 @@ def test_run_directories_are_private_and_latest_follows_the_newest(
     script = agent(bin_dir, "done(0)\n")
     first = run_cub(["run", "--name", "first", "--once", *command_harness(script)], project)
     assert first.returncode == 0, first.stderr
-    runs = project / ".cub" / "runs"
+    runs = runs_dir(project)
     assert os.readlink(runs / "latest") == "first"
     second = run_cub(["run", "--name", "second", "--once", *command_harness(script)], project)
     assert second.returncode == 0, second.stderr

@@ -19,6 +19,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from cub.records.location import runs_dir
+from cub.records.store import read_runner
 from tests.e2e.support import command_harness
 from tests.helpers.agents import wait_for_file, wait_until, write_script
 from tests.helpers.cli import make_project, read_attempt, read_events, read_run, start_cub, task
@@ -194,3 +196,30 @@ time.sleep(1)  # several of cub's process sweeps while the hook's orphan is cub'
     assert [h["exit_code"] for e in hook_events for h in e.data["hooks"]] == [3]
     (service,) = sleepers(mark)  # still running after cub exited
     assert service.ppid() != os.getpid()
+
+
+def test_an_escapee_of_a_parallel_child_that_was_killed_is_gone(
+    tmp_path: Path, bin_dir: Path, mark: int
+) -> None:
+    """The child cub dies (SIGKILL) with its agent's escapee re-parented to it: the escapee
+    moves on to the parent, which kills it when it collects the dead child."""
+    project = make_project(tmp_path / "par", [task("t1")])
+    ready = bin_dir / "ready"
+    agent = escaping_agent(bin_dir / "agent", mark, ready, then="time.sleep(60)")
+    cub = start_cub(["run", "--parallel", "2", "--name", "par", *command_harness(agent)], project)
+    try:
+        wait_for_file(ready)
+        escapee = wait_for_escapee(mark)
+        child = read_runner(runs_dir(project) / "par-t1")
+        assert child is not None and escapee.ppid() == child.pid  # the child's, so far
+        os.kill(child.pid, signal.SIGKILL)
+        _, stderr = cub.communicate(timeout=30)
+    finally:
+        cub.kill()
+        cub.wait()
+
+    assert "Traceback" not in stderr
+    assert read_run(project, "par-t1").state == "force_killed"
+    assert_no_escapee_left(mark)
+    killed = [e for e in read_events(project, "par") if e.kind == "orphans_killed"]
+    assert killed and escapee.pid in killed[0].data["pids"]

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from cub.records.location import runs_dir
 from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.helpers.agents import TEST_TOKEN_VAR, processes_with_token
 from tests.helpers.cli import (
@@ -188,7 +189,7 @@ def test_a_task_done_and_committed_on_the_run_branch(tmp_path: Path, rig: CliRig
     assert run.budget.tokens_used == expected.total
 
     # harness.log is the CLI's own stream, as it came.
-    log = (project.path / ".cub" / "runs" / run.run_id / "tasks" / "t1" / "harness.log").read_text()
+    log = (runs_dir(project.path) / run.run_id / "tasks" / "t1" / "harness.log").read_text()
     assert "All done." in log
     assert any(line.startswith("{") for line in log.splitlines())
 

@@ -31,6 +31,7 @@ def test_a_symlinked_runs_directory_is_refused(tmp_path: Path) -> None:
     # What a dead run left there, for recovery to finish: it must not write there either.
     (outside / "ghost").mkdir(parents=True)
     (outside / "ghost" / "runner.lock").write_text("")
+    runs_dir(project).parent.mkdir(parents=True, exist_ok=True)
     runs_dir(project).symlink_to(outside, target_is_directory=True)
     before = _tree(outside)
 
@@ -48,8 +49,12 @@ def test_planted_symlinks_in_the_run_directory_lead_nothing_outside(tmp_path: Pa
     project = make_project(tmp_path / "proj", [task("t1"), task("t2"), task("t3")])
     outside = tmp_path / "outside"
     (outside / "dir2").mkdir(parents=True)
-    for name in ("log3", "task1.json", "prompt3.md", "events.jsonl"):
+    for name in ("log3", "task1.json", "prompt3.md", "events.jsonl", "hooks.log"):
         (outside / name).write_text(UNTOUCHED)
+    hook = project / ".cub" / "hooks" / "post-task.d" / "say"
+    hook.parent.mkdir(parents=True)
+    hook.write_text("#!/bin/sh\necho post-task hook ran\n")
+    hook.chmod(0o755)
     agent = write_script(
         tmp_path / "agent.py",
         f"""
@@ -68,9 +73,11 @@ if task == "t1":
     }}
     for link, target in plant.items():
         os.symlink(target, link)
-    events = os.path.join(run, "events.jsonl")
-    os.rename(events, events + ".moved")
-    os.symlink(os.path.join(outside, "events.jsonl"), events)
+    for name in ("events.jsonl", "hooks.log"):
+        path = os.path.join(run, name)
+        if os.path.exists(path):
+            os.rename(path, path + ".moved")
+        os.symlink(os.path.join(outside, name), path)
 """,
     )
     before = _tree(outside)
@@ -93,6 +100,8 @@ if task == "t1":
     events = run_dir(project) / "events.jsonl"
     assert not events.is_symlink()
     assert events.read_text().strip()  # the journal went on, in the run's own directory
+    hooks_log = run_dir(project) / "hooks.log"
+    assert not hooks_log.is_symlink() and "post-task hook ran" in hooks_log.read_text()
 
 
 @pytest.mark.parametrize("name", ["latest", ".latest.1.tmp"])

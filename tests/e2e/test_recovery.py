@@ -22,6 +22,7 @@ import msgspec
 import psutil
 import pytest
 
+from cub.records.location import runs_dir
 from cub.records.schemas import RunnerInfo, StatusRecord
 from cub.records.store import RUNNER_LOCK
 from cub.tasks.jsonl import JsonlBackend
@@ -329,7 +330,7 @@ def test_a_task_claimed_by_a_live_run_is_left_alone(tmp_path: Path) -> None:
 def test_a_runner_that_died_before_its_first_status(tmp_path: Path) -> None:
     """Only the run directory and its lock file exist: still a run, still recorded."""
     project = make_project(tmp_path / "proj", [task("t1")])
-    runs = project / ".cub" / "runs"
+    runs = runs_dir(project)
     run = runs / "run-died-early"
     run.mkdir(parents=True)
     runner = RunnerInfo(pid=4242, create_time=12.5, host="elsewhere")
@@ -499,7 +500,7 @@ def test_recovery_does_not_wait_for_a_run_being_created(tmp_path: Path) -> None:
             break
     for proc in starters:
         assert proc.wait(30) == 0
-    for run in (project / ".cub" / "runs").iterdir():
+    for run in runs_dir(project).iterdir():
         if run.is_dir() and not run.is_symlink():
             record = read_run(project, run.name)
             assert (record.state, record.recorded_by) == ("completed", "machine")

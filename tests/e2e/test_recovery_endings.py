@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from cub.records.location import runs_dir
 from tests.e2e.support import command_harness
 from tests.helpers.agents import (
     TEST_TOKEN_VAR,
@@ -108,7 +109,7 @@ def test_a_sigkilled_parallel_parent_lists_and_sums_its_children(
     assert (tasks["t1"]["status"], tasks["t2"]["status"]) == ("closed", "open")
     assert processes_with_token(token) == []
     # latest (and so `cub status`) is the run the person started, not its last child.
-    assert os.readlink(project / ".cub" / "runs" / "latest") == "par"
+    assert os.readlink(runs_dir(project) / "latest") == "par"
     status = run_cub(["status"], project)
     assert "par-t2" not in status.stdout and "par" in status.stdout, status.stdout
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from cub.records.location import runs_dir
 from cub.records.schemas import RunRecord
 from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
@@ -609,7 +610,7 @@ def test_signals_after_the_record_is_written_change_nothing(tmp_path: Path, bin_
     for attempt in range(6):
         name = f"late-{attempt}"
         proc = start_cub(["run", *command_harness(agent), "--once", "--name", name], project)
-        run_json = project / ".cub" / "runs" / name / "run.json"
+        run_json = runs_dir(project) / name / "run.json"
         deadline = time.monotonic() + 20
         while not run_json.exists() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.001)
@@ -623,7 +624,7 @@ def test_signals_after_the_record_is_written_change_nothing(tmp_path: Path, bin_
         record = read_run(project, name)
         assert (proc.returncode, record.state) == (0, "completed"), (out, err)
         git(project, "switch", "-q", "main")
-    runs = [p for p in (project / ".cub" / "runs").iterdir() if p.is_dir() and not p.is_symlink()]
+    runs = [p for p in runs_dir(project).iterdir() if p.is_dir() and not p.is_symlink()]
     assert len(runs) == 6
 
 
@@ -640,7 +641,7 @@ def test_a_signal_while_the_cli_starts_up_is_a_recorded_interruption(
     time.sleep(delay)
     proc.send_signal(signum)
     out, err = proc.communicate(timeout=30)
-    runs = project / ".cub" / "runs"
+    runs = runs_dir(project)
     # Python itself was still starting (on a loaded machine the delay can land there): its
     # default action, or its own "init_import_site" failure, and no cub code ran.
     python_starting = err.startswith("Fatal Python error: init_import_site")

@@ -82,8 +82,9 @@ def test_a_corrupted_task_file_is_task_file_changed_and_the_claim_is_settled_lat
     assert read_attempt(project, "t1", first).outcome == (
         "succeeded" if not exit_code else "failed"
     )
-    # cub did not rewrite a file it cannot parse: the claim is still in it.
-    assert '"assignee":"' + first + '"' in (project / ".cub" / "tasks.jsonl").read_text()
+    # The claim is still recorded (in the ledger: runs never write the file).
+    ledger = JsonlBackend(project / ".cub" / "tasks.jsonl", project).ledger_path
+    assert '"value":"' + first + '"' in ledger.read_text()
 
     _strip_garbage(project)
     again = run_cub(

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from cub.records.location import runs_dir
 from tests.e2e.support import (
     assert_no_traceback,
     assert_one_line_error,
@@ -254,7 +255,7 @@ def test_task_file_unsafe_task_id(project: Path) -> None:
     assert_rejected(result, project, "invalid_task_file", ".cub/tasks.jsonl:2", "'../x'")
     # No directory was made from the id, inside the run or beside it.
     assert not (run_dir(project) / "tasks").exists()
-    assert not (project / ".cub" / "runs" / "x").exists()
+    assert not (runs_dir(project) / "x").exists()
     assert not (project / ".cub" / "x").exists()
 
 
@@ -279,7 +280,7 @@ def test_invalid_name(project: Path, name: str) -> None:
     result = run_cub(["run", "--name", name, *OK_HARNESS], project)
     record = assert_rejected(result, project, "invalid_name", "--name", repr(name))
     assert record.run_id != name
-    assert not (project / ".cub" / "runs" / "x").exists()
+    assert not (runs_dir(project) / "x").exists()
     assert not (project / ".cub" / "x").exists()
 
 
@@ -452,14 +453,15 @@ def test_rejection_outside_any_project(tmp_path: Path, args: list[str]) -> None:
 
 def test_rejection_when_runs_dir_cannot_be_created(project: Path) -> None:
     # Works as root too: nothing can create a directory where a file is.
-    (project / ".cub" / "runs").write_text("not a directory\n")
+    runs_dir(project).parent.mkdir(parents=True, exist_ok=True)
+    runs_dir(project).write_text("not a directory\n")
     result = run_cub(["run", "--no-network"], project)
     assert result.returncode == 2
     assert_no_traceback(result)
     lines = stderr_lines(result)
     assert "--no-network" in lines[-1] and "--sandbox" in lines[-1]
     assert len(lines) <= 2, result.stderr  # at most: cannot write records + the rejection
-    assert (project / ".cub" / "runs").read_text() == "not a directory\n"
+    assert runs_dir(project).read_text() == "not a directory\n"
 
 
 def _mount(*args: str) -> subprocess.CompletedProcess[str]:
@@ -502,15 +504,17 @@ def test_rejection_when_cub_dir_is_read_only(project: Path) -> None:
     assert result.returncode == 2
     assert_no_traceback(result)
     assert "--once" in stderr_lines(result)[-1]
-    assert not (cub_dir / "runs").exists()
+    # Records are not kept in .cub/: the rejection has one all the same.
+    assert read_run(project).state == "validation_rejected"
 
 
 def test_valid_run_whose_records_cannot_be_written_does_no_work(project: Path) -> None:
-    (project / ".cub" / "runs").write_text("not a directory\n")
+    runs_dir(project).parent.mkdir(parents=True, exist_ok=True)
+    runs_dir(project).write_text("not a directory\n")
     result = run_cub(["run", *OK_HARNESS], project)
     assert_no_traceback(result)
     assert result.returncode == 2, result.stderr
-    assert ".cub/runs" in stderr_lines(result)[-1]
+    assert ".git/cub/runs" in stderr_lines(result)[-1]
     assert git(project, "branch", "--show-current") == "main"
     assert git(project, "branch", "--list", "cub/*") == ""
     assert all(t.get("attempts", 0) == 0 for t in read_tasks(project).values())

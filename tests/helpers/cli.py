@@ -12,7 +12,9 @@ from typing import Any
 
 import msgspec
 
+from cub.records.location import runs_dir
 from cub.records.schemas import Event, RunRecord, StatusRecord, TaskAttempt
+from cub.tasks.jsonl import JsonlBackend
 from tests.helpers.git import make_repo
 
 CUB = [sys.executable, "-m", "cub"]
@@ -98,7 +100,7 @@ def make_project(
 
 
 def run_dir(project: Path, run_id: str = "latest") -> Path:
-    return (project / ".cub" / "runs" / run_id).resolve()
+    return (runs_dir(project) / run_id).resolve()
 
 
 def read_run(project: Path, run_id: str = "latest") -> RunRecord:
@@ -122,12 +124,19 @@ def read_attempt(project: Path, task_id: str, run_id: str = "latest") -> TaskAtt
 
 
 def read_tasks(project: Path) -> dict[str, dict[str, Any]]:
+    """Every task as cub sees it: the task file with what runs did laid over it."""
+    document = JsonlBackend(project / ".cub" / "tasks.jsonl", project)._read()
+    return {task.id: document.raw(i) for i, task in enumerate(document.tasks)}
+
+
+def read_task_file(project: Path) -> dict[str, dict[str, Any]]:
+    """The task file as it is on disk."""
     lines = (project / ".cub" / "tasks.jsonl").read_text().splitlines()
     return {t["id"]: t for t in (json.loads(line) for line in lines if line.strip())}
 
 
 def all_runs(project: Path) -> list[RunRecord]:
-    root = project / ".cub" / "runs"
+    root = runs_dir(project)
     return [
         msgspec.json.decode((d / "run.json").read_bytes(), type=RunRecord)
         for d in sorted(root.iterdir())

@@ -18,6 +18,7 @@ def isolate_environment(home: Path, monkeypatch: pytest.MonkeyPatch | None = Non
     mp = monkeypatch if monkeypatch is not None else pytest.MonkeyPatch()
     mp.setenv("HOME", str(home))
     mp.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    mp.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
     mp.setenv("GIT_CONFIG_NOSYSTEM", "1")
     mp.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
     for key, value in GIT_IDENTITY.items():

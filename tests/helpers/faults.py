@@ -44,8 +44,9 @@ import msgspec
 import psutil
 
 from cub.chart.definition import TERMINAL_STATES
-from cub.records.reader import runs_dir
+from cub.records.location import runs_dir, state_dir
 from cub.records.schemas import Event, RunRecord, StatusRecord, TaskAttempt
+from cub.tasks.jsonl import JsonlBackend
 from tests.helpers.agents import TEST_TOKEN_VAR, processes_with_token, write_script
 from tests.helpers.cli import make_project, run_cub, start_cub, task
 from tests.helpers.env import isolate_environment as _isolate_environment
@@ -640,8 +641,8 @@ _TYPED = {"run.json": RunRecord, "status.json": StatusRecord, "task.json": TaskA
 
 
 def _check_json_files(trial: Trial) -> None:
-    """Every record parses: everything cub keeps under .cub/ and wherever the runs live."""
-    places = [trial.project / ".cub", trial.runs]
+    """Every record parses: everything under .cub/ and in cub's state directory."""
+    places = [trial.project / ".cub", state_dir(trial.project)]
     seen: set[Path] = set()
     for path in itertools.chain.from_iterable(p.rglob("*.json") for p in places if p.is_dir()):
         if path in seen:
@@ -659,7 +660,8 @@ def _check_json_files(trial: Trial) -> None:
 
 
 def _check_tasks(trial: Trial) -> dict[str, dict[str, Any]]:
-    """The task file decodes and no claim is stranded (no task left `in_progress`)."""
+    """The task file decodes and no claim is stranded (no task left `in_progress` in the file
+    or in the ledger laid over it)."""
     path = trial.task_file
     if not path.exists():
         raise trial.fail(f"{path} is gone")
@@ -672,12 +674,14 @@ def _check_tasks(trial: Trial) -> dict[str, dict[str, Any]]:
             entry: dict[str, Any] = json.loads(line)
         except ValueError as exc:
             raise trial.fail(f"{path}:{number} does not decode: {exc}") from None
+        tasks[entry["id"]] = entry
+    seen = JsonlBackend(path, trial.project)._read()
+    tasks = {task.id: seen.raw(index) for index, task in enumerate(seen.tasks)}
+    for task_id, entry in tasks.items():
         if entry.get("status") == "in_progress":
             raise trial.fail(
-                f"{path}:{number}: task {entry['id']} stranded in_progress "
-                f"(assignee {entry.get('assignee')})"
+                f"{path}: task {task_id} stranded in_progress (assignee {entry.get('assignee')})"
             )
-        tasks[entry["id"]] = entry
     return tasks
 
 

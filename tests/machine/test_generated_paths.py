@@ -12,6 +12,7 @@ import pytest
 
 from cub.chart.definition import RUN_CHART, Edge
 from cub.chart.paths import edge_paths, path_to_terminal, shortest_paths
+from cub.records.location import runs_dir
 from cub.records.schemas import Event, RunRecord, StatusRecord
 from cub.run.exit_codes import exit_code_for
 from tests.helpers.machines import new_machine
@@ -39,7 +40,7 @@ def replay(project: Path, path: list[Edge]):  # type: ignore[no-untyped-def]
 
 
 def _check_artifacts(project: Path, machine, path: list[Edge]) -> None:  # type: ignore[no-untyped-def]
-    run_dir = project / ".cub" / "runs" / "run-test"
+    run_dir = runs_dir(project) / "run-test"
     record = msgspec.json.decode((run_dir / "run.json").read_bytes(), type=RunRecord)
     status = msgspec.json.decode((run_dir / "status.json").read_bytes(), type=StatusRecord)
     events = [
@@ -99,7 +100,7 @@ def test_every_transition_replays_to_a_recorded_terminal(
 @pytest.mark.parametrize("terminal", RUN_CHART.terminal)
 def test_terminal_states_are_absorbing(project: Path, terminal: str) -> None:
     machine = replay(project, STATE_PATHS[terminal])
-    run_json = project / ".cub" / "runs" / "run-test" / "run.json"
+    run_json = runs_dir(project) / "run-test" / "run.json"
     before = run_json.read_bytes()
     from transitions.core import MachineError
 

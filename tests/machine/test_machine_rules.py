@@ -12,12 +12,13 @@ from hypothesis import strategies as st
 from transitions.core import MachineError
 
 from cub.chart.definition import RUN_CHART
+from cub.records.location import runs_dir
 from cub.records.schemas import RunRecord
 from tests.helpers.machines import new_machine
 
 
 def _record(project: Path, run_id: str = "run-test") -> RunRecord:
-    path = project / ".cub" / "runs" / run_id / "run.json"
+    path = runs_dir(project) / run_id / "run.json"
     return msgspec.json.decode(path.read_bytes(), type=RunRecord)
 
 
@@ -50,7 +51,7 @@ def test_keyboard_interrupt_and_system_exit_propagate(
     machine.machine.get_state("validating").add_callback("enter", leave)
     with pytest.raises(exc_type):
         machine.validate()
-    assert not (project / ".cub" / "runs" / "run-test" / "run.json").exists()
+    assert not (runs_dir(project) / "run-test" / "run.json").exists()
 
 
 def test_a_failing_record_write_still_leaves_a_failed_record(project: Path) -> None:
@@ -116,7 +117,7 @@ def test_random_walks_end_recorded_or_stay_live(
             assert machine.state == expected
         if machine.is_terminal and first_terminal is None:
             first_terminal = machine.state
-    run_json = project / ".cub" / "runs" / "run-test" / "run.json"
+    run_json = runs_dir(project) / "run-test" / "run.json"
     if first_terminal is None:
         assert not run_json.exists()
     else:

@@ -695,3 +695,67 @@ def test_comment_bodies() -> None:
     assert done == "cub run `gh-1` fixed this on branch `fix/issue-1`: commits `a..b`."
     failed = comment_body("gh-1", "budget_exhausted", "cost_budget", "out of money", "b", None)
     assert "budget_exhausted" in failed and "cost_budget" in failed and "out of money" in failed
+
+
+# ------------------------------------------------------------------- where the token may go
+
+
+def _without_api_url_env(**extra: str) -> dict[str, str]:
+    env = env_for("unused", **extra)
+    del env["GITHUB_API_URL"]
+    return env
+
+
+def test_a_host_only_the_repository_names_never_gets_the_token(
+    project: Path, github: FakeGitHub, fixing_agent: Path
+) -> None:
+    github.add_issue()
+    (project / ".cub" / "config.json").write_text(json.dumps({"github": {"api_url": github.url}}))
+
+    result = run_cub(
+        ["run", "--gh-issue", "7", *command_harness(fixing_agent)],
+        project,
+        env=_without_api_url_env(),
+    )
+
+    assert_no_traceback(result)
+    assert github.seen(), "the configured API was not asked at all"
+    assert all("authorization" not in r.headers for r in github.seen())
+
+
+def test_a_host_the_user_names_gets_the_token(
+    project: Path, github: FakeGitHub, fixing_agent: Path, isolated_home: Path
+) -> None:
+    github.add_issue()
+    (project / ".cub" / "config.json").write_text(json.dumps({"github": {"api_url": github.url}}))
+    user_config = isolated_home / ".config" / "cub" / "config.json"
+    user_config.parent.mkdir(parents=True)
+    user_config.write_text(json.dumps({"github": {"api_url": github.url}}))
+
+    result = run_cub(
+        ["run", "--gh-issue", "7", *command_harness(fixing_agent)],
+        project,
+        env=_without_api_url_env(),
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in github.seen())
+
+
+@pytest.mark.parametrize("url", ["http://example.com/api", "ftp://127.0.0.1/x"])
+def test_an_api_url_that_is_not_https_is_rejected(
+    project: Path, fixing_agent: Path, url: str
+) -> None:
+    (project / ".cub" / "config.json").write_text(json.dumps({"github": {"api_url": url}}))
+
+    result = run_cub(
+        ["run", "--gh-issue", "7", *command_harness(fixing_agent)],
+        project,
+        env=_without_api_url_env(),
+    )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert_no_traceback(result)
+    record = read_run(project)
+    assert (record.state, record.reason_code) == ("validation_rejected", "invalid_config")
+    assert "https://" in stderr_lines(result)[-1] and url in stderr_lines(result)[-1]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from cub.records.location import runs_dir
 from cub.records.schemas import RunRecord
 from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
@@ -153,7 +154,7 @@ def test_independent_tasks_run_as_children_and_merge(
     assert git(project, "worktree", "list").count("\n") == 0
     assert len(git(project, "branch", "--list", f"cub/{PARENT}-*").split()) == 4
     # Each child's console output is kept with the parent; `latest` names the parent again.
-    runs = project / ".cub" / "runs"
+    runs = runs_dir(project)
     assert sorted(p.name for p in (runs / PARENT / "children").iterdir()) == [
         f"{PARENT}-{t}.log" for t in ("T1", "T2", "T3", "T4")
     ]

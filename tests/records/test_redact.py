@@ -22,6 +22,7 @@ import pytest
 
 from cub.agents.supervisor import _LineAssembler
 from cub.config.schema import RedactionConfig
+from cub.records.location import runs_dir
 from cub.records.redact import DEFAULT_SECRET_PATTERNS, MASK, Redactor
 from tests.e2e.support import assert_no_traceback, command_harness
 from tests.helpers.agents import write_script
@@ -355,7 +356,7 @@ def test_key_from_harness_env_printed_by_the_agent_is_nowhere_under_runs(tmp_pat
     result = run_cub(["run", "--on-failure", "continue", *command_harness(script)], project)
     assert_no_traceback(result)
     assert received.read_text() == google  # the agent itself got the real key
-    root = project / ".cub" / "runs"
+    root = runs_dir(project)
     files = [p for p in root.rglob("*") if p.is_file()]
     assert {"run.json", "events.jsonl", "harness.log", "prompt.md", "task.json"} <= {
         p.name for p in files

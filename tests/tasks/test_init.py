@@ -16,7 +16,7 @@ def test_init_creates_everything(tmp_path: Path) -> None:
     assert json.loads((tmp_path / ".cub" / "config.json").read_text())["loop"]["grace"] == "10s"
     assert load_config(tmp_path, env={"HOME": str(tmp_path / "h")}).config == Config()
     ignore = (tmp_path / ".gitignore").read_text().splitlines()
-    assert ignore == [".cub/runs/", ".cub/worktrees/", ".cub/tasks.jsonl.lock"]
+    assert ignore == [".cub/worktrees/"]  # records and locks are not kept in the tree
     assert RUNLOOP_TEMPLATE.is_file()
     assert (tmp_path / ".cub" / "runloop.md").read_bytes() == RUNLOOP_TEMPLATE.read_bytes()
     assert ".cub/runloop.md" in created
@@ -34,7 +34,6 @@ def test_init_is_idempotent_and_never_overwrites(tmp_path: Path) -> None:
         "node_modules",
         "/.cub/runs",
         ".cub/worktrees/",
-        ".cub/tasks.jsonl.lock",
     ]
 
 

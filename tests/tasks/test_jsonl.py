@@ -17,8 +17,8 @@ def tasks_file(project: Path) -> Path:
     return project / ".cub" / "tasks.jsonl"
 
 
-def backend(project: Path, tasks_file: Path) -> JsonlBackend:
-    return JsonlBackend(tasks_file, project)
+def backend(project: Path, tasks_file: Path, *, by_hand: bool = False) -> JsonlBackend:
+    return JsonlBackend(tasks_file, project, by_hand=by_hand)
 
 
 def load_error(project: Path, tasks_file: Path, text: str) -> str:
@@ -81,9 +81,12 @@ def test_unknown_keys_and_untouched_lines_survive_byte_for_byte(
         '{"id":"a","title":"A","x_custom":{"nested":["keep",1]},"priority":"P1","depends_on":[]}'
     )
     tasks_file.write_text(f"{changed}\n\n{untouched}\n")
-    store = backend(project, tasks_file)
-    claimed = store.claim_next("run-1", epic=None, label=None)
+    as_written = tasks_file.read_bytes()
+    claimed = backend(project, tasks_file).claim_next("run-1", epic=None, label=None)
     assert claimed is not None and claimed.id == "a"
+    assert tasks_file.read_bytes() == as_written  # a run's claim is kept in the ledger
+
+    backend(project, tasks_file, by_hand=True).close("a", "cli", "done by hand")
     raw = tasks_file.read_bytes()
     lines = raw.split(b"\n")
     assert lines[1] == b"" and lines[2] == untouched.encode()  # other lines exactly as they were
@@ -92,8 +95,9 @@ def test_unknown_keys_and_untouched_lines_survive_byte_for_byte(
     assert b'"depends_on":[]' in lines[0] and b"dependsOn" not in lines[0]
     first = json.loads(lines[0])
     assert list(first)[:5] == ["id", "title", "x_custom", "priority", "depends_on"]
-    assert first["status"] == "in_progress" and first["assignee"] == "run-1"
-    assert first["attempts"] == 1
+    # The change by hand takes what runs did to the task into the file with it.
+    assert first["status"] == "closed" and first["close_reason"] == "done by hand"
+    assert first["assignee"] == "run-1" and first["attempts"] == 1
 
 
 def test_dependency_spelling_kept_and_followed_by_new_tasks(
@@ -215,7 +219,8 @@ def test_add_and_update_notes(project: Path, tasks_file: Path) -> None:
 def test_rewrite_keeps_file_mode(project: Path, tasks_file: Path) -> None:
     write_tasks(tasks_file, [{"id": "a", "title": "A"}])
     os.chmod(tasks_file, 0o664)
-    backend(project, tasks_file).claim_next("r", epic=None, label=None)
+    backend(project, tasks_file, by_hand=True).close("a", "cli", "done")
+    assert read_lines(tasks_file)[0]["status"] == "closed"
     assert tasks_file.stat().st_mode & 0o777 == 0o664
 
 
@@ -268,10 +273,13 @@ def test_a_change_by_another_process_between_two_of_ours_is_not_lost(
     theirs.add("C", task_id="c")  # replaces the file behind our kept document
     ours.close("a", "run-1", reason="done")
 
-    by_id = {line["id"]: line for line in read_lines(tasks_file)}
-    assert set(by_id) == {"a", "b", "c"}
-    assert by_id["a"]["status"] == "closed"
-    assert [t.id for t in ours.load()] == ["a", "b", "c"]
+    assert [line["id"] for line in read_lines(tasks_file)] == ["a", "b", "c"]
+    for reader in (ours, backend(project, tasks_file)):
+        assert [(t.id, t.status) for t in reader.load()] == [
+            ("a", "closed"),
+            ("b", "open"),
+            ("c", "open"),
+        ]
 
 
 def test_an_edit_in_place_of_the_same_size_is_seen(project: Path, tasks_file: Path) -> None:

@@ -28,7 +28,7 @@ def test_round_trip_keeps_other_keys(project: Path) -> None:
             "meta": [1, 2, 3],
         },
     )
-    store = PrdBackend(path, project)
+    store = PrdBackend(path, project, by_hand=True)  # closes by hand go into the file
     assert [t.id for t in store.load()] == ["p-1", "p-2"]
     claimed = store.claim_next("r", epic=None, label=None)
     assert claimed is not None and claimed.id == "p-1"

@@ -29,10 +29,13 @@ sys.path.insert(0, str(REPO / "tools" / "bench"))
 
 from benchkit import best_of_runs, environment  # noqa: E402
 
+from cub.records.location import runs_dir  # noqa: E402
+
 TARGET_MS = 1000
 
 AGENT = """#!{python}
 import sys
+
 sys.stdin.read()
 print('{{"cub_usage": {{"input_tokens": 1200, "output_tokens": 340, "cost_usd": 0.0123}}}}')
 print("did the work")
@@ -66,11 +69,11 @@ def record_one_run(work: Path, env: dict[str, str]) -> Path:
     result = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"recording a run failed ({result.returncode}):\n{result.stderr}")
-    return (project / ".cub" / "runs" / "latest").resolve()
+    return (runs_dir(project) / "latest").resolve()
 
 
 def synthesise(source: Path, project: Path, count: int) -> None:
-    runs = project / ".cub" / "runs"
+    runs = runs_dir(project)
     runs.mkdir(parents=True)
     old_id = source.name
     run_json = json.loads((source / "run.json").read_text())

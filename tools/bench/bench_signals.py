@@ -34,6 +34,8 @@ sys.path.insert(0, str(REPO / "tools" / "bench"))
 
 from benchkit import append_section, environment, machine_line, make_project  # noqa: E402
 
+from cub.records.location import runs_dir  # noqa: E402
+
 RESULTS = REPO / "tools" / "bench" / "RESULTS.md"
 CUB = [sys.executable, "-m", "cub"]
 
@@ -90,7 +92,7 @@ def start(project: Path, agent: Path, env: dict[str, str]) -> subprocess.Popen[b
 
 def run_state(project: Path, name: str) -> str | None:
     try:
-        data = json.loads((project / ".cub" / "runs" / "latest" / name).read_bytes())
+        data = json.loads((runs_dir(project) / "latest" / name).read_bytes())
     except (OSError, ValueError):
         return None
     return str(data.get("state"))
