@@ -61,6 +61,10 @@ class ForceKillRequested(BaseException):
         self.signum = signum
 
 
+class TaskInputError(CubError):
+    """A change by hand that would leave the backlog wrong (an unknown dependency, say)."""
+
+
 class InvalidTaskId(CubError, ValueError):
     """A task id that cannot safely become a directory name (``..``, ``/``, empty, too long)."""
 

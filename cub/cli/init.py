@@ -29,4 +29,14 @@ def init_command(project_dir: Path | None) -> int:
         return 0
     for item in created:
         click.echo(f"created {item}")
+    click.echo(NEXT_STEPS)
     return 0
+
+
+NEXT_STEPS = """
+next steps:
+  cub tasks add "Fix the flaky login test" --priority 1   # fill the backlog
+  cub run --ready                                          # what would run, in order
+  cub run                                                  # run it (agent auto-detected;
+                                                           #   -H claude|codex|gemini|opencode)
+  cub status                                               # in the morning: how it ended"""

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from cub.records.schemas import TaskAttempt
     from cub.run.driver import RunResult
     from cub.tasks.model import Task
+    from cub.tasks.plan import Plan
 
 
 class ConsoleObserver:
@@ -37,6 +38,7 @@ class ConsoleObserver:
         self.live = terminal and not quiet
         self.color = terminal and "NO_COLOR" not in os.environ
         self._status_shown = False
+        self._last_output = ""  # the agent's last non-blank line, said when it fails
         self._drawn_at = 0.0
 
     def _clear_status(self) -> None:
@@ -56,18 +58,39 @@ class ConsoleObserver:
         self._say(terminal_safe(text))
 
     def task_started(self, task: Task, attempt: int) -> None:
+        self._last_output = ""
         suffix = f" (attempt {attempt})" if attempt > 1 else ""
         self._say(f"▶ {task.id}: {terminal_safe(task.title)}{suffix}")
 
     def task_finished(self, attempt: TaskAttempt) -> None:
         ok = attempt.outcome == "succeeded"
         mark = self._paint("✓", "32") if ok else self._paint("✗", "31")
-        detail = f" — {terminal_safe(attempt.stuck_reason)}" if attempt.stuck_reason else ""
         self._say(
-            f"{mark} {attempt.task_id}: {attempt.outcome} in {attempt.duration_s:.1f}s{detail}"
+            f"{mark} {attempt.task_id}: {attempt.outcome} in {attempt.duration_s:.1f}s"
+            + terminal_safe(self._failure_detail(attempt))
         )
 
+    def _failure_detail(self, attempt: TaskAttempt) -> str:
+        """Why, for anything but a success: the agent's reason, or its exit code (or signal)
+        and the last thing it printed."""
+        if attempt.stuck_reason:
+            return f" — {attempt.stuck_reason}"
+        if attempt.outcome == "succeeded":
+            return ""
+        how = (
+            f"exit {attempt.exit_code}"
+            if attempt.exit_code is not None
+            else (f"signal {attempt.signal}" if attempt.signal else "")
+        )
+        # A JSON event stream's last line is an event, not words: its error says more.
+        said = self._last_output if not self._last_output.startswith("{") else ""
+        said = said or (attempt.error.message if attempt.error else "")
+        parts = [part for part in (how, said[:160]) if part]
+        return f" ({parts[0]})" + (f": {parts[1]}" if len(parts) > 1 else "") if parts else ""
+
     def agent_output(self, line: str) -> None:
+        if line.strip():
+            self._last_output = line.strip()
         # Asked for explicitly, so shown even when progress lines are not (--json); the CLI
         # turns it off for --quiet.
         if self.stream:
@@ -150,6 +173,14 @@ def _report(result: RunResult, *, json_output: bool, quiet: bool) -> None:
                 "run_id": record.run_id,
                 "state": record.state,
                 "ready": [_task_row(t) for t in result.ready],
+                "plan": [
+                    {**_task_row(step.task), "ready_now": step.ready_now, "after": step.after}
+                    for step in (result.plan.steps if result.plan else [])
+                ],
+                "waiting": [
+                    {**_task_row(w.task), "why": w.why}
+                    for w in (result.plan.waiting if result.plan else [])
+                ],
             }
             sys.stdout.write(msgspec.json.encode(payload).decode() + "\n")
         else:
@@ -157,8 +188,8 @@ def _report(result: RunResult, *, json_output: bool, quiet: bool) -> None:
     if record.state == "validation_rejected":
         print(f"cub run: error: {terminal_safe(record.reason)}", file=sys.stderr)
         return
-    if result.ready is not None and not json_output:
-        _print_ready(result.ready, human)
+    if result.plan is not None and not json_output:
+        _print_plan(result.plan, human)
     print(
         f"cub: {record.state} (exit {record.exit_code}): {terminal_safe(record.reason)}", file=human
     )
@@ -167,10 +198,25 @@ def _report(result: RunResult, *, json_output: bool, quiet: bool) -> None:
     human.flush()
 
 
-def _print_ready(ready: list[Task], out: TextIO) -> None:
-    for task in ready:
+def _print_plan(plan: Plan, out: TextIO) -> None:
+    """The tasks in the order the run takes them, each ready now or after the ones it waits
+    for; then what the run would not take, and why."""
+    width = min(max((len(step.task.id) for step in plan.steps), default=0), 24)
+    for number, step in enumerate(plan.steps, start=1):
+        task = step.task
         labels = f"  [{', '.join(task.labels)}]" if task.labels else ""
-        print(terminal_safe(f"P{task.priority}  {task.id}  {task.title}{labels}"), file=out)
+        when = "ready" if step.ready_now else f"after {', '.join(step.after)}"
+        line = f"{number:>3}. P{task.priority}  {task.id:<{width}}  {task.title}{labels}  — {when}"
+        print(terminal_safe(line), file=out)
+    if plan.waiting:
+        print("not in this run:", file=out)
+        for waiting in plan.waiting:
+            print(
+                terminal_safe(f"     {waiting.task.id}  {waiting.task.title}  — {waiting.why}"),
+                file=out,
+            )
+    if plan.filtered_out:
+        print(f"({plan.filtered_out} open task(s) outside --epic/--label)", file=out)
 
 
 # Endings after which running `cub run` again picks up where this run stopped.
@@ -199,6 +245,6 @@ def _print_summary(result: RunResult, out: TextIO) -> None:
         cost = cost_text(budget.cost_usd, budget.cost_incomplete)
         print(f"  usage: {budget.tokens_used} tokens, {cost}", file=out)
     if result.run_dir is not None:
-        print(f"  record: {result.run_dir}/run.json", file=out)
+        print(f"  record: {result.run_dir}", file=out)
     if record.state in _RESUMABLE and record.mode in ("run", "parallel"):
         print("  resume: run `cub run` again; released tasks are back in the backlog", file=out)

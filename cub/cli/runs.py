@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -123,27 +124,74 @@ def runs_group() -> None:
 @click.option("--state", help="Only runs in this state (completed, failed, interrupted, ...).")
 @click.option("--since", metavar="DURATION", help="Only runs started within this long, e.g. 2d.")
 @click.option("--limit", type=click.IntRange(min=1), metavar="N", help="At most N runs.")
-def list_command(json_: bool, state: str | None, since: str | None, limit: int | None) -> int:
-    """One line per run, newest first."""
+@click.option(
+    "--worked",
+    is_flag=True,
+    help="Only runs that did work: no dry runs, rejected commands or parallel children.",
+)
+def list_command(
+    json_: bool, state: str | None, since: str | None, limit: int | None, worked: bool
+) -> int:
+    """One line per run, newest first (dry runs and rejections included; see --worked)."""
     import msgspec
 
-    from cub.cli.views import summary_header, summary_line
+    from cub.cli.views import fitted_columns, summary_header, summary_line
     from cub.records.reader import list_summaries
 
     project_dir = _project_dir()
     _recover(project_dir)
     since_at = _since(since, "--since")
-    summaries = list_summaries(project_dir, state=state, since=since_at, limit=limit)
+    summaries = list_summaries(project_dir, state=state, since=since_at)
+    if worked:
+        from cub.records.reader import did_work
+
+        summaries = [s for s in summaries if did_work(s)]
+    summaries = summaries[:limit] if limit is not None else summaries
     if json_:
         sys.stdout.write(msgspec.json.encode(summaries).decode() + "\n")
         return 0
     if not summaries:
-        filtered = state is not None or since is not None
+        filtered = state is not None or since is not None or worked
         print("no runs match" if filtered else "no runs recorded", file=sys.stderr)
         return 0
-    print(summary_header())
+    # The terminal's width (or COLUMNS); a pipe gets every column.
+    width = shutil.get_terminal_size((200, 24)).columns
+    columns = fitted_columns(width, max(len(s.run_id) for s in summaries))
+    print(summary_header(columns))
     for summary in summaries:
-        print(terminal_safe(summary_line(summary)))
+        print(terminal_safe(summary_line(summary, columns, width)))
+    return 0
+
+
+@runs_group.command("report")
+@_one_line_errors("runs report")
+@click.argument("run_id", default="latest", shell_complete=_complete_run_id)
+@click.option("--open", "open_", is_flag=True, help="Open the page in the web browser.")
+@click.option("--index", is_flag=True, help="A page listing every run instead.")
+def report_command(run_id: str, open_: bool, index: bool) -> int:
+    """Write a run's record as one self-contained HTML page in its directory (or, with
+    --index, a page of all runs) and print its path."""
+    from cub.records.location import runs_dir
+    from cub.records.report import write_index, write_report
+
+    project_dir = _project_dir()
+    if index:
+        _recover(project_dir)
+        page = write_index(project_dir, runs_dir(project_dir))
+    else:
+        run_dir = _resolve("runs report", run_id)
+        if run_dir is None:
+            return 1
+        try:
+            page = write_report(run_dir, project_dir)
+        except FileNotFoundError as exc:
+            print(f"cub runs report: error: {exc}", file=sys.stderr)
+            return 1
+    print(page)
+    if open_:
+        import webbrowser
+
+        webbrowser.open(page.as_uri())
     return 0
 
 
@@ -223,17 +271,42 @@ def tail_command(run_id: str, interval: float) -> int:
 @click.option("--keep", type=click.IntRange(min=0), metavar="N", help="Keep the newest N runs.")
 @click.option("--older-than", metavar="DURATION", help="Remove runs started before this, e.g. 30d.")
 def prune_command(keep: int | None, older_than: str | None) -> int:
-    """Remove old run records. A live run is never removed."""
-    from cub.records.reader import prune_runs
+    """Remove old run records, and the branches of those runs that hold no unmerged commit
+    (git's own `branch -d` check against the checkout). A live run is never removed."""
+    from cub.records.reader import prune_runs, read_run_json, run_dirs
 
     if keep is None and older_than is None:
         print("cub runs prune: error: pass --keep N or --older-than DURATION", file=sys.stderr)
         return 2
     project_dir = _project_dir()
     _recover(project_dir)
+    branches = {
+        d.name: record.branch
+        for d in run_dirs(project_dir)
+        if (record := read_run_json(d)) is not None and record.branch
+    }
     removed = prune_runs(project_dir, keep=keep, older_than=_since(older_than, "--older-than"))
-    print(f"removed {len(removed)} run(s)")
+    kept_by = {branch for run_id, branch in branches.items() if run_id not in removed}
+    deleted = [
+        branch
+        for branch in dict.fromkeys(branches[r] for r in removed if r in branches)
+        if branch not in kept_by and _delete_merged_branch(project_dir, branch)
+    ]
+    print(
+        f"removed {len(removed)} run(s)"
+        + (f", {len(deleted)} merged branch(es)" if deleted else "")
+    )
     return 0
+
+
+def _delete_merged_branch(project_dir: Path, branch: str) -> bool:
+    from cub.git import GitError, git
+
+    try:
+        git(project_dir, "branch", "-d", "--end-of-options", branch)
+    except GitError:
+        return False  # unmerged work, checked out somewhere, or already gone: left alone
+    return True
 
 
 @click.command("status")

@@ -18,6 +18,7 @@ from cub.errors import CubError
 
 if TYPE_CHECKING:
     from cub.tasks.backend import TaskBackend
+    from cub.tasks.file_store import FileTaskBackend
     from cub.tasks.model import Task
 
 _PROJECT_KEY = "cub.tasks.project_dir"
@@ -27,12 +28,17 @@ _TYPES = ("task", "feature", "bug", "chore", "epic", "gate")
 
 
 def _reporting(command: Callable[..., int]) -> Callable[..., int]:
-    """Turn cub's own errors (bad config, bad task file, unknown id) into one line and 1."""
+    """Turn cub's own errors into one line: 2 for what was asked (an unknown dependency, a
+    bad id), 1 for what was found (bad config, bad task file, no such task)."""
+    from cub.errors import InvalidTaskId, TaskInputError
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> int:
         try:
             return command(*args, **kwargs)
+        except (TaskInputError, InvalidTaskId) as exc:
+            click.echo(terminal_safe(f"cub tasks: {exc}"), err=True)
+            return 2
         except (CubError, OSError) as exc:
             click.echo(terminal_safe(f"cub tasks: {exc}"), err=True)
             return 1
@@ -188,11 +194,13 @@ def _show_blocks(task: Task) -> list[tuple[str, str]]:
 
 @tasks_group.command("add")
 @click.argument("title")
-@click.option("--description", "-d", default="", help="What to do, for the agent.")
-@click.option("--priority", "-p", default="2", show_default=True, help="0-4 or P0-P4.")
-@click.option("--type", "-t", "issue_type", type=click.Choice(_TYPES), default="task")
+@click.option("--description", default="", help="What to do, for the agent.")
+@click.option("--priority", default="2", show_default=True, help="0-4 or P0-P4.")
+@click.option("--type", "issue_type", type=click.Choice(_TYPES), default="task")
 @click.option("--label", "-l", "labels", multiple=True, help="A label (repeatable).")
-@click.option("--depends-on", "depends_on", multiple=True, help="A task id (repeatable).")
+@click.option(
+    "--depends-on", "depends_on", multiple=True, help="An existing task's id (repeatable)."
+)
 @click.option("--parent", default=None, help="The epic this task belongs to.")
 @_reporting
 def add_command(
@@ -205,13 +213,10 @@ def add_command(
     parent: str | None,
 ) -> int:
     """Add an open task; prints its new id."""
-    from cub.tasks.model import parse_priority
 
-    try:
-        level = parse_priority(int(priority) if priority.strip().isdigit() else priority)
-    except ValueError as exc:
-        click.echo(f"cub tasks: --priority: {exc}", err=True)
-        return 1
+    level = _priority(priority)
+    if level is None:
+        return 2
     backend = _open_backend()
     task = backend.add(
         title,
@@ -226,6 +231,76 @@ def add_command(
     return 0
 
 
+def _priority(text: str) -> int | None:
+    from cub.tasks.model import parse_priority
+
+    try:
+        return parse_priority(int(text) if text.strip().isdigit() else text)
+    except ValueError as exc:
+        click.echo(f"cub tasks: --priority: {exc}", err=True)
+        return None
+
+
+@tasks_group.command("edit")
+@click.argument("task_id")
+@click.option("--title", default=None, help="A new title.")
+@click.option("--description", default=None, help="A new description.")
+@click.option("--priority", default=None, help="0-4 or P0-P4.")
+@click.option("--type", "issue_type", type=click.Choice(_TYPES), default=None)
+@click.option("--status", type=click.Choice(_STATUSES), default=None)
+@click.option("--label", "-l", "labels", multiple=True, help="The labels (replace all).")
+@click.option("--depends-on", "depends_on", multiple=True, help="The dependencies (replace all).")
+@click.option("--no-depends-on", is_flag=True, help="Remove every dependency.")
+@click.option("--parent", default=None, help="The epic it belongs to ('' for none).")
+@_reporting
+def edit_command(task_id: str, **options: Any) -> int:
+    """Change a task, in the task file itself (under the backlog's lock)."""
+    fields: dict[str, Any] = {}
+    for key in ("title", "description", "status", "issue_type"):
+        if options[key] is not None:
+            fields[key] = options[key]
+    if options["priority"] is not None:
+        level = _priority(options["priority"])
+        if level is None:
+            return 2
+        fields["priority"] = level
+    if options["labels"]:
+        fields["labels"] = _split(options["labels"])
+    if options["depends_on"] or options["no_depends_on"]:
+        fields["depends_on"] = _split(options["depends_on"])
+    if options["parent"] is not None:
+        fields["parent"] = options["parent"] or None
+    if not fields:
+        click.echo("cub tasks: nothing to change (see `cub tasks edit --help`)", err=True)
+        return 2
+    if fields.get("status") in ("open", "retry"):  # back to work: no owner, no close
+        fields.update(assignee=None, closed_at=None, close_reason=None)
+    backend = _open_backend(by_hand=True)
+    task = _file_backend(backend).edit(task_id, fields)
+    click.echo(terminal_safe(f"edited {task.id}: {task.title}"))
+    return 0
+
+
+@tasks_group.command("rm")
+@click.argument("task_id")
+@_reporting
+def rm_command(task_id: str) -> int:
+    """Remove a task from the task file (refused while other tasks depend on it or a run
+    holds it)."""
+    task = _file_backend(_open_backend(by_hand=True)).remove(task_id)
+    click.echo(terminal_safe(f"removed {task.id}: {task.title}"))
+    return 0
+
+
+def _file_backend(backend: TaskBackend) -> FileTaskBackend:
+    from cub.errors import BackendError
+    from cub.tasks.file_store import FileTaskBackend
+
+    if not isinstance(backend, FileTaskBackend):
+        raise BackendError(f"{backend.describe()}: edit tasks with its own tool")
+    return backend
+
+
 def _split(values: Sequence[str]) -> list[str]:
     # Accept both `-l a -l b` and `-l a,b`.
     return [part.strip() for value in values for part in value.split(",") if part.strip()]
@@ -233,7 +308,7 @@ def _split(values: Sequence[str]) -> list[str]:
 
 @tasks_group.command("close")
 @click.argument("task_id")
-@click.option("--reason", "-r", default="closed by hand", show_default=True)
+@click.option("--reason", default="closed by hand", show_default=True)
 @_reporting
 def close_command(task_id: str, reason: str) -> int:
     """Close a task (from any status), in the task file itself."""

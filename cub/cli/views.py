@@ -28,11 +28,40 @@ def _clip(text: str | None, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def summary_header() -> str:
-    return (
-        f"{'RUN':<34} {'MODE':<9} {'STATE':<19} {'EXIT':>4} {'OK/FAIL':>7} {'TOKENS':>8} "
-        f"{'COST':>8} {'TIME':>7}  {'STARTED':<19}  REASON"
-    )
+# (heading, width, align) of `cub runs list`; the reason takes what is left of the line.
+_COLUMNS = (
+    ("RUN", 26, "<"),
+    ("MODE", 9, "<"),
+    ("STATE", 19, "<"),
+    ("EXIT", 4, ">"),
+    ("OK/FAIL", 7, ">"),
+    ("TOKENS", 8, ">"),
+    ("COST", 8, ">"),
+    ("TIME", 7, ">"),
+    ("STARTED", 19, "<"),
+)
+# Given up in this order when the terminal is too narrow for all of them and a reason.
+_OPTIONAL = ("MODE", "COST", "TOKENS", "TIME", "STARTED")
+_MIN_REASON = 14
+
+
+def fitted_columns(width: int, longest_id: int = 26) -> list[tuple[str, int, str]]:
+    """The columns that fit in ``width`` with room for a reason: run ids whole when they fit
+    beside the others, else clipped to 30 characters."""
+    columns = list(_COLUMNS)
+    full = sum(w + 1 for _, w, _ in columns) + 1 + _MIN_REASON
+    id_width = min(48, max(26, longest_id)) if full + longest_id - 26 <= width else 30
+    columns[0] = ("RUN", id_width, "<")
+    for dropped in _OPTIONAL:
+        if sum(w + 1 for _, w, _ in columns) + 1 + _MIN_REASON <= width:
+            break
+        columns = [c for c in columns if c[0] != dropped]
+    return columns
+
+
+def summary_header(columns: list[tuple[str, int, str]] | None = None) -> str:
+    columns = columns if columns is not None else list(_COLUMNS)
+    return " ".join(f"{name:{align}{w}}" for name, w, align in columns) + "  REASON"
 
 
 def cost_text(cost: float | None, incomplete: bool = False) -> str:
@@ -42,16 +71,24 @@ def cost_text(cost: float | None, incomplete: bool = False) -> str:
     return f"${cost:.4f}" + (" + unknown" if incomplete else "")
 
 
-def summary_line(s: RunSummary) -> str:
-    exit_code = "live" if s.live else str(s.exit_code)
-    started = s.started_at[:19].replace("T", " ")
-    ok_fail = f"{s.tasks.succeeded}/{s.tasks.failed}"
-    cost = "-" if s.budget.cost_usd is None else f"{s.budget.cost_usd:.4f}"
-    return (
-        f"{_clip(s.run_id, 34):<34} {s.mode:<9} {s.state:<19} {exit_code:>4} {ok_fail:>7} "
-        f"{s.budget.tokens_used:>8} {cost:>8} {_duration(s.duration_s):>7}  "
-        f"{started:<19}  {_clip(s.reason, 60)}"
-    )
+def summary_line(
+    s: RunSummary, columns: list[tuple[str, int, str]] | None = None, width: int = 200
+) -> str:
+    """One run of `cub runs list`, in ``columns``, the reason clipped to fit ``width``."""
+    columns = columns if columns is not None else list(_COLUMNS)
+    values = {
+        "RUN": _clip(s.run_id, columns[0][1]),
+        "MODE": s.mode,
+        "STATE": s.state,
+        "EXIT": "live" if s.live else str(s.exit_code),
+        "OK/FAIL": f"{s.tasks.succeeded}/{s.tasks.failed}",
+        "TOKENS": str(s.budget.tokens_used),
+        "COST": "-" if s.budget.cost_usd is None else f"{s.budget.cost_usd:.4f}",
+        "TIME": _duration(s.duration_s),
+        "STARTED": s.started_at[:19].replace("T", " "),
+    }
+    line = " ".join(f"{values[name]:{align}{w}}" for name, w, align in columns)
+    return f"{line}  {_clip(s.reason, max(_MIN_REASON, width - len(line) - 2))}"
 
 
 def task_counts_line(tasks: TaskCounts) -> str:

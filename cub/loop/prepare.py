@@ -111,8 +111,12 @@ def _prepare_worktree(run: Run, plan: RunPlan, branch: str) -> None:
         from cub.loop.isolation import CheckoutGuard
 
         run.checkout_guard = CheckoutGuard.watch(plan.git_root)
-    create_worktree(plan.git_root, path, branch, plan.request.from_branch)
+    created = create_worktree(plan.git_root, path, branch, plan.request.from_branch)
     run.work_dir = path
+    if created:
+        from cub.git import head_commit
+
+        run.branch_base = head_commit(path)
     run.finishers.append(lambda run, state, code, reason: finish_worktree(run))
     run.ctx.branch = branch
     run.machine.note("worktree", data={"path": str(path), "branch": branch})

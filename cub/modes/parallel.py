@@ -40,7 +40,6 @@ from cub.modes.parallel_children import (
     budget_left,
     child_argv,
     child_run_id,
-    point_latest,
     shared_usage,
     start_child,
     start_limit,
@@ -111,9 +110,7 @@ class ParallelRun:
         except BaseException:
             # A second signal, or a crash: no child may outlive the parent or miss its record.
             self._kill_all()
-            point_latest(self.run.ctx)
             raise
-        point_latest(self.run.ctx)
         self.run.end_with(*ending)
 
     def _supervise(self) -> Ending:

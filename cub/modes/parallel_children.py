@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING
 import psutil
 
 from cub.chart.definition import RUN_CHART
-from cub.records.durable import make_private_dir, replace_symlink
+from cub.records.durable import make_private_dir
 from cub.records.location import runs_dir
 from cub.records.reader import read_run_json, read_status_json
 from cub.records.schemas import BudgetUse, ChildRun, RunRecord
@@ -294,14 +294,3 @@ def start_limit(budget: BudgetUse, started: int) -> tuple[str, str] | None:
             f"iteration limit reached: {used} of {budget.iterations_limit} agent invocations"
         )
     return None
-
-
-def point_latest(ctx: RunContext) -> None:
-    """Children repoint ``.cub/runs/latest`` at themselves when they start; once they have
-    ended it names the parent again (unless a run that is not its child has started since)."""
-    if ctx.store is None:
-        return
-    latest = ctx.store.run_dir.parent / "latest"
-    with contextlib.suppress(OSError):
-        if os.readlink(latest) in {c.run_id for c in ctx.children}:
-            replace_symlink(latest, ctx.run_id)

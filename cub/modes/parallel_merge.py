@@ -67,7 +67,12 @@ class MergeQueue:
             problem = merge_branch(self.work_dir, branch, message)
             if problem is None:
                 self.merged.append(child.task_id)
-                machine.note("child_merged", task_id=child.task_id, data={"branch": branch})
+                deleted = _delete_merged(self.work_dir, branch)
+                machine.note(
+                    "child_merged",
+                    task_id=child.task_id,
+                    data={"branch": branch, "branch_deleted": deleted},
+                )
                 continue
             self.conflicts.append(child.task_id)
             for entry in ctx.children:
@@ -95,6 +100,15 @@ class MergeQueue:
                 },
             )
             self.run.observer.message(f"✗ {child.task_id}: {reason}")
+
+
+def _delete_merged(work_dir: Path, branch: str) -> bool:
+    """Merged, so nothing is lost: a branch per task would only clutter the repository."""
+    try:
+        git(work_dir, "branch", "-d", "--end-of-options", branch)
+    except GitError:
+        return False
+    return True
 
 
 def merge_branch(work_dir: Path, branch: str, message: str) -> str | None:

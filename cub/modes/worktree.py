@@ -39,17 +39,20 @@ WORKTREE_LOCK = "cub-worktree.lock"
 _LOCKED_RETRIES = 5
 
 
-def create_worktree(repo: Path, path: Path, branch: str, base: str | None) -> None:
+def create_worktree(repo: Path, path: Path, branch: str, base: str | None) -> bool:
+    """Check ``branch`` out at ``path`` (creating it from ``base`` if needed); returns whether
+    the branch was created here."""
     if path.exists():
         raise SetupFailed("worktree_failed", f"cannot create the worktree: {path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
     keep_out_of_git(path.parent)  # the checkout's `git status` never lists the runs' worktrees
     try:
         with worktree_lock(repo):
+            created = not branch_exists(repo, branch)
             for retry in range(_LOCKED_RETRIES + 1):
                 try:
                     _add_worktree(repo, path, branch, base)
-                    return
+                    return created
                 except GitError as exc:
                     if retry == _LOCKED_RETRIES or not _met_a_lock(exc):
                         raise
@@ -60,6 +63,7 @@ def create_worktree(repo: Path, path: Path, branch: str, base: str | None) -> No
         raise SetupFailed(
             "worktree_failed", f"cannot create the worktree {path}: {reason}"
         ) from exc
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def _add_worktree(repo: Path, path: Path, branch: str, base: str | None) -> None:
@@ -120,3 +124,22 @@ def finish_worktree(run: Run) -> None:
         "worktree_removed" if problem is None else "worktree_left",
         data={"path": str(run.work_dir), "problem": problem},
     )
+    if problem is None and plan.request.parent_run_id is None:
+        _drop_empty_branch(run, plan.git_root)
+
+
+def _drop_empty_branch(run: Run, repo: Path) -> None:
+    """A branch this run made and committed nothing on is only clutter: deleted, and the
+    record names no branch. (A parallel child's stays: its parent merges and deletes it.)"""
+    branch, base = run.ctx.branch, run.branch_base
+    if branch is None or base is None:
+        return
+    try:
+        if git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").strip() != base:
+            return
+        git(repo, "branch", "-D", "--end-of-options", branch)
+    except GitError as exc:
+        run.machine.note("branch_kept", data={"branch": branch, "problem": exc.reason})
+        return
+    run.ctx.branch = None
+    run.machine.note("branch_removed", data={"branch": branch, "why": "no commits"})

@@ -84,7 +84,12 @@ def resolve_run(project_dir: Path, run_id: str) -> Path:
         try:
             run_id = os.readlink(root / "latest")
         except OSError:
-            raise RunNotFound(f"no runs recorded in {root}") from None
+            # Never pointed (a run recovered before it could point it): the newest that did
+            # work, as the link would say.
+            worked = [s for s in list_summaries(project_dir) if did_work(s)]
+            if not worked:
+                raise RunNotFound(f"no runs recorded in {root}") from None
+            run_id = worked[0].run_id
     path = root / run_id
     if "/" in run_id or run_id in (".", "..") or path.is_symlink() or not path.is_dir():
         raise RunNotFound(f"no run {run_id!r} in {root}")
@@ -228,8 +233,18 @@ def prune_runs(
 def _repoint_latest(project_dir: Path) -> None:
     link = runs_dir(project_dir) / "latest"
     if link.is_symlink() and not link.exists():
-        remaining = list_summaries(project_dir, limit=1)
+        remaining = [s for s in list_summaries(project_dir) if did_work(s)]
         if remaining:
             replace_symlink(link, remaining[0].run_id)
         else:
             link.unlink()
+
+
+def did_work(summary: RunSummary) -> bool:
+    """A run that was accepted to do work: not a dry run, not a rejection, not a child of a
+    parallel run (its parent is the run a person started)."""
+    return (
+        summary.state != "validation_rejected"
+        and summary.reason_code != "dry_run"
+        and summary.parent_run_id is None
+    )

@@ -171,8 +171,12 @@ class RunStore:
         store = cls(run_dir, redactor)
         store.runner_lock = lock
         store.reserve_space()
-        replace_symlink(runs / "latest", run_id)
         return store
+
+    def mark_latest(self) -> None:
+        """Point ``latest`` here: done once the run has been accepted to do work, so that a
+        dry run, a rejected command line or a child of a parallel run never takes it."""
+        replace_symlink(self.run_dir.parent / "latest", self.run_dir.name)
 
     # -- records ----------------------------------------------------------------------------
 

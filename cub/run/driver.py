@@ -32,13 +32,15 @@ if TYPE_CHECKING:
     from cub.loop.settings import LoopSettings
     from cub.run.validation import RunPlan
     from cub.tasks.model import Task
+    from cub.tasks.plan import Plan
 
 
 @dataclass
 class RunResult:
     record: RunRecord
     run_dir: Path | None
-    ready: list[Task] | None = None  # the dry run's listing
+    ready: list[Task] | None = None  # the dry run's listing: ready now
+    plan: Plan | None = None  # and the whole plan
 
 
 @dataclass
@@ -50,6 +52,7 @@ class Run:
     observer: RunObserver
     plan: RunPlan | None = None
     result_ready: list[Task] | None = None
+    result_plan: Plan | None = None
     hooks: RunHooks | None = None
     harness: Harness | None = None
     settings: LoopSettings | None = None
@@ -60,6 +63,9 @@ class Run:
     budget_warned: bool = False
     # The run's harness model has been set from what an agent reported (cub.loop.attempt).
     model_reported: bool = False
+    # Where the branch this run created started (None when it reused one): a branch still
+    # there at the end holds no work and is deleted (cub.modes.worktree).
+    branch_base: str | None = None
 
     # Called just before the run enters its terminal state through `end_with` (a worktree to
     # remove, an issue to comment on): (run, terminal state, reason_code, reason).
@@ -150,7 +156,10 @@ def _finish(run: Run) -> RunResult:
     assert record is not None
     store = run.ctx.store
     return RunResult(
-        record=record, run_dir=store.run_dir if store else None, ready=run.result_ready
+        record=record,
+        run_dir=store.run_dir if store else None,
+        ready=run.result_ready,
+        plan=run.result_plan,
     )
 
 
@@ -272,6 +281,8 @@ def _drive(
     if request.ready:
         _list_ready(run, plan)
         return
+    if request.parent_run_id is None:
+        run.ctx.store.mark_latest()
     try:
         _prepare(run, plan)
     except SetupFailed as exc:
@@ -321,19 +332,43 @@ def _prepare(run: Run, plan: RunPlan) -> None:
 
 
 def _list_ready(run: Run, plan: RunPlan) -> None:
-    from cub.tasks.selection import explain_empty, ready_tasks
+    """The dry run: the whole plan (every task the run would take, in order), not only what
+    is ready now."""
+    from cub.tasks.plan import plan_run
+    from cub.tasks.selection import explain_empty
 
     assert plan.backend is not None
     tasks = plan.backend.load()
     request = plan.request
-    ready = ready_tasks(tasks, epic=request.epic, label=request.label)
-    if request.task is not None:
-        ready = [t for t in ready if t.id == request.task]
+    limits = [
+        plan.config.budget.tasks,
+        plan.config.loop.max_iterations,
+        1 if request.once else None,
+    ]
+    planned = plan_run(
+        tasks,
+        epic=request.epic,
+        label=request.label,
+        task_id=request.task,
+        max_tasks=min((n for n in limits if n is not None), default=None),
+    )
+    ready = [step.task for step in planned.steps if step.ready_now]
     run.result_ready = ready
-    run.ctx.tasks.selected = len(ready)
-    run.machine.note("ready_listed", data={"task_ids": [t.id for t in ready]})
-    if ready:
-        reason = f"dry run: {len(ready)} task(s) ready"
+    run.result_plan = planned
+    run.ctx.tasks.selected = len(planned.steps)
+    run.machine.note(
+        "ready_listed",
+        data={
+            "task_ids": [t.id for t in ready],
+            "plan": [step.task.id for step in planned.steps],
+            "waiting": {w.task.id: w.why for w in planned.waiting},
+        },
+    )
+    if planned.steps:
+        later = len(planned.steps) - len(ready)
+        reason = f"dry run: {len(planned.steps)} task(s) planned, {len(ready)} ready now" + (
+            f", {later} once earlier ones are done" if later else ""
+        )
     else:
         why = explain_empty(tasks, epic=request.epic, label=request.label)[1]
         reason = f"dry run: nothing ready ({why})"

@@ -112,7 +112,7 @@ def recover_run(project_dir: Path, run_dir: Path) -> str | None:
             machine.write_status()
             machine.on_enter_terminal()
             return f"recovered run {status.run_id}: its runner died recording {status.state}"
-        killed = _record_lost_attempts(store, status, held)
+        killed = _record_lost_attempts(store, status, held, events)
         machine = _restore(project_dir, store, status, events)
         machine.ctx.tasks.killed += killed
         machine.ctx.tasks.succeeded += len(closed)
@@ -204,7 +204,6 @@ def _account_children(
     """The parent's record lists every child with its state and sums their tasks and usage
     (each child's own record is the truth: the parent may have died before collecting it)."""
     from cub.modes.parallel_children import add_totals
-    from cub.records.durable import replace_symlink
 
     ctx = machine.ctx
     ctx.children = [
@@ -228,12 +227,6 @@ def _account_children(
         "children_recovered",
         data={"children": {child.run_id: child.state for child in ctx.children}},
     )
-    # Each child pointed `latest` at itself when it started; the run a person started is
-    # the parent (unless a run that is not its child has started since).
-    latest = runs_dir(project_dir) / "latest"
-    with contextlib.suppress(OSError):
-        if os.readlink(latest) in {child.run_id for child in ctx.children}:
-            replace_symlink(latest, ctx.run_id)
 
 
 def _finish_worktree(
@@ -482,20 +475,36 @@ def _release_claims(
     return held, closed
 
 
-def _record_lost_attempts(store: RunStore, status: StatusRecord, held: list[Task]) -> int:
+def _record_lost_attempts(
+    store: RunStore, status: StatusRecord, held: list[Task], events: list[Event]
+) -> int:
     """The attempt in flight when the runner died still gets its task.json: the one status.json
-    names, or one of its claims whose agent had started (its harness.log exists) before the
-    runner could write that down. Returns how many were recorded."""
+    names, or one whose agent had started (its harness.log exists, its task.json does not)
+    before the runner could write that down — found from the claims, or, when the backlog
+    cannot be read (its agent broke it), from the run's own directory and journal. Returns how
+    many were recorded."""
     lost = []
     if status.current_task is not None:
         task = status.current_task
         lost.append((task.id, task.title, task.attempt, task.started_at))
-    for claim in held:
-        task_dir = store.run_dir / "tasks" / claim.id
-        if (task_dir / "harness.log").exists() and all(claim.id != known for known, *_ in lost):
-            # The prompt is written just before the agent starts.
-            started = datetime.fromtimestamp((task_dir / "prompt.md").stat().st_mtime, UTC)
-            lost.append((claim.id, claim.title, claim.attempts, started.isoformat()))
+    journaled = {
+        e.task_id: int(e.data.get("attempt") or 1)
+        for e in events
+        if e.trigger == "start_task" and e.task_id
+    }
+    titles = {claim.id: (claim.title, claim.attempts) for claim in held}
+    tasks_dir = store.run_dir / "tasks"
+    started_dirs = sorted(tasks_dir.iterdir()) if tasks_dir.is_dir() else []
+    for task_dir in started_dirs:
+        task_id = task_dir.name
+        if any(task_id == known for known, *_ in lost) or not (task_dir / "harness.log").exists():
+            continue
+        if task_id not in titles and (task_dir / "task.json").exists():
+            continue  # an attempt that ended and was recorded
+        title, attempt = titles.get(task_id, (task_id, journaled.get(task_id, 1)))
+        # The prompt is written just before the agent starts.
+        started = datetime.fromtimestamp((task_dir / "prompt.md").stat().st_mtime, UTC)
+        lost.append((task_id, title, attempt, started.isoformat()))
     recorded = 0
     for task_id, title, attempt, started_at in lost:
         path = store.run_dir / "tasks" / task_id / "task.json"

@@ -19,12 +19,19 @@ from typing import Any, Protocol
 import filelock
 
 from cub.config.messages import relative_label
-from cub.errors import BackendError, TaskNotFound
+from cub.errors import BackendError, TaskInputError, TaskNotFound
 from cub.records.durable import make_private_dir, write_atomic
 from cub.tasks import changes
 from cub.tasks.integrity import dependency_problems
 from cub.tasks.ledger import applicable, entry_between, ledger_path, read_ledger, write_ledger
-from cub.tasks.model import DEFAULT_PRIORITY, Task, new_task_dict, validate_task_id
+from cub.tasks.model import (
+    DEFAULT_PRIORITY,
+    Task,
+    depends_on_key,
+    new_task_dict,
+    now_iso,
+    validate_task_id,
+)
 from cub.tasks.selection import pick_task
 
 LOCK_TIMEOUT_S = 30.0
@@ -40,6 +47,8 @@ class TaskDocument(Protocol):
     changed: bool
     # Positions of the tasks update() and append() changed.
     touched: set[int]
+    # The id of a task to take out of the file, set by `FileTaskBackend.remove`.
+    removed: str | None
 
     def position(self, task_id: str) -> int | None: ...
 
@@ -56,6 +65,8 @@ class TaskDocument(Protocol):
     def original(self, index: int) -> dict[str, Any] | None: ...
 
     def replace(self, index: int, raw: dict[str, Any]) -> Task: ...
+
+    def remove(self, index: int) -> None: ...
 
     def to_bytes(self) -> bytes: ...
 
@@ -152,6 +163,44 @@ class FileTaskBackend:
             document.touched.add(self._position(document, task_id))
             return reopened
 
+    def edit(self, task_id: str, fields: dict[str, Any]) -> Task:
+        """A person's edit of ``fields`` (``None`` removes a key), written into the file; the
+        dependencies and parent it names must exist, and no task may depend on itself."""
+        with self._transaction(to_file=True) as document:
+            self._find(document, task_id)
+            change = dict(fields)
+            if "depends_on" in change:
+                deps = change.pop("depends_on") or []
+                if task_id in deps:
+                    raise TaskInputError(f"--depends-on: {task_id} cannot depend on itself")
+                raw = document.raw(self._position(document, task_id))
+                spelling = depends_on_key(raw)
+                change[spelling] = deps or None
+                change["depends_on" if spelling == "dependsOn" else "dependsOn"] = None
+                _check_dependencies(document, deps)
+            change["updated_at"] = now_iso()
+            edited = self._apply(document, task_id, change)
+            document.touched.add(self._position(document, task_id))
+            return edited
+
+    def remove(self, task_id: str) -> Task:
+        """Take a task out of the file (and its ledger entry with it); refused while other
+        tasks depend on it or a run holds it."""
+        with self._transaction(to_file=True) as document:
+            task = self._find(document, task_id)
+            needed_by = [t.id for t in document.tasks if task_id in t.depends_on]
+            if needed_by:
+                raise TaskInputError(
+                    f"{task_id} is a dependency of {', '.join(needed_by)}: edit those first"
+                )
+            if task.status == "in_progress":
+                raise TaskInputError(
+                    f"{task_id} is claimed by {task.assignee}: stop that run or "
+                    f"`cub tasks release {task_id}` first"
+                )
+            document.removed = task_id
+            return task
+
     def fail_closed(self, task_id: str, reason: str) -> bool:
         """Closed → failed, whoever closed it (see `changes.fail_closed`); False if the task
         is not in the file."""
@@ -185,7 +234,8 @@ class FileTaskBackend:
             validate_task_id(ref)
         with self._transaction(to_file=True) as document:
             if task_id is not None and document.position(task_id) is not None:
-                raise BackendError(f"{self.label}: a task with id {task_id!r} already exists")
+                raise TaskInputError(f"{self.label}: a task with id {task_id!r} already exists")
+            _check_dependencies(document, depends_on)
             raw = new_task_dict(
                 task_id or next_task_id([t.id for t in document.tasks]),
                 title,
@@ -275,9 +325,9 @@ class FileTaskBackend:
         try:
             document = self._read()
             self._cached = None  # changed in place from here on: cached again once written
-            document.changed, document.touched = False, set()
+            document.changed, document.touched, document.removed = False, set(), None
             yield document
-            if document.touched and to_file:
+            if (document.touched or document.removed) and to_file:
                 self._write_file(document)  # read afresh next time: the file's lines moved
                 return
             if document.touched:
@@ -306,7 +356,14 @@ class FileTaskBackend:
         """Write the touched tasks as they are now (ledger entries included) into the file,
         every other line as it is in the file; their ledger entries are then in the file."""
         on_file = self._parse_file()
+        if document.removed is not None:
+            index = on_file.position(document.removed)
+            assert index is not None
+            on_file.remove(index)
+            document.touched = {document.position(document.removed) or 0}
         for index in sorted(document.touched):
+            if document.removed is not None:
+                break
             if index < len(on_file.tasks):
                 on_file.replace(index, document.raw(index))
             else:
@@ -319,6 +376,15 @@ class FileTaskBackend:
             for task_id in moved:
                 ledger.tasks.pop(task_id, None)
             write_ledger(self.ledger_path, ledger)
+
+
+def _check_dependencies(document: TaskDocument, depends_on: Sequence[str]) -> None:
+    """Every task named as a dependency exists: a task waiting for one that does not would
+    never be ready."""
+    for ref in depends_on:
+        validate_task_id(ref)
+        if document.position(ref) is None:
+            raise TaskInputError(f"--depends-on: no task with id {ref!r} (it would never be ready)")
 
 
 def drop_temp_files_beside(path: Path, lock: filelock.BaseFileLock) -> list[Path]:

@@ -26,6 +26,7 @@ class JsonlDocument:
         self.label = label
         self.changed = False
         self.touched: set[int] = set()
+        self.removed: str | None = None
         self.lines: list[bytes] = data.split(b"\n")
         if self.lines and not self.lines[-1]:
             self.lines.pop()  # the newline that ends the last line
@@ -90,6 +91,16 @@ class JsonlDocument:
         self._add(task, len(self.lines) - 1)
         self.touched.add(len(self.tasks) - 1)
         return task
+
+    def remove(self, index: int) -> None:
+        """Take the task at ``index`` out (its line goes; blank lines stay)."""
+        line_index = self._line_index[index]
+        del self.lines[line_index]
+        del self.tasks[index]
+        del self._line_index[index]
+        self._line_index = [i - 1 if i > line_index else i for i in self._line_index]
+        self._by_id = {t.id: i for i, t in enumerate(self.tasks)}
+        self.changed = True
 
     def depends_on_spelling(self) -> str:
         # New tasks follow the spelling the file already uses.

@@ -25,6 +25,7 @@ class PrdDocument:
         self.label = label
         self.changed = False
         self.touched: set[int] = set()
+        self.removed: str | None = None
         self.root: dict[str, Any] = _decode_root(data, label)
         raw_tasks = self.root.setdefault("tasks", [])
         if not isinstance(raw_tasks, list):
@@ -78,6 +79,13 @@ class PrdDocument:
         self._by_id[task.id] = index
         self.tasks.append(task)
         return task
+
+    def remove(self, index: int) -> None:
+        """Take the task at ``index`` out of the ``tasks`` array."""
+        del self.raw_tasks[index]
+        del self.tasks[index]
+        self._by_id = {t.id: i for i, t in enumerate(self.tasks)}
+        self.changed = True
 
     def depends_on_spelling(self) -> str:
         for raw in reversed(self.raw_tasks):

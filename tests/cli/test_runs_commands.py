@@ -284,6 +284,20 @@ def test_list_shows_one_line_per_run_newest_first(recorded: Path) -> None:
     assert listed["r1-ok"][6] == "0.0100"
 
 
+@pytest.mark.parametrize("columns", [60, 80, 120])
+def test_list_fits_the_terminal_width(recorded: Path, columns: int) -> None:
+    result = run_cub(["runs", "list"], recorded, env={"COLUMNS": str(columns)})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 4  # the header and three runs
+    assert max(len(line) for line in lines) <= max(columns, 80), lines
+    for line in lines[1:]:
+        assert line.split()[0] in ("r1-ok", "r2-stuck", "r3-retry")
+    wide = run_cub(["runs", "list"], recorded, env={"COLUMNS": "200"}).stdout.splitlines()
+    assert "MODE" in wide[0] and "COST" in wide[0]
+    assert "MODE" not in lines[0]  # the first column given up for the reason
+
+
 def test_list_json_decodes_into_run_summaries(recorded: Path) -> None:
     found = summaries(recorded)
     assert [s.run_id for s in found] == ["r3-retry", "r2-stuck", "r1-ok"]
@@ -707,9 +721,10 @@ def test_parallel_run_is_listed_with_its_children(parallel_project: Path) -> Non
 def test_latest_after_a_parallel_run_is_the_parallel_run(parallel_project: Path) -> None:
     # Each child run is created after the parent, but `latest` (so `cub status` and
     # `cub runs show`) is the run the user started.
-    assert read_run(parallel_project).mode == "parallel"
+    latest = read_run(parallel_project, "latest")
+    assert latest.mode == "parallel"
     out = cub(["status"], parallel_project).stdout
-    assert out.startswith(f"last run {read_run(parallel_project).run_id}: completed (exit 0)")
+    assert out.startswith(f"last run {latest.run_id}: completed (exit 0)")
 
 
 # ------------------------------------------------------------------------ shell completion
@@ -728,5 +743,11 @@ def test_run_ids_complete_in_the_shell(recorded: Path) -> None:
 
     assert complete("cub runs show r") == ["plain,r3-retry", "plain,r2-stuck", "plain,r1-ok"]
     assert complete("cub runs tail l") == ["plain,latest"]
-    assert complete("cub runs ") == ["plain,list", "plain,prune", "plain,show", "plain,tail"]
+    assert complete("cub runs ") == [
+        "plain,list",
+        "plain,prune",
+        "plain,report",
+        "plain,show",
+        "plain,tail",
+    ]
     assert sorted(r.run_id for r in all_runs(recorded)) == ["r1-ok", "r2-stuck", "r3-retry"]

@@ -140,7 +140,7 @@ def test_status_line_is_redrawn_in_place_and_leaves_the_summary(tmp_path: Path) 
     assert not any("attempt 1 " in line for line in screen), screen
     record = read_run(project)
     assert f"cub: completed (exit 0): {record.reason}" in screen
-    assert f"  record: {runs_dir(project) / record.run_id / 'run.json'}" in screen
+    assert f"  record: {runs_dir(project) / record.run_id}" in screen
     assert any(line.split()[:3] == ["slow1", "#1", "succeeded"] for line in screen), screen
     assert "  usage: 320 tokens, $0.0300" in screen
 

@@ -39,7 +39,7 @@ def assert_one_line_error(
 
 
 def assert_rejected_record(
-    project: Path, reason_code: str, line: str | None = None, run_id: str = "latest"
+    project: Path, reason_code: str, line: str | None = None, run_id: str = "newest"
 ) -> RunRecord:
     """The rejected run left run.json (state, exit code, reason) and a readable journal."""
     record = read_run(project, run_id)
@@ -64,7 +64,7 @@ def assert_rejected(
     project: Path,
     reason_code: str,
     *words: str,
-    run_id: str = "latest",
+    run_id: str = "newest",
 ) -> RunRecord:
     line = assert_one_line_error(result, *words)
     return assert_rejected_record(project, reason_code, line, run_id)

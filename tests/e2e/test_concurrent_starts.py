@@ -14,7 +14,15 @@ from cub.records.reader import run_dirs, runs_dir
 from cub.records.store import STAGING_MARK
 from tests.e2e.support import command_harness
 from tests.helpers.agents import wait_until, write_script
-from tests.helpers.cli import make_project, read_run, read_status, run_cub, start_cub, task
+from tests.helpers.cli import (
+    make_project,
+    read_events,
+    read_run,
+    read_status,
+    run_cub,
+    start_cub,
+    task,
+)
 
 STARTS = 48
 
@@ -73,7 +81,9 @@ def test_a_worktree_add_that_meets_a_git_lock_is_tried_again(tmp_path: Path) -> 
 
     assert proc.returncode == 0, (out, err)
     record = read_run(project, "wt1")
-    assert (record.state, record.branch) == ("completed", "cub/wt1"), record.reason
+    assert record.state == "completed", record.reason
+    made = [e.data for e in read_events(project, "wt1") if e.kind == "worktree"]
+    assert made and made[0]["branch"] == "cub/wt1"
 
 
 @pytest.mark.timeout(180)

@@ -280,7 +280,10 @@ def test_task_flag_on_a_closed_task(project: Path, bin_dir: Path) -> None:
     assert record.tasks.attempted == []
     assert seen(bin_dir) == []
     assert read_tasks(project)["b"]["status"] == "open"
-    assert record.branch == "task/a"
+    # It made task/a for the work, and removed it again: nothing was committed on it.
+    removed = [e.data for e in read_events(project) if e.kind == "branch_removed"]
+    assert removed == [{"branch": "task/a", "why": "no commits"}]
+    assert record.branch is None and git(project, "branch", "--list", "task/a") == ""
 
 
 def test_task_flag_runs_just_that_task(project: Path, bin_dir: Path) -> None:
@@ -625,6 +628,28 @@ def test_an_agent_that_corrupts_the_backlog_ends_the_run_as_what_it_is(
 # ------------------------------------------------------------------------------ output
 
 
+def test_a_failure_says_why_as_it_happens(project: Path, bin_dir: Path) -> None:
+    set_tasks(project, task("a"), task("b"))
+    script = agent(
+        bin_dir,
+        "import os\n"
+        "if os.environ['CUB_TASK_ID'] == 'a':\n"
+        "    say('working on it', 'Error: the database is locked', '')\n"
+        "    done(3)\n"
+        "os.kill(os.getpid(), 9)\n",
+    )
+    result = run_cub(["run", "--on-failure", "continue", *command_harness(script)], project)
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(
+        line.startswith("✗ a: failed in ")
+        and line.endswith("(exit 3): Error: the database is locked")
+        for line in lines
+    ), lines
+    assert any(line.startswith("✗ b: failed in ") and "signal 9" in line for line in lines), lines
+    assert f"  record: {run_dir(project)}" in lines
+
+
 def test_stream_shows_agent_output(project: Path, bin_dir: Path) -> None:
     set_tasks(project, task("a"))
     script = agent(bin_dir, "say('hello from the agent'); done(0)\n")
@@ -699,7 +724,19 @@ def test_ready_json_lists_tasks_in_selection_order(project: Path) -> None:
     assert payload["ready"][1]["priority"] == 0
     record = read_run(project, payload["run_id"])
     assert (record.mode, record.state, record.reason_code) == ("dry-run", "completed", "dry_run")
-    assert record.tasks.selected == 7
+    # The plan is all of it: waits-p0 comes once fresh-p1 (which it depends on) is done.
+    plan = [(t["id"], t["ready_now"], t["after"]) for t in payload["plan"]]
+    assert plan == [
+        ("fresh-p0", True, []),
+        ("retry-p0", True, []),
+        ("fresh-p1", True, []),
+        ("waits-p0", False, ["fresh-p1"]),
+        ("fresh-p2-first", True, []),
+        ("after-closed", True, []),
+        ("fresh-p2-last", True, []),
+        ("retry-p2", True, []),
+    ]
+    assert record.tasks.selected == 8
     assert record.tasks.attempted == []
     # A dry run changes nothing.
     assert read_tasks(project)["fresh-p0"]["status"] == "open"
@@ -763,10 +800,20 @@ def test_run_directories_are_private_and_latest_follows_the_newest(
     assert _mode(runs) == 0o700
     for name in ("first", "second"):
         assert _mode(runs / name) == 0o700
-    # A rejected run is a run too: latest moves to it.
+    # A rejected run and a dry run keep their records, but `latest` (and `cub status`) stay
+    # with the last run that did work.
     rejected = run_cub(["run", "--name", "third", "--no-network"], project)
     assert rejected.returncode == 2
-    assert os.readlink(runs / "latest") == "third"
+    dry = run_cub(["run", "--name", "fourth", "--ready"], project)
+    assert dry.returncode == 0
+    assert os.readlink(runs / "latest") == "second"
+    assert (runs / "third" / "run.json").is_file() and (runs / "fourth" / "run.json").is_file()
+    status = run_cub(["status"], project).stdout
+    assert status.startswith("last run second: completed"), status
+    listed = run_cub(["runs", "list"], project).stdout
+    assert "third" in listed and "fourth" in listed
+    worked = run_cub(["runs", "list", "--worked"], project).stdout
+    assert "third" not in worked and "fourth" not in worked and "second" in worked
 
 
 def test_every_directory_under_a_run_is_private(project: Path, bin_dir: Path) -> None:
@@ -795,3 +842,34 @@ def test_promise_complete_is_recorded_and_ends_the_run_when_the_backlog_agrees(
     assert record.tasks.attempted == ["a", "b"]
     promises = [e for e in read_events(project) if e.kind == "promise_complete"]
     assert [(e.task_id, e.data["tasks_left"]) for e in promises] == [("a", True), ("b", False)]
+
+
+def test_the_dry_run_shows_the_order_the_run_takes(project: Path, bin_dir: Path) -> None:
+    set_tasks(
+        project,
+        task("d1", priority=1),
+        task("d2", dependsOn=["d1"]),
+        task("d3", priority=3, dependsOn=["d2"]),
+        task("d4"),
+        task("d5", dependsOn=["gone"]),
+    )
+    dry = run_cub(["run", "--ready"], project)
+    assert dry.returncode == 0, dry.stderr
+    lines = dry.stdout.splitlines()
+    assert [line.split()[2] for line in lines[:4]] == ["d1", "d2", "d4", "d3"]
+    assert lines[1].endswith("— after d1") and lines[0].endswith("— ready")
+    assert "not in this run:" in lines
+    assert any("d5" in line and "blocked by gone (no such task)" in line for line in lines)
+    planned = json.loads(run_cub(["run", "--ready", "--json"], project).stdout)["plan"]
+    result = run_cub(["run", *command_harness(agent(bin_dir, "done(0)\n"))], project)
+    assert result.returncode == 0, result.stderr
+    assert (
+        read_run(project).tasks.attempted
+        == [t["id"] for t in planned]
+        == [
+            "d1",
+            "d2",
+            "d4",
+            "d3",
+        ]
+    )

@@ -114,7 +114,7 @@ def test_a_sigkilled_parallel_parent_lists_and_sums_its_children(
     assert "par-t2" not in status.stdout and "par" in status.stdout, status.stdout
 
 
-def _worktree_of(project: Path, run_id: str = "latest") -> Path:
+def _worktree_of(project: Path, run_id: str = "newest") -> Path:
     made = next(e for e in read_events(project, run_id) if e.kind == "worktree")
     return Path(made.data["path"])
 

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from cub.records.location import runs_dir
+from cub.records.reader import list_summaries, run_dirs
 from cub.records.schemas import Event, RunRecord, StatusRecord, TaskAttempt
 from cub.tasks.jsonl import JsonlBackend
 from tests.helpers.git import make_repo
@@ -99,26 +100,38 @@ def make_project(
     return path
 
 
-def run_dir(project: Path, run_id: str = "latest") -> Path:
+def run_dir(project: Path, run_id: str = "newest") -> Path:
+    """A run's directory; ``newest``: the run a person started last, whatever it was (a dry
+    run, a rejection: cub's own ``latest`` names only the last run that did work; not a child
+    of a parallel run)."""
+    if run_id == "newest":
+        newest = [s for s in list_summaries(project) if s.parent_run_id is None]
+        if newest:
+            run_id = newest[0].run_id
+        else:  # a run so young it has no status.json yet: the newest directory
+            dirs = [d for d in run_dirs(project) if ".." not in d.name]
+            if not dirs:
+                raise FileNotFoundError(f"no run recorded in {project}")
+            run_id = max(dirs, key=lambda d: d.stat().st_mtime_ns).name
     return (runs_dir(project) / run_id).resolve()
 
 
-def read_run(project: Path, run_id: str = "latest") -> RunRecord:
+def read_run(project: Path, run_id: str = "newest") -> RunRecord:
     return msgspec.json.decode((run_dir(project, run_id) / "run.json").read_bytes(), type=RunRecord)
 
 
-def read_status(project: Path, run_id: str = "latest") -> StatusRecord:
+def read_status(project: Path, run_id: str = "newest") -> StatusRecord:
     return msgspec.json.decode(
         (run_dir(project, run_id) / "status.json").read_bytes(), type=StatusRecord
     )
 
 
-def read_events(project: Path, run_id: str = "latest") -> list[Event]:
+def read_events(project: Path, run_id: str = "newest") -> list[Event]:
     lines = (run_dir(project, run_id) / "events.jsonl").read_bytes().splitlines()
     return [msgspec.json.decode(line, type=Event) for line in lines]
 
 
-def read_attempt(project: Path, task_id: str, run_id: str = "latest") -> TaskAttempt:
+def read_attempt(project: Path, task_id: str, run_id: str = "newest") -> TaskAttempt:
     path = run_dir(project, run_id) / "tasks" / task_id / "task.json"
     return msgspec.json.decode(path.read_bytes(), type=TaskAttempt)
 

@@ -40,7 +40,7 @@ def assert_ending(
     *,
     task_id: str | None = None,
     recorded_by: str = "machine",
-    run_id: str = "latest",
+    run_id: str = "newest",
 ) -> RunRecord:
     """Every artifact of the row (trigger, source, reason_code): run.json parses and says the
     terminal state, reason_code and exit code, and its history ends with that edge; status.json

@@ -70,6 +70,11 @@ STARTUP_S = 0.25
 # cub's same-request window (one interrupt, cub.run.signals), half are a second request.
 MAX_GAP_S = 1.0
 GRACE = "0.2s"
+# Two SIGINTs: half the agents ignore the first, and the grace outlasts the widest gap, so that a
+# second request (past the same-request window) often lands while the run is still stopping:
+# the CI sample of 30 reaches `force_killed` whatever the machine's load.
+DOUBLE_GRACE = "1.5s"
+IGNORE_SIGINT_P = {"double_sigint": 0.5}
 # How long a run may take to end after its (last) signal before the trial counts as a hang;
 # a `natural` run has its whole backlog to do (an agent asking `cub status` takes a while).
 EXIT_TIMEOUT_S = 15.0
@@ -281,7 +286,8 @@ def _make(trial: Trial) -> list[str]:
     rng = trial.rng
     count = rng.randint(3, 14)
     ids = [f"t{i:02d}" for i in range(count)]
-    trial.plan = {task_id: _draw_agent(rng) for task_id in ids}
+    ignore_p = IGNORE_SIGINT_P.get(trial.kind, 0.25)
+    trial.plan = {task_id: _draw_agent(rng, ignore_p) for task_id in ids}
     trial.options = _draw_options(trial, ids)
     trial.root.mkdir(parents=True, exist_ok=True)
     (trial.root / "reports").mkdir()
@@ -303,7 +309,7 @@ def _make(trial: Trial) -> list[str]:
         "--harness-cmd",
         str(agent),
         "--grace",
-        GRACE,
+        DOUBLE_GRACE if trial.kind == "double_sigint" else GRACE,
         "--on-failure",
         "continue",
         "--in-place" if options.in_place else "--worktree",
@@ -313,12 +319,12 @@ def _make(trial: Trial) -> list[str]:
     return args
 
 
-def _draw_agent(rng: random.Random) -> dict[str, Any]:
+def _draw_agent(rng: random.Random, ignore_p: float) -> dict[str, Any]:
     return {
         "sleep": rng.uniform(0.0, 0.05),
         "lines": rng.randint(0, 30),
         "chatty": rng.random() < 0.3,
-        "ignore_sigint": rng.random() < 0.25,
+        "ignore_sigint": rng.random() < ignore_p,
         "grandchild": rng.random() < 0.25,
         "exit": 1 if rng.random() < 0.15 else 0,
         # Small reports while working, a large one at the end (the one a budget is crossed by).

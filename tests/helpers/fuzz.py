@@ -327,7 +327,7 @@ class Sandbox:
         self.reset(files)
         watched = {name: data for name, data in files.items() if name != ".cub/config.json"}
         around = sorted(os.listdir(self.root))
-        latest = self._latest()
+        runs_before = self._runs()
         code, err, raised = (self._run_process if real else self._run_here)(args)
         shown = f"cub {' '.join(args)!r} with {sorted(files)}"
         if raised is not None:
@@ -336,9 +336,8 @@ class Sandbox:
             self.problems.append(f"{shown}: exit code {code}")
         if "Traceback" in err:
             self.problems.append(f"{shown}: printed a traceback: {err[-600:]}")
-        now = self._latest()
-        if now is not None and now != latest:
-            self._check_record(now, shown)
+        for run_id in sorted(self._runs() - runs_before):
+            self._check_record(run_id, shown)
         for name, data in watched.items():
             path = self.project / name
             if not path.is_file() or path.read_bytes() != data:
@@ -346,9 +345,11 @@ class Sandbox:
         if sorted(os.listdir(self.root)) != around:
             self.problems.append(f"{shown}: wrote beside the project: {os.listdir(self.root)}")
 
-    def _latest(self) -> str | None:
-        link = runs_dir(self.project) / "latest"
-        return os.readlink(link) if link.is_symlink() else None
+    def _runs(self) -> set[str]:
+        try:
+            return set(os.listdir(runs_dir(self.project))) - {"latest"}
+        except FileNotFoundError:
+            return set()
 
     def _check_record(self, run_id: str, shown: str) -> None:
         path = runs_dir(self.project) / run_id / "run.json"

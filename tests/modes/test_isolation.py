@@ -15,11 +15,28 @@ import pytest
 
 from tests.e2e.support import command_harness
 from tests.helpers.agents import write_script
-from tests.helpers.cli import make_project, read_attempt, read_run, read_tasks, run_cub, task
+from tests.helpers.cli import (
+    make_project,
+    read_attempt,
+    read_events,
+    read_run,
+    read_tasks,
+    run_cub,
+    task,
+)
 from tests.helpers.exit_paths import assert_ending, exit_path
 from tests.helpers.git import git
 
 pytestmark = pytest.mark.timeout(60)
+
+# Writes <task id>.txt and commits it: work that a run's branch keeps.
+COMMIT_TASK_FILE = """
+import os, subprocess
+name = os.environ["CUB_TASK_ID"] + ".txt"
+open(name, "w").write("work\\n")
+subprocess.run(["git", "add", name], check=True)
+subprocess.run(["git", "commit", "-qm", name], check=True)
+"""
 
 WHERE_AM_I = """
 import json, os, subprocess
@@ -186,3 +203,53 @@ def test_git_never_sees_the_records_or_the_worktrees(tmp_path: Path) -> None:
     committed = git(project, "show", "--name-only", "--format=", read_run(project).branch or "")
     assert "t2.txt" in committed.split()
     assert not [path for path in committed.split() if path.startswith(".cub/runs")], committed
+
+
+def test_runs_leave_no_empty_branches(tmp_path: Path) -> None:
+    """A branch is kept only when it holds work: not for a run that found nothing ready, nor
+    for one whose agent committed nothing; a parallel run's merged task branches go too."""
+    project = make_project(tmp_path / "p", [task(f"t{i}") for i in range(1, 5)])
+    committing = write_script(tmp_path / "commit.py", COMMIT_TASK_FILE)
+
+    idle = run_cub(["run", "--task", "t1", *command_harness("true")], project)
+    assert idle.returncode == 0, idle.stderr
+    assert read_run(project).branch is None
+    assert "branch_removed" in {e.kind for e in read_events(project)}
+
+    agent = command_harness(f"{sys.executable} {committing}")
+    worked = run_cub(["run", "--task", "t2", *agent], project)
+    assert worked.returncode == 0, worked.stderr
+    kept = read_run(project).branch
+    assert kept is not None and git(project, "log", "-1", "--format=%s", kept) == "t2.txt"
+
+    nothing = run_cub(["run", *command_harness("true"), "--epic", "none-such"], project)
+    assert nothing.returncode == 0, nothing.stderr
+
+    parallel = run_cub(["run", "--parallel", "2", *agent], project)
+    assert parallel.returncode == 0, parallel.stdout + parallel.stderr
+    top = read_run(project, "latest")
+    branches = set(git(project, "branch", "--format=%(refname:short)").split())
+    assert branches == {"main", kept, top.branch}, branches
+    merged = git(project, "ls-tree", "--name-only", top.branch or "").split()
+    assert {"t3.txt", "t4.txt"} <= set(merged)
+
+
+def test_prune_removes_the_branches_of_pruned_runs_once_merged(tmp_path: Path) -> None:
+    project = make_project(tmp_path / "p", [task("t1"), task("t2")])
+    committing = write_script(tmp_path / "commit.py", COMMIT_TASK_FILE)
+    agent = command_harness(f"{sys.executable} {committing}")
+    for task_id in ("t1", "t2"):
+        assert (
+            run_cub(
+                ["run", "--task", task_id, "--name", f"r-{task_id}", *agent], project
+            ).returncode
+            == 0
+        )
+    git(project, "merge", "-q", "--no-edit", "task/t1")  # the person took t1's work
+
+    pruned = run_cub(["runs", "prune", "--keep", "0"], project)
+
+    assert pruned.returncode == 0, pruned.stderr
+    assert pruned.stdout.strip() == "removed 2 run(s), 1 merged branch(es)"
+    branches = set(git(project, "branch", "--format=%(refname:short)").split())
+    assert branches == {"main", "task/t2"}  # t2's work is not merged: its branch stays

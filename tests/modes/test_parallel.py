@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -150,9 +151,9 @@ def test_independent_tasks_run_as_children_and_merge(
     # The parent merged in a worktree of its own: the checkout never left main.
     assert git(project, "branch", "--show-current") == "main"
     assert all(t["status"] == "closed" for t in read_tasks(project).values())
-    # The children removed their worktrees; their branches stay.
+    # The children removed their worktrees; their branches, merged, are gone too.
     assert git(project, "worktree", "list").count("\n") == 0
-    assert len(git(project, "branch", "--list", f"cub/{PARENT}-*").split()) == 4
+    assert git(project, "branch", "--list", f"cub/{PARENT}-*") == ""
     # Each child's console output is kept with the parent; `latest` names the parent again.
     runs = runs_dir(project)
     assert sorted(p.name for p in (runs / PARENT / "children").iterdir()) == [
@@ -391,31 +392,24 @@ def test_the_token_budget_is_shared_by_the_children(
     _assert_no_survivors(pid_dir, token)
 
 
-def test_four_at_once_is_about_four_times_faster(
+def test_four_children_run_at_once_and_never_more(
     tmp_path: Path, agent: Path, pid_dir: Path
 ) -> None:
-    """Eight tasks whose agent sleeps 1 s: with four at once, well under half the serial time.
-
-    The serial run is measured on the same machine at the same moment (8 × 1 s plus cub's
-    own overhead), so a loaded machine slows both sides."""
+    """Eight tasks whose agent sleeps 1 s, four at a time: the children's recorded run
+    intervals overlap, never more than four deep. (How much faster that is lives in
+    tools/bench/bench_parallel.py: wall time is the machine's, not the behaviour's.)"""
     ids = [f"T{i}" for i in range(1, 9)]
-    env = _env(pid_dir, AGENT_SLEEP="1")
-    serial_project = make_project(tmp_path / "serial", _tasks(*ids))
-    command = command_harness(agent)
-    started = time.monotonic()
-    serial = run_cub(["run", *command], serial_project, env=env)
-    serial_s = time.monotonic() - started
-    assert serial.returncode == 0, serial.stdout + serial.stderr
-    assert serial_s >= 8.0
-
     project = make_project(tmp_path / "p", _tasks(*ids))
-    started = time.monotonic()
-    result = run_cub(_args(agent, 4), project, env=env)
-    parallel_s = time.monotonic() - started
+    result = run_cub(_args(agent, 4), project, env=_env(pid_dir, AGENT_SLEEP="1"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert parallel_s < 0.5 * serial_s, (parallel_s, serial_s)
-    parent, _ = _records(project)
+    parent, children = _records(project)
     assert parent.state == "completed" and len(parent.children) == 8
+    spans = sorted(
+        (datetime.fromisoformat(c.started_at), datetime.fromisoformat(c.ended_at or ""))
+        for c in children.values()
+    )
+    deepest = max(sum(1 for s, e in spans if s <= at < e) for at, _ in spans)
+    assert 2 <= deepest <= 4, spans
     assert {f"{i}.txt" for i in ids} <= _on_branch(project, parent.branch or "")
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.debian import install_debian_package
+
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "cub-test-base:latest"
 SANDBOX_IMAGE = "cub-sandbox:latest"
@@ -36,21 +38,7 @@ def _last_line(text: str) -> str:
 
 def _install_docker() -> str | None:
     """Install Debian's docker.io when dockerd is missing; returns why it cannot be, or None."""
-    if shutil.which("dockerd"):
-        return None
-    if shutil.which("apt-get") is None:
-        return "dockerd is not installed and there is no apt-get to install docker.io"
-    if os.geteuid() != 0:
-        return "dockerd is not installed, and installing docker.io needs root"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for argv in (
-        ["apt-get", "update", "-qq"],
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "docker.io"],
-    ):
-        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
-        if done.returncode != 0:
-            return f"{' '.join(argv)} failed: {_last_line(done.stderr or done.stdout)}"
-    return None if shutil.which("dockerd") else "docker.io is installed but has no dockerd"
+    return install_debian_package("dockerd", "docker.io")
 
 
 def _mounts_under(root: Path) -> list[str]:

@@ -16,6 +16,7 @@ from cub.records.schemas import ChildRun, RunRecord
 from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
 from tests.helpers.agents import wait_for_file, wait_until
+from tests.helpers.browser import check_report_page, chromium_or_reason, dom_of
 from tests.helpers.cli import (
     make_project,
     read_events,
@@ -159,6 +160,17 @@ def test_sandboxed_run_brings_its_commits_back_on_a_branch(
     # The task's outcome is on the host's backlog.
     assert read_tasks(project)["t1"]["status"] == "closed"
     assert_cleaned_up(project, docker_client, "box")
+    # The morning report: the host run's page links the run inside, which has its own.
+    browser, problem = chromium_or_reason()
+    if browser is None:
+        pytest.skip(problem or "no chromium")
+    report = run_cub(["runs", "report", "box"], project)
+    assert report.returncode == 0, report.stderr
+    page = Path(report.stdout.strip())
+    check_report_page(browser, page, tmp_path)
+    children = [e.attrs["data-child"] for e in dom_of(browser, page) if "data-child" in e.attrs]
+    assert children == [child.run_id]
+    check_report_page(browser, inner_dir / "report.html", tmp_path)
 
 
 def test_no_network_cuts_the_container_off(tmp_path: Path, docker_host: str) -> None:

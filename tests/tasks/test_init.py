@@ -51,5 +51,16 @@ def test_init_command(tmp_path: Path) -> None:
     first = run_cub(["init", "--project-dir", str(tmp_path)], tmp_path)
     assert "Traceback" not in first.stderr and first.returncode == 0, first.stderr
     assert "created .cub/config.json" in first.stdout + first.stderr
+    # It ends with what to do next, and each command it suggests works there.
+    suggested = [
+        line.split("#")[0].strip() for line in first.stdout.split("next steps:")[1].splitlines()
+    ]
+    suggested = [line for line in suggested if line.startswith("cub ")]
+    assert [c.split()[1] for c in suggested] == ["tasks", "run", "run", "status"]
+    make_repo(tmp_path)
+    added = run_cub(["tasks", "add", "Fix the flaky login test", "--priority", "1"], tmp_path)
+    assert added.returncode == 0, added.stderr
+    dry = run_cub(["run", "--ready"], tmp_path)
+    assert dry.returncode == 0 and "Fix the flaky login test" in dry.stdout
     again = run_cub(["init", "--project-dir", str(tmp_path)], tmp_path)
     assert again.returncode == 0 and "nothing to do" in again.stdout + again.stderr
