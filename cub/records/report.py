@@ -103,7 +103,7 @@ def render_run(
         "<h2>Path through the state chart</h2>",
         chart_svg(RUN_CHART, record),
         "<h2>Timeline</h2>",
-        timeline_svg(record, [a for _, a in attempts]),
+        timeline_svg(record, timeline_rows(record, run_dir, inner_dirs or [])),
         "<h2>Tasks</h2>",
         *(_task_section(run_dir, path, attempt, project_dir) for path, attempt in attempts),
     ]
@@ -213,25 +213,40 @@ def chart_svg(chart: Chart, record: RunRecord) -> str:
     )
 
 
-def timeline_svg(record: RunRecord, attempts: list[TaskAttempt]) -> str:
+def timeline_rows(
+    record: RunRecord, run_dir: Path, inner_dirs: list[Path]
+) -> list[tuple[str, TaskAttempt]]:
+    """Every attempt the page's timeline shows, each with its row: the run's own by task, and
+    its children's (parallel children beside it, the run inside a sandbox) as
+    ``<child run>:<task>``, so children that ran at once are drawn side by side."""
+    rows = [(attempt.task_id, attempt) for _, attempt in task_attempts(run_dir)]
+    places = [run_dir.parent / child.run_id for child in record.children] + inner_dirs
+    for place in dict.fromkeys(places):
+        if place.is_dir():
+            rows += [(f"{place.name}:{a.task_id}", a) for _, a in task_attempts(place)]
+    return rows
+
+
+def timeline_svg(record: RunRecord, rows_of: list[tuple[str, TaskAttempt]]) -> str:
     """One bar per attempt, from its start to its end, coloured by outcome, one row per task
     (children of a parallel run side by side), and the tokens used accumulating under it."""
-    if not attempts:
+    if not rows_of:
         return "<p>No attempts.</p>"
+    attempts = [attempt for _, attempt in rows_of]
     start = _time(record.started_at)
     end = max(_time(record.ended_at), *(_time(a.ended_at) for a in attempts))
     span = max((end - start), 0.001)
-    tasks = list(dict.fromkeys(a.task_id for a in attempts))
-    width, label_w, row_h = 1000, 160, 22
+    tasks = list(dict.fromkeys(row for row, _ in rows_of))
+    width, label_w, row_h = 1000, 220, 22
     plot_w = width - label_w - 10
     bars = []
-    for attempt in attempts:
-        row = tasks.index(attempt.task_id)
+    for row_name, attempt in rows_of:
+        row = tasks.index(row_name)
         x = label_w + (_time(attempt.started_at) - start) / span * plot_w
         w = max(2.0, (_time(attempt.ended_at) - _time(attempt.started_at)) / span * plot_w)
         colour = _OUTCOME_COLOURS.get(attempt.outcome, "#888")
         bars.append(
-            f'<rect class="attempt" data-attempt="{_e(attempt.task_id)}#{attempt.attempt}" '
+            f'<rect class="attempt" data-attempt="{_e(row_name)}#{attempt.attempt}" '
             f'data-outcome="{_e(attempt.outcome)}" x="{x:.1f}" y="{row * row_h + 4}" '
             f'width="{w:.1f}" height="{row_h - 8}" fill="{colour}"><title>'
             f"{_e(attempt.task_id)} #{attempt.attempt}: {_e(attempt.outcome)} "
@@ -242,18 +257,28 @@ def timeline_svg(record: RunRecord, attempts: list[TaskAttempt]) -> str:
     )
     top = len(tasks) * row_h + 10
     curve_h = 60
-    total = sum(a.usage.total_tokens for a in attempts) or 1
-    points = [f"{label_w},{top + curve_h}"]
-    running = 0
-    for attempt in sorted(attempts, key=lambda a: a.ended_at):
-        running += attempt.usage.total_tokens
-        x = label_w + (_time(attempt.ended_at) - start) / span * plot_w
-        points.append(f"{x:.1f},{top + curve_h - running / total * curve_h:.1f}")
-    curve = (
-        f'<polyline class="tokens" points="{" ".join(points)}" fill="none" stroke="#1565c0" '
-        f'stroke-width="2"/><text x="4" y="{top + 20}">tokens</text>'
-        f'<text x="{width - 120}" y="{top + 12}">{running} total</text>'
+    by_end = sorted(attempts, key=lambda a: a.ended_at)
+    ends = [label_w + (_time(a.ended_at) - start) / span * plot_w for a in by_end]
+
+    def accumulating(values: list[float], kind: str, colour: str, shown: str, y: int) -> str:
+        total, running, points = sum(values) or 1.0, 0.0, [f"{label_w},{top + curve_h}"]
+        for x, value in zip(ends, values, strict=True):
+            running += value
+            points.append(f"{x:.1f},{top + curve_h - running / total * curve_h:.1f}")
+        return (
+            f'<polyline class="{kind}" points="{" ".join(points)}" fill="none" '
+            f'stroke="{colour}" stroke-width="2"/><text x="{width - 150}" y="{y}" '
+            f'fill="{colour}">{shown}</text>'
+        )
+
+    tokens = [float(a.usage.total_tokens) for a in by_end]
+    curve = f'<text x="4" y="{top + 20}">tokens, cost</text>' + accumulating(
+        tokens, "tokens", "#1565c0", f"{int(sum(tokens))} tokens", top + 12
     )
+    costs = [a.usage.cost_usd or 0.0 for a in by_end]
+    if any(a.usage.cost_usd is not None for a in by_end):
+        unknown = " + unknown" if any(a.usage.cost_usd is None for a in by_end) else ""
+        curve += accumulating(costs, "cost", "#2e7d32", f"${sum(costs):.4f}{unknown}", top + 26)
     height = top + curve_h + 10
     return (
         f'<svg class="timeline" width="{width}" height="{height}" '

@@ -106,8 +106,15 @@ def check_report_page(browser: str, page: Path, tmp_path: Path) -> None:
     (final,) = [e.attrs["data-state"] for e in elements if "final" in e.classes]
     assert final == record.state
     bars = sorted(e.attrs["data-attempt"] for e in elements if "data-attempt" in e.attrs)
-    recorded = sorted(f"{a.task_id}#{a.attempt}" for _, a in task_attempts(page.parent))
-    assert bars == recorded
+    # One bar per attempt of the run, and of each child beside it or run inside it.
+    recorded = [f"{a.task_id}#{a.attempt}" for _, a in task_attempts(page.parent)]
+    children = [page.parent.parent / child.run_id for child in record.children]
+    inner = page.parent / "inner"
+    children += sorted(inner.iterdir()) if inner.is_dir() else []
+    for child_dir in dict.fromkeys(d for d in children if d.is_dir()):
+        attempts = task_attempts(child_dir)
+        recorded += [f"{child_dir.name}:{a.task_id}#{a.attempt}" for _, a in attempts]
+    assert bars == sorted(recorded)
     sections = {e.attrs["data-task"] for e in elements if "data-task" in e.attrs}
     assert sections == {a.task_id for _, a in task_attempts(page.parent)}
     for link in (e.attrs["href"] for e in elements if e.tag == "a"):
