@@ -354,6 +354,7 @@ class TaskLoop:
         """Close a finished task while the run is ending (budget, stop): journaled as an
         event, the machine being past the transition that records a success."""
         commits = self._close(task)
+        self.run.ctx.current_task = None  # done: the record must not show it running
         self.run.machine.note("task_closed", task_id=task.id, data={"commits": commits})
 
     def _release(self, task: Task, note: str, uncount: bool = False) -> None:

@@ -21,6 +21,7 @@ from tests.helpers.cli import (
     make_project,
     read_attempt,
     read_run,
+    read_status,
     read_tasks,
     run_cub,
     start_cub,
@@ -72,6 +73,7 @@ def test_an_agent_that_finishes_after_the_budget_ran_out_keeps_its_task_closed(
     assert tasks["t2"]["status"] == "open"
     assert git(project, "log", "-1", "--format=%s", run.branch or "") == "finish the task"
     assert (run.tasks.succeeded, run.tasks.interrupted) == (1, 0)
+    assert read_status(project).current_task is None  # done, so not shown as running
 
 
 def test_an_agent_that_finishes_within_the_grace_of_a_ctrl_c_keeps_its_task_closed(
@@ -91,6 +93,7 @@ def test_an_agent_that_finishes_within_the_grace_of_a_ctrl_c_keeps_its_task_clos
     assert read_attempt(project, "t1").outcome == "succeeded"
     assert read_tasks(project)["t1"]["status"] == "closed"
     assert git(project, "log", "-1", "--format=%s", run.branch or "") == "finish the task"
+    assert read_status(project).current_task is None
 
 
 def test_a_closed_stdout_never_changes_how_a_run_ends(tmp_path: Path) -> None:

@@ -1,12 +1,13 @@
 """Fuzzing cub's input: mutated configs, task files (JSONL, prd.json, beads output), flag sets
 and argv bytes, each thrown at cub and checked against what bad input must never do.
 
-Run as its own process (``python -m tests.helpers.fuzz KIND EXAMPLES SEED``), by the test suite
-with a few hundred seeded examples per kind and by ``tools/soak/fuzz_input.py`` with thousands:
-``cub`` is called in that process (a dry run, ``cub run --ready``, costs ~20 ms there instead
-of ~200 ms for a new interpreter), which makes it a subreaper with cub's signal handlers, so it
-must not be the test runner's own. Every tenth example of a config or a task file is also run
-for real (``cub run --once`` with an agent that does nothing) in a process of its own.
+Run as its own process (``python -m tests.helpers.fuzz KIND EXAMPLES SEED [REAL_EVERY]``), by
+the test suite with a few hundred seeded examples per kind and by ``tools/soak/fuzz_input.py``
+with thousands. ``cub`` is called in that process (a dry run, ``cub run --ready``, costs ~20 ms
+there instead of ~200 ms for a new interpreter), which makes it a subreaper with cub's signal
+handlers (stop it with SIGKILL), so it must not be the test runner's own. Every tenth example of
+a config or a task file (``REAL_EVERY``) is also run for real (``cub run --once`` with an agent
+that does nothing) in a process of its own.
 
 For every example: no exception escapes and no traceback is printed; the exit code is one of
 cub's; a run that was recorded has a run.json that parses and is never ``exception``; the task
@@ -416,7 +417,9 @@ def _without_commands(data: bytes) -> bytes | None:
     return json.dumps(document).encode()
 
 
-def run_kind(kind: str, examples: int, seed_value: int, box: Sandbox) -> None:
+def run_kind(
+    kind: str, examples: int, seed_value: int, box: Sandbox, real_every: int = REAL_RUN_EVERY
+) -> None:
     """Throw ``examples`` generated inputs of ``kind`` at cub; problems land in ``box``."""
     tests: dict[str, Callable[..., None]] = {}
     budget = settings(
@@ -428,7 +431,7 @@ def run_kind(kind: str, examples: int, seed_value: int, box: Sandbox) -> None:
     )
 
     def real_turn() -> bool:
-        return box.examples % REAL_RUN_EVERY == REAL_RUN_EVERY - 1
+        return box.examples % real_every == real_every - 1
 
     @budget
     @given(config_files())
@@ -479,9 +482,10 @@ def run_kind(kind: str, examples: int, seed_value: int, box: Sandbox) -> None:
 
 def main() -> int:
     kind, examples, seed_value = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    real_every = int(sys.argv[4]) if len(sys.argv) > 4 else REAL_RUN_EVERY
     box = Sandbox.create()
     try:
-        run_kind(kind, examples, seed_value, box)
+        run_kind(kind, examples, seed_value, box, real_every)
     finally:
         shutil.rmtree(box.root, ignore_errors=True)
     print(f"{kind}: {box.examples} checks, {len(box.problems)} problems")

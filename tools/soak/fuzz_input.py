@@ -30,13 +30,24 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=10_000, help="per kind")
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--real-every", type=int, default=100, help="run every Nth config/task file for real"
+    )
     parser.add_argument("--record", action="store_true", help="append to RESULTS.md")
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     started = time.monotonic()
     workers = {
         kind: subprocess.Popen(
-            [sys.executable, "-m", "tests.helpers.fuzz", kind, str(args.examples), str(args.seed)],
+            [
+                sys.executable,
+                "-m",
+                "tests.helpers.fuzz",
+                kind,
+                str(args.examples),
+                str(args.seed),
+                str(args.real_every),
+            ],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -61,8 +72,8 @@ def main() -> int:
             [
                 f"`{command}` on {machine_line()}, {elapsed:.0f} s, seed {args.seed}, "
                 f"{args.examples} generated inputs per kind (the task-file kind checks "
-                "`cub run --ready` and `cub tasks list` for each; every tenth config and task "
-                "file is also run for real).",
+                "`cub run --ready` and `cub tasks list` for each; every "
+                f"{args.real_every}th config and task file is also run for real).",
                 "",
                 "| kind | result | worker |",
                 "|---|---|---|",
