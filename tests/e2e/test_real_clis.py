@@ -359,8 +359,10 @@ def test_parallel_children_commit_only_on_their_own_branches(tmp_path: Path, rig
     for child, name in zip(sorted(run.children, key=lambda c: c.task_id or ""), "ab", strict=True):
         commit = commit_adding(project.path, f"{name}.txt")
         child_record = read_run(project.path, child.run_id)
-        # Made on the child's branch, reached the run branch by the merge, nowhere else.
-        assert branches_containing(project.path, commit) == {child_record.branch, run.branch}
+        # Made on the child's branch, reached the run branch by the merge, nowhere else (the
+        # child's branch, merged, is deleted).
+        assert branches_containing(project.path, commit) == {run.branch}
+        assert git(project.path, "branch", "--list", child_record.branch or "") == ""
         assert child_record.budget.tokens_used > 0
     assert run.budget.tokens_used == sum(
         read_run(project.path, c.run_id).budget.tokens_used for c in run.children

@@ -56,8 +56,11 @@ def _marker_json(found: str) -> dict[str, Any] | None:
 
 
 def script_marker(**script: Any) -> str:
-    """The marker to put in a task's text for the server to follow ``script``."""
-    return f"[[model-script:{json.dumps(script, separators=(',', ':'))}]]"
+    """The marker to put in a task's text for the server to follow ``script``. ``<`` is
+    written as a JSON escape: cub neutralises signal tags in a task's text (an agent echoing
+    its task must not signal), and the model's own ``<stuck>`` must reach it whole."""
+    text = json.dumps(script, separators=(",", ":")).replace("<", "\\u003c")
+    return f"[[model-script:{text}]]"
 
 
 @dataclass(frozen=True)
