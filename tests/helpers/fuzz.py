@@ -315,7 +315,9 @@ class Sandbox:
         for stale in (cub / "config.json", cub / "tasks.jsonl", self.project / "prd.json"):
             stale.unlink(missing_ok=True)
         shutil.rmtree(self.project / ".beads", ignore_errors=True)
-        shutil.rmtree(runs_dir(self.project).parent / "backlog", ignore_errors=True)
+        # Each example starts from no records: thousands of runs would make every start's
+        # recovery scan (one look per run directory) the cost of the fuzz.
+        shutil.rmtree(runs_dir(self.project).parent, ignore_errors=True)
         for name, data in files.items():
             path = self.project / name
             path.parent.mkdir(parents=True, exist_ok=True)
