@@ -11,7 +11,7 @@ import pytest
 
 from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
-from tests.helpers.agents import is_alive, wait_for_file, write_script
+from tests.helpers.agents import is_alive, wait_for_file, wait_until, write_script
 from tests.helpers.cli import (
     make_project,
     read_attempt,
@@ -143,6 +143,8 @@ def test_direct_run_stopped_by_signals(
     agent = write_script(tmp_path / "agent.py", body.format(ready=str(ready)))
     proc = start_cub(["run", "--direct", "wait", "--grace", "5s", *harness(agent)], project)
     wait_for_file(ready)
+    # The agent creates the file, then writes its pid into it: wait for the pid too.
+    wait_until(lambda: ready.read_text().strip() != "", what="the agent's pid")
     agent_pid = int(ready.read_text())
     for sig in signals:
         proc.send_signal(sig)
