@@ -1,18 +1,14 @@
-"""The adapter for each harness name, and the helpers their stream parsers share.
-
-Every agent CLI here prints one JSON object per line. Its parser must survive anything on that
-stream: plain-text lines (warnings on the merged stderr), truncated lines (the supervisor cuts
-lines over 1 MiB), JSON of the wrong shape. ``decode_event`` and the ``count``/``number``/
-``mapping``/``string`` accessors turn all of that into "no event" or a zero, never an exception.
-"""
+"""The adapter for each harness name. (What their stream parsers share: `cub.agents.stream`.)"""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import msgspec
+from cub.agents.claude import ClaudeHarness
+from cub.agents.codex import CodexHarness
+from cub.agents.command import CommandHarness
+from cub.agents.gemini import GeminiHarness
+from cub.agents.opencode import OpenCodeHarness
 
 if TYPE_CHECKING:
     from cub.agents.harness import Harness
@@ -30,100 +26,14 @@ def adapter_for(choice: HarnessChoice, config: Config | None = None) -> Harness:
         extra = next((tuple(args) for name, args in configured if name == choice.name), ())
         prices = dict(config.budget.prices)
     if choice.name == "command":
-        from cub.agents.command import CommandHarness
-
         return CommandHarness((*choice.command, *extra))
     if choice.name == "claude":
-        from cub.agents.claude import ClaudeHarness
-
         return ClaudeHarness(choice.program, extra_args=extra, prices=prices)
     if choice.name == "codex":
-        from cub.agents.codex import CodexHarness
-
         return CodexHarness(choice.program, extra_args=extra, prices=prices)
     if choice.name == "gemini":
-        from cub.agents.gemini import GeminiHarness
-
         return GeminiHarness(choice.program, extra_args=extra, prices=prices)
     if choice.name == "opencode":
-        from cub.agents.opencode import OpenCodeHarness
-
         return OpenCodeHarness(choice.program, extra_args=extra, prices=prices)
     # Unreachable: validation accepts only the names handled above.
     raise AssertionError(f"no adapter for the {choice.name!r} harness")
-
-
-# ------------------------------------------------------------------------ stream helpers
-
-_decode_any = msgspec.json.Decoder().decode
-
-
-def decode_event(line: str) -> dict[str, Any] | None:
-    """The JSON object on ``line``, or None for anything else (text, bad or truncated JSON)."""
-    text = line.strip()
-    if not text.startswith("{"):
-        return None
-    try:
-        obj = _decode_any(text)
-    except (msgspec.DecodeError, RecursionError, ValueError):
-        return None
-    return obj if isinstance(obj, dict) else None
-
-
-# The largest figure one usage report may carry; larger ones are taken at this value. Far
-# beyond any real agent invocation (a million-token context re-read on each of a thousand
-# calls is 10^9 tokens; a trillion tokens would cost millions of dollars), and small enough
-# that totals stay exact whole numbers, readable in a listing and in any JSON reader (under
-# 2^53). A report this large is a broken or hostile agent: the run's budgets stop it.
-MAX_TOKENS = 10**12
-MAX_COST_USD = 1e9
-
-
-def token_count(value: Any) -> int | None:
-    """A reported token count: a whole number from 0, at most ``MAX_TOKENS``; None when the
-    value is not one (not a number, negative, NaN or infinite)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value < 0:
-        return None
-    return min(int(value), MAX_TOKENS)
-
-
-def count(value: Any) -> int:
-    """A token count (see ``token_count``), or 0 when the value is not one: a negative count
-    never lowers a total, so it can never hide usage from a budget."""
-    return token_count(value) or 0
-
-
-def number(value: Any) -> float | None:
-    """A finite, non-negative number (a cost), at most ``MAX_COST_USD``; or None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    try:
-        value = float(value)
-    except OverflowError:  # an integer too large for a float
-        return MAX_COST_USD
-    if not math.isfinite(value) or value < 0:
-        return None
-    return min(value, MAX_COST_USD)
-
-
-def mapping(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def string(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def positional(text: str) -> str:
-    """``text`` made safe to pass as a command-line value: a leading ``-`` would be read as an
-    option by the agent's argument parser, so such text gets a leading newline."""
-    return "\n" + text if text.startswith("-") else text
-
-
-def estimate_tokens(chars: int) -> int:
-    """The usual rough estimate: four characters to a token, rounded up."""
-    return (chars + 3) // 4

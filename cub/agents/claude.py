@@ -44,9 +44,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cub.agents.adapters import count, decode_event, mapping, number, string
 from cub.agents.harness import Invocation, ProgramHarness, StreamState
 from cub.agents.pricing import cost_of, price_for
+from cub.agents.stream import count, decode_event, mapping, number, string
 
 if TYPE_CHECKING:
     from cub.config.schema import ModelPrice

@@ -7,9 +7,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from cub.agents.adapters import MAX_COST_USD, MAX_TOKENS, decode_event, number, token_count
-from cub.agents.harness import Invocation, StreamState
-from cub.loop.prompts import combined
+from cub.agents.harness import Invocation, StreamState, combined
+from cub.agents.stream import MAX_COST_USD, MAX_TOKENS, decode_event, number, token_count
 from cub.records.schemas import Usage
 
 _TOKEN_FIELDS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_creation_tokens")

@@ -44,17 +44,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cub.agents.adapters import (
-    count,
-    decode_event,
-    estimate_tokens,
-    mapping,
-    positional,
-    string,
-)
-from cub.agents.harness import Invocation, ProgramHarness, StreamState
+from cub.agents.harness import Invocation, ProgramHarness, StreamState, combined
 from cub.agents.pricing import cost_of, price_for
-from cub.loop.prompts import combined
+from cub.agents.stream import count, decode_event, estimate_tokens, mapping, positional, string
 from cub.records.schemas import Usage
 
 if TYPE_CHECKING:

@@ -105,3 +105,8 @@ class ProgramHarness:
         self.prices = dict(prices or {})
         # parser() belongs to the latest invocation(): it prices that invocation's model.
         self._model: str | None = None
+
+
+def combined(system: str, task: str) -> str:
+    """What prompt.md holds, and what single-prompt agents get on stdin."""
+    return f"{system.rstrip()}\n\n---\n\n{task}"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cub.chart.definition import Chart, Edge
-from cub.run.exit_codes import exit_code_for
+from cub.chart.exit_codes import exit_code_for
 
 # States an edge may leave while an agent attempt is in flight, so the attempt's record exists.
 ATTEMPT_STATES = frozenset({"executing", "settling", "stopping"})

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import click
 
+from cub.scaffold import init_project
+from cub.workspace.root import find_project_root
+
 
 @click.command("init")
 @click.option(
@@ -16,8 +19,6 @@ import click
 )
 def init_command(project_dir: Path | None) -> int:
     """Create .cub/ with a default config, an empty task file and runloop.md."""
-    from cub.project import find_project_root, init_project
-
     root = project_dir or find_project_root(Path.cwd()) or Path.cwd()
     try:
         created = init_project(root)

@@ -7,26 +7,18 @@ they become validation_rejected runs with a record, like any other bad input.
 
 from __future__ import annotations
 
-import sys
+# First: a `cub run` is a run from its first instant (cub.cli.early_watch).
+import cub.cli.early_watch  # noqa: F401
 
-from cub.run.signals import InterruptWatch
-
-# A `cub run` is a run from its first instant: a Ctrl+C or SIGTERM that lands while the CLI is
-# still importing or parsing options is held here (the handler only notes it) and becomes the
-# run's recorded interruption, instead of a traceback or a death by signal with no record.
-# This is the first code of both entry points (`cub` and `python -m cub`) after the empty
-# package inits; what comes before it is the interpreter's own start (see cub.run.signals).
-EARLY_WATCH = InterruptWatch(armed=False)
-if sys.argv[1:2] == ["run"]:
-    EARLY_WATCH.install()
-
+# isort: split
 # After the watch, which must not wait for these imports.
-import importlib  # noqa: E402
-from typing import Any, NoReturn  # noqa: E402
+import importlib
+import sys
+from typing import Any, NoReturn
 
-import click  # noqa: E402
+import click
 
-from cub import __version__  # noqa: E402
+from cub import __version__
 
 # Subcommands are imported only when used, so `cub --version` stays fast.
 _COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -101,7 +93,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = _exit_code(cli.main(args=args, prog_name="cub", standalone_mode=False))
     except click.UsageError as exc:
         if _is_run(args):
-            from cub.cli.run import reject_usage
+            from cub.cli.run import reject_usage  # `cub run`'s module, only when it is used
 
             code = reject_usage(args, exc)
         else:
@@ -112,7 +104,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = exc.exit_code
     except (click.Abort, KeyboardInterrupt):
         if _is_run(args):
-            from cub.cli.run import record_early_interrupt
+            from cub.cli.run import record_early_interrupt  # (as above)
 
             code = record_early_interrupt(args)
         else:

@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, TextIO
 import msgspec
 
 from cub.cli.safe_text import agent_line_safe, terminal_safe
-from cub.cli.views import cost_text
+from cub.cli.views import cost_text, event_line, task_counts_line
+from cub.records.reader import task_attempts
 
 if TYPE_CHECKING:
     from cub.records.schemas import TaskAttempt
@@ -99,8 +100,6 @@ class ConsoleObserver:
 
     def journaled(self, line: str) -> None:
         if self.verbose:
-            from cub.cli.views import event_line
-
             self._say(self._paint(f"  · {terminal_safe(event_line(line))}", "2"))
 
     def progress(
@@ -228,8 +227,6 @@ def _print_summary(result: RunResult, out: TextIO) -> None:
     record = result.record
     tasks = record.tasks
     if result.run_dir is not None and tasks.attempted:
-        from cub.records.reader import task_attempts
-
         for _, attempt in task_attempts(result.run_dir):
             usage = attempt.usage
             print(
@@ -237,8 +234,6 @@ def _print_summary(result: RunResult, out: TextIO) -> None:
                 f"{attempt.duration_s:>7.1f}s {usage.total_tokens:>8} tokens",
                 file=out,
             )
-        from cub.cli.views import task_counts_line
-
         print(f"  tasks: {task_counts_line(tasks)}", file=out)
     budget = record.budget
     if budget.tokens_used or budget.cost_usd:

@@ -9,9 +9,12 @@ from typing import Any
 
 import click
 
+from cub.cli.early_watch import EARLY_WATCH
+
 
 def _request_from(params: dict[str, Any]) -> Any:
-    from cub.run.request import RunRequest
+    # Here and below, imports wait for the command to run: `cub run --help` stays fast.
+    from cub.lifecycle.request import RunRequest
 
     return RunRequest(**params)
 
@@ -161,8 +164,8 @@ def run_command(json_: bool, **params: Any) -> int:
     it. Every run ends in a terminal state recorded under .cub/runs/<run_id>/ and exits with
     its code: 0 completed, 1 failed, 2 rejected, 3 budget exhausted, 130/143 interrupted,
     137 force-killed."""
-    from cub.agents.supervisor import become_subreaper
-    from cub.cli.output import ConsoleObserver, report_run
+    from cub.cli.output import ConsoleObserver, report_run  # (not for --help: see above)
+    from cub.processes import become_subreaper
     from cub.run.driver import execute_run
 
     # Whatever an agent orphans (even with its environment cleared, out of its session) is
@@ -177,8 +180,6 @@ def run_command(json_: bool, **params: Any) -> int:
         to_stderr=json_,
         verbose=request.verbose,
     )
-    from cub.cli.main import EARLY_WATCH
-
     result = execute_run(
         request, argv=sys.argv[1:], cwd=Path.cwd(), observer=observer, watch=EARLY_WATCH
     )
@@ -187,7 +188,7 @@ def run_command(json_: bool, **params: Any) -> int:
 
 def reject_usage(args: list[str], exc: click.UsageError) -> int:
     """Click refused the command line: record it as a rejected run and say why in one line."""
-    from cub.cli.output import report_run
+    from cub.cli.output import report_run  # (imports wait for use: see _request_from)
     from cub.run.driver import reject_invocation
 
     message = " ".join(exc.format_message().split())
@@ -196,7 +197,7 @@ def reject_usage(args: list[str], exc: click.UsageError) -> int:
 
 
 def record_early_interrupt(args: list[str]) -> int:
-    from cub.cli.output import report_run
+    from cub.cli.output import report_run  # (imports wait for use: see _request_from)
     from cub.run.driver import interrupt_invocation
 
     result = interrupt_invocation(args, Path.cwd(), signal.SIGINT)

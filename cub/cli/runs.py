@@ -7,36 +7,63 @@ import functools
 import shutil
 import sys
 import time
+import webbrowser
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
+import msgspec
 
 from cub.cli.safe_text import agent_line_safe, terminal_safe
+from cub.cli.views import (
+    event_line,
+    fitted_columns,
+    print_events,
+    print_record,
+    print_status,
+    summary_header,
+    summary_line,
+)
+from cub.durations import parse_duration
+from cub.records.follow import RunFollower
+from cub.records.location import runs_dir
+from cub.records.reader import (
+    RunNotFound,
+    did_work,
+    is_live,
+    list_summaries,
+    load_record,
+    prune_runs,
+    read_events,
+    read_run_json,
+    resolve_run,
+    run_dirs,
+    unfinished_run_dirs,
+)
+from cub.records.report import write_index, write_report
+from cub.records.schemas import encode
+from cub.run.recover import recover_project
+from cub.tasks.ledger import ledgers_hold_claims
+from cub.workspace.git import GitError, git
+from cub.workspace.root import find_project_root
 
 if TYPE_CHECKING:
     from cub.records.schemas import RunRecord, StatusRecord
 
 
 def _project_dir() -> Path:
-    from cub.project import find_project_root
-
     return find_project_root(Path.cwd()) or Path.cwd()
 
 
 def _recover(project_dir: Path) -> None:
     """Finalise runs whose runner died, and settle claims runs left, before anything reads
     them."""
-    from cub.records.reader import unfinished_run_dirs
-    from cub.tasks.ledger import ledgers_hold_claims
-
     if not unfinished_run_dirs(project_dir) and not ledgers_hold_claims(project_dir):
         return  # every run has its record and no task is claimed: nothing more to import
-    from cub.run.recovery import recover_runs
 
-    for message in recover_runs(project_dir):
+    for message in recover_project(project_dir):
         print(f"cub: {message}", file=sys.stderr)
 
 
@@ -71,7 +98,6 @@ def _describe(exc: OSError) -> str:
 def _since(text: str | None, option: str) -> datetime | None:
     if text is None:
         return None
-    from cub.durations import parse_duration
 
     try:
         return datetime.now(UTC) - timedelta(seconds=parse_duration(text))
@@ -81,8 +107,6 @@ def _since(text: str | None, option: str) -> datetime | None:
 
 def _load(command: str, run_id: str) -> tuple[Path, RunRecord | StatusRecord] | None:
     """The run and its record, or None after saying why there is none."""
-    from cub.records.reader import load_record
-
     run_dir = _resolve(command, run_id)
     if run_dir is None:
         return None
@@ -94,8 +118,6 @@ def _load(command: str, run_id: str) -> tuple[Path, RunRecord | StatusRecord] | 
 
 
 def _resolve(command: str, run_id: str) -> Path | None:
-    from cub.records.reader import RunNotFound, resolve_run
-
     project_dir = _project_dir()
     _recover(project_dir)
     try:
@@ -107,8 +129,6 @@ def _resolve(command: str, run_id: str) -> Path | None:
 
 def _complete_run_id(ctx: click.Context, param: click.Parameter, incomplete: str) -> list[str]:
     """Shell completion of RUN_ID: `latest` and the recorded run ids, newest names first."""
-    from cub.records.reader import run_dirs
-
     names = sorted((d.name for d in run_dirs(_project_dir()) if ".." not in d.name), reverse=True)
     return [name for name in ["latest", *names] if name.startswith(incomplete)]
 
@@ -133,18 +153,11 @@ def list_command(
     json_: bool, state: str | None, since: str | None, limit: int | None, worked: bool
 ) -> int:
     """One line per run, newest first (dry runs and rejections included; see --worked)."""
-    import msgspec
-
-    from cub.cli.views import fitted_columns, summary_header, summary_line
-    from cub.records.reader import list_summaries
-
     project_dir = _project_dir()
     _recover(project_dir)
     since_at = _since(since, "--since")
     summaries = list_summaries(project_dir, state=state, since=since_at)
     if worked:
-        from cub.records.reader import did_work
-
         summaries = [s for s in summaries if did_work(s)]
     summaries = summaries[:limit] if limit is not None else summaries
     if json_:
@@ -171,9 +184,6 @@ def list_command(
 def report_command(run_id: str, open_: bool, index: bool) -> int:
     """Write a run's record as one self-contained HTML page in its directory (or, with
     --index, a page of all runs) and print its path."""
-    from cub.records.location import runs_dir
-    from cub.records.report import write_index, write_report
-
     project_dir = _project_dir()
     if index:
         _recover(project_dir)
@@ -189,8 +199,6 @@ def report_command(run_id: str, open_: bool, index: bool) -> int:
             return 1
     print(page)
     if open_:
-        import webbrowser
-
         webbrowser.open(page.as_uri())
     return 0
 
@@ -202,10 +210,6 @@ def report_command(run_id: str, open_: bool, index: bool) -> int:
 @click.option("--events", is_flag=True, help="Print the run's event journal too.")
 def show_command(run_id: str, json_: bool, events: bool) -> int:
     """Show one run's record (RUN_ID or `latest`): its ending, timeline, attempts, usage."""
-    from cub.cli.views import print_events, print_record
-    from cub.records.reader import read_events
-    from cub.records.schemas import encode
-
     found = _load("runs show", run_id)
     if found is None:
         return 1
@@ -225,10 +229,6 @@ def show_command(run_id: str, json_: bool, events: bool) -> int:
 @click.option("--interval", type=float, default=0.2, hidden=True)
 def tail_command(run_id: str, interval: float) -> int:
     """Follow a run's events and its agent's output until the run ends."""
-    from cub.cli.views import event_line
-    from cub.records.follow import RunFollower
-    from cub.records.reader import is_live
-
     run_dir = _resolve("runs tail", run_id)
     if run_dir is None:
         return 1
@@ -273,8 +273,6 @@ def tail_command(run_id: str, interval: float) -> int:
 def prune_command(keep: int | None, older_than: str | None) -> int:
     """Remove old run records, and the branches of those runs that hold no unmerged commit
     (git's own `branch -d` check against the checkout). A live run is never removed."""
-    from cub.records.reader import prune_runs, read_run_json, run_dirs
-
     if keep is None and older_than is None:
         print("cub runs prune: error: pass --keep N or --older-than DURATION", file=sys.stderr)
         return 2
@@ -300,8 +298,6 @@ def prune_command(keep: int | None, older_than: str | None) -> int:
 
 
 def _delete_merged_branch(project_dir: Path, branch: str) -> bool:
-    from cub.git import GitError, git
-
     try:
         git(project_dir, "branch", "-d", "--end-of-options", branch)
     except GitError:
@@ -314,9 +310,6 @@ def _delete_merged_branch(project_dir: Path, branch: str) -> bool:
 @click.option("--json", "json_", is_flag=True, help="Print the status as JSON.")
 def status_command(json_: bool) -> int:
     """The live run (or the last one): state, task, elapsed time, tokens, cost, budget use."""
-    from cub.cli.views import print_status
-    from cub.records.schemas import encode
-
     found = _load("status", "latest")
     if found is None:
         return 1

@@ -9,6 +9,18 @@ from pathlib import Path
 
 import click
 
+from cub.config.load import load_config
+from cub.config.schema import SandboxConfig
+from cub.errors import CubError, one_line
+from cub.modes.sandbox.container import answering_client
+from cub.modes.sandbox.image import (
+    ImageBuildError,
+    build_image,
+    check_agent_package,
+    dockerfile,
+)
+from cub.workspace.root import find_project_root
+
 
 @click.group("sandbox")
 def sandbox_group() -> None:
@@ -17,10 +29,6 @@ def sandbox_group() -> None:
 
 def _default_tag() -> str:
     """``sandbox.image`` from the project's (and user's) config, else the built-in default."""
-    from cub.config.load import load_config
-    from cub.config.schema import SandboxConfig
-    from cub.project import find_project_root
-
     root = find_project_root(Path.cwd())
     if root is None:
         return SandboxConfig().image
@@ -51,10 +59,6 @@ def build_command(
     base: str | None, tag: str | None, agent: str | None, print_dockerfile: bool, verbose: bool
 ) -> int:
     """Build the sandbox image from cub's own source (this checkout or installation)."""
-    from cub.errors import CubError, one_line
-    from cub.modes.sandbox_container import answering_client
-    from cub.sandbox.image import ImageBuildError, build_image, check_agent_package, dockerfile
-
     try:
         if agent is not None:
             check_agent_package(agent)

@@ -7,6 +7,10 @@ from pathlib import Path
 
 import click
 
+from cub.chart.definition import RUN_CHART
+from cub.chart.render import render
+from cub.errors import CubError
+
 
 @click.command("statechart")
 @click.option(
@@ -26,10 +30,6 @@ import click
 )
 def statechart_command(fmt: str, output: Path | None) -> int:
     """Print or export the run state chart (the one cub's runs are driven by)."""
-    from cub.chart.definition import RUN_CHART
-    from cub.chart.render import render
-    from cub.errors import CubError
-
     try:
         rendered = render(RUN_CHART, fmt)
     except CubError as exc:

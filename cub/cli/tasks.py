@@ -12,9 +12,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+import msgspec
 
 from cub.cli.safe_text import terminal_safe
-from cub.errors import CubError
+from cub.config.load import load_config
+from cub.errors import BackendError, CubError, InvalidTaskId, TaskInputError
+from cub.records.reader import runner_alive, runs_dir
+from cub.records.store import RUNNER_LOCK, check_safe_name
+from cub.tasks.backend import open_backend
+from cub.tasks.beads import BeadsBackend
+from cub.tasks.file_store import FileTaskBackend
+from cub.tasks.model import parse_priority
+from cub.tasks.selection import explain_empty, ready_tasks
+from cub.workspace.root import find_project_root
 
 if TYPE_CHECKING:
     from cub.tasks.backend import TaskBackend
@@ -30,7 +40,6 @@ _TYPES = ("task", "feature", "bug", "chore", "epic", "gate")
 def _reporting(command: Callable[..., int]) -> Callable[..., int]:
     """Turn cub's own errors into one line: 2 for what was asked (an unknown dependency, a
     bad id), 1 for what was found (bad config, bad task file, no such task)."""
-    from cub.errors import InvalidTaskId, TaskInputError
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> int:
@@ -56,17 +65,12 @@ def _reporting(command: Callable[..., int]) -> Callable[..., int]:
 @click.pass_context
 def tasks_group(ctx: click.Context, project_dir: Path | None) -> None:
     """List, show, add and close tasks in the project's backlog."""
-    from cub.project import find_project_root
-
     if project_dir is None:
         project_dir = find_project_root(Path.cwd()) or Path.cwd()
     ctx.meta[_PROJECT_KEY] = project_dir
 
 
 def _open_backend(*, by_hand: bool = False) -> TaskBackend:
-    from cub.config.load import load_config
-    from cub.tasks.backend import open_backend
-
     project_dir: Path = click.get_current_context().meta[_PROJECT_KEY]
     return open_backend(project_dir, load_config(project_dir).config, by_hand=by_hand)
 
@@ -77,8 +81,6 @@ def _warn_problems(backend: TaskBackend) -> None:
 
 
 def _print_json(tasks: Task | Sequence[Task]) -> None:
-    import msgspec
-
     click.echo(msgspec.json.encode(tasks).decode())
 
 
@@ -119,8 +121,6 @@ def list_command(status: str | None, json_: bool) -> int:
 @_reporting
 def ready_command(epic: str | None, label: str | None, json_: bool) -> int:
     """Tasks ready to run, in the order `cub run` would take them."""
-    from cub.tasks.selection import explain_empty, ready_tasks
-
     backend = _open_backend()
     tasks = backend.load()
     ready = ready_tasks(tasks, epic=epic, label=label)
@@ -232,8 +232,6 @@ def add_command(
 
 
 def _priority(text: str) -> int | None:
-    from cub.tasks.model import parse_priority
-
     try:
         return parse_priority(int(text) if text.strip().isdigit() else text)
     except ValueError as exc:
@@ -293,9 +291,6 @@ def rm_command(task_id: str) -> int:
 
 
 def _file_backend(backend: TaskBackend) -> FileTaskBackend:
-    from cub.errors import BackendError
-    from cub.tasks.file_store import FileTaskBackend
-
     if not isinstance(backend, FileTaskBackend):
         raise BackendError(f"{backend.describe()}: edit tasks with its own tool")
     return backend
@@ -324,9 +319,6 @@ def close_command(task_id: str, reason: str) -> int:
 def reopen_command(task_id: str) -> int:
     """Put a task back to open (attempts from zero), in the task file itself: e.g. to have a
     task a run closed or gave up on done again."""
-    from cub.tasks.beads import BeadsBackend
-    from cub.tasks.file_store import FileTaskBackend
-
     backend = _open_backend(by_hand=True)
     assert isinstance(backend, FileTaskBackend | BeadsBackend)  # what open_backend gives
     task = backend.reopen(task_id)
@@ -364,10 +356,6 @@ def release_command(task_id: str) -> int:
 
 
 def _names_a_live_run(project_dir: Path, owner: str) -> bool:
-    from cub.records.reader import runs_dir
-    from cub.records.store import RUNNER_LOCK, check_safe_name
-    from cub.run.recovery import runner_alive
-
     try:
         check_safe_name(owner, "run id")
     except CubError:

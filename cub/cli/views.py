@@ -9,6 +9,9 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from cub.cli.safe_text import terminal_safe
+from cub.durations import format_duration
+from cub.records.reader import task_attempts
+from cub.records.schemas import Event, RunRecord
 
 if TYPE_CHECKING:
     from cub.records.reader import RunSummary
@@ -18,7 +21,6 @@ if TYPE_CHECKING:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
-    from cub.durations import format_duration
 
     return format_duration(round(seconds, 1)) if seconds >= 1 else f"{seconds:.1f}s"
 
@@ -118,9 +120,6 @@ def budget_line(budget: BudgetUse) -> str:
 
 
 def print_record(record: RunRecord | StatusRecord, run_dir: Path) -> None:
-    from cub.records.reader import task_attempts
-    from cub.records.schemas import RunRecord
-
     ended = isinstance(record, RunRecord)
     _print(
         f"run       {record.run_id}  ({record.mode})"
@@ -184,8 +183,6 @@ def print_record(record: RunRecord | StatusRecord, run_dir: Path) -> None:
 
 def event_line(raw: str) -> str:
     """One journal line (JSON) as people read it; the line itself if it is not an event."""
-    from cub.records.schemas import Event
-
     try:
         event = msgspec.json.decode(raw, type=Event)
     except (msgspec.DecodeError, RecursionError):
@@ -209,8 +206,6 @@ def print_events(events: list[Event]) -> None:
 
 
 def print_status(record: RunRecord | StatusRecord, run_dir: Path) -> None:
-    from cub.records.schemas import RunRecord
-
     if isinstance(record, RunRecord):
         _print(
             f"last run {record.run_id}: {record.state} (exit {record.exit_code}) — {record.reason}"

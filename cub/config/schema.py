@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta, field
 
 from cub.durations import format_duration, parse_duration
+from cub.records.redact import Redactor, alternative
 
 HarnessName = Literal["claude", "codex", "gemini", "opencode", "command"]
 FailurePolicy = Literal["stop", "continue", "retry"]
@@ -154,7 +155,6 @@ class RedactionConfig(Section):
         # A bad pattern is a config error now, not a crash halfway through a run (or in the
         # recovery of a dead one): each is checked the way the redactor will compile it, as
         # one alternative of a single regex after the defaults.
-        from cub.records.redact import Redactor, alternative
 
         for pattern in self.patterns:
             try:

@@ -15,17 +15,18 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from cub.agents.harness import Harness, OutputParser
+from cub.agents.harness import Harness, OutputParser, combined
+from cub.agents.run_marker import agent_env, kill_agents_of
+from cub.agents.supervisor import AgentProcess, AgentRequest
+from cub.lifecycle.budget import exhausted_while_running
 from cub.loop import prompts
-from cub.loop.budget import exhausted_while_running
 from cub.records.schemas import CurrentTask, ErrorInfo, TaskAttempt, Usage
 from cub.records.store import utc_now
-from cub.run import recovery
 
 if TYPE_CHECKING:
     from cub.agents.supervisor import AgentProcess
-    from cub.loop.settings import LoopSettings
-    from cub.run.driver import Run
+    from cub.lifecycle.handle import Run
+    from cub.lifecycle.settings import LoopSettings
     from cub.tasks.model import Task
 
 _STATUS_EVERY_S = 1.0
@@ -68,8 +69,6 @@ def run_attempt(
     work_dir: Path,
     backlog: list[Task],
 ) -> AttemptResult:
-    from cub.agents.supervisor import AgentProcess, AgentRequest
-
     ctx, store = run.ctx, run.ctx.store
     assert store is not None
     archived = store.archive_attempt(task.id) if attempt > 1 else None
@@ -77,13 +76,13 @@ def run_attempt(
     system = prompts.system_prompt(ctx.project_dir or work_dir)
     direct = run.plan.direct_prompt if run.plan is not None else None
     task_text = direct or prompts.task_prompt(task, backlog, previous_log)
-    prompt_file = store.write_prompt(task.id, prompts.combined(system, task_text))
+    prompt_file = store.write_prompt(task.id, combined(system, task_text))
     invocation = harness.invocation(
         system=system, task=task_text, prompt_file=prompt_file, model=settings.model_for(task)
     )
     env = settings.agent_env(os.environ, run_id=ctx.run_id, task=task)
     env.update(invocation.env)
-    env.update(recovery.agent_env(store.run_dir))
+    env.update(agent_env(store.run_dir))
     # Some agents (OpenCode) take their working directory from PWD rather than from the
     # process: the caller's PWD would send them into the user's checkout.
     env["PWD"] = str(work_dir)
@@ -121,7 +120,7 @@ def run_attempt(
     except BaseException:
         # A forced kill while the agent was being started: whatever of it started goes too
         # (it carries the run directory in its environment), and the attempt is recorded.
-        recovery.kill_agents_of(store.run_dir)
+        kill_agents_of(store.run_dir)
         store.write_attempt(_attempt_record(task, attempt, "killed", started_at, t0, Usage()))
         raise
 

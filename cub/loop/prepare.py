@@ -1,16 +1,26 @@
-"""Preparing a validated run: the adapter, the branch, the pre-loop hooks."""
+"""Preparing a validated run: its agent, its worktree or branch, its pre-loop hooks; and, at
+its end, removing the worktree (and the branch, if the run committed nothing on it)."""
 
 from __future__ import annotations
 
 import subprocess
 from typing import TYPE_CHECKING
 
+from cub.agents.adapters import adapter_for
 from cub.errors import SetupFailed
+from cub.lifecycle.run_hooks import RunHooks
+from cub.lifecycle.settings import LoopSettings
+from cub.workspace.branches import branch_name_for, prepare_branch
+from cub.workspace.git import GitError, git, head_commit
+from cub.workspace.isolation import CheckoutGuard
+from cub.workspace.worktree import create_worktree, remove_worktree, worktree_path
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from cub.agents.registry import HarnessChoice
-    from cub.run.driver import Run
-    from cub.run.validation import RunPlan
+    from cub.lifecycle.handle import Run
+    from cub.lifecycle.plan import RunPlan
 
 
 def harness_version(choice: HarnessChoice) -> str | None:
@@ -31,59 +41,52 @@ def harness_version(choice: HarnessChoice) -> str | None:
 
 
 def prepare_run(run: Run, plan: RunPlan) -> None:
-    from cub.loop.branches import branch_name_for
-    from cub.loop.run_hooks import RunHooks
-    from cub.loop.settings import LoopSettings
+    """Everything a loop run needs before its first task: its agent, its checkout, its hooks."""
+    prepare_agent(run, plan)
+    prepare_checkout(run, plan)
+    prepare_hooks(run, plan)
 
-    request = plan.request
-    if request.sandbox:
-        # The agent, the branch and the hooks belong to the run inside the container.
-        from cub.modes.sandbox import prepare_sandbox
 
-        prepare_sandbox(run, plan)
-        return
-    if plan.issue is not None:
-        from cub.modes.gh_issue import check_issue_fetched
-
-        check_issue_fetched(run, plan.issue)
-    ctx = run.ctx
+def prepare_agent(run: Run, plan: RunPlan) -> None:
     assert plan.harness is not None
-    from cub.agents.adapters import adapter_for
-
     run.harness = adapter_for(plan.harness, plan.config)  # extra_args and prices from config
-    if ctx.harness is not None:
-        ctx.harness.version = harness_version(plan.harness)
+    if run.ctx.harness is not None:
+        run.ctx.harness.version = harness_version(plan.harness)
 
+
+def prepare_checkout(
+    run: Run, plan: RunPlan, *, issue_slug: str | None = None, protected: list[str] | None = None
+) -> None:
+    """Where the agent works: by default a worktree on a branch of the run's own (SPEC §10), the
+    user's checkout never changed; with --in-place the checkout, put on the run's branch.
+    ``protected``: the branches an in-place run leaves for its own (default: branch.protected)."""
     run.work_dir = plan.project_dir
-    if plan.git_root is not None:
-        wanted = branch_name_for(
-            ctx.run_id,
-            # A child of a parallel run works on <prefix><child run id>, unique per parent.
-            task_id=None if request.parent_run_id else request.task,
-            epic=request.epic,
-            gh_issue=request.gh_issue,
-            issue_slug=plan.issue.title if plan.issue is not None else None,
-            prefix=plan.config.branch.prefix,
-        )
-        if not request.in_checkout:
-            # The default (SPEC §10): a worktree and a branch of its own; the user's checkout
-            # is never changed by the run.
-            _prepare_worktree(run, plan, wanted)
-        elif plan.issue is not None:
-            from cub.modes.gh_issue import prepare_issue_branch
+    if plan.git_root is None:
+        return
+    request = plan.request
+    wanted = branch_name_for(
+        run.ctx.run_id,
+        # A child of a parallel run works on <prefix><child run id>, unique per parent.
+        task_id=None if request.parent_run_id else request.task,
+        epic=request.epic,
+        gh_issue=request.gh_issue,
+        issue_slug=issue_slug,
+        prefix=plan.config.branch.prefix,
+    )
+    if request.in_checkout:
+        switch_to_run_branch(run, plan, wanted, protected)
+    else:
+        _prepare_worktree(run, plan, wanted)
 
-            prepare_issue_branch(run, plan, wanted)
-        else:
-            switch_to_run_branch(run, plan, wanted)
-    if plan.issue is not None:
-        from cub.modes.gh_issue import start_issue_run
 
-        start_issue_run(run, plan.issue)
-
-    settings = LoopSettings.from_config(plan.config, flag_model=request.model)
+def prepare_hooks(run: Run, plan: RunPlan) -> None:
+    """The loop's settings and hooks; the pre-loop hooks fire here."""
+    settings = LoopSettings.from_config(plan.config, flag_model=plan.request.model)
     run.settings = settings
+    assert run.work_dir is not None
     run.hooks = RunHooks(
-        run,
+        run.machine,
+        run.watch,
         enabled=settings.hooks_enabled,
         timeout=settings.hook_timeout,
         work_dir=run.work_dir,
@@ -101,23 +104,17 @@ def prepare_run(run: Run, plan: RunPlan) -> None:
 
 
 def _prepare_worktree(run: Run, plan: RunPlan, branch: str) -> None:
-    from cub.modes.worktree import create_worktree, finish_worktree, worktree_path
-
     assert plan.git_root is not None
     path = worktree_path(plan.project_dir, run.ctx.run_id)
     if plan.request.parent_run_id is None:
         # The checkout the run started from must not move while its agents work elsewhere. (A
         # parallel run's children leave that to the parent, whose merges do move it.)
-        from cub.loop.isolation import CheckoutGuard
-
         run.checkout_guard = CheckoutGuard.watch(plan.git_root)
     created = create_worktree(plan.git_root, path, branch, plan.request.from_branch)
     run.work_dir = path
     if created:
-        from cub.git import head_commit
-
         run.branch_base = head_commit(path)
-    run.finishers.append(lambda run, state, code, reason: finish_worktree(run))
+    run.finishers.append(lambda run, state, code, reason: _finish_worktree(run))
     run.ctx.branch = branch
     run.machine.note("worktree", data={"path": str(path), "branch": branch})
 
@@ -127,8 +124,6 @@ def switch_to_run_branch(
 ) -> None:
     """Put the run on its branch (SPEC §7.6) and journal which one. ``protected``: the
     branches to leave for ``wanted`` (default: config branch.protected)."""
-    from cub.loop.branches import prepare_branch
-
     assert plan.git_root is not None
     request = plan.request
     setup = prepare_branch(
@@ -143,3 +138,41 @@ def switch_to_run_branch(
         "branch",
         data={"branch": setup.branch, "created": setup.created, "base_commit": setup.base_commit},
     )
+
+
+def _finish_worktree(run: Run) -> None:
+    """At the end of the run: remove the run's worktree unless --worktree-keep."""
+    plan = run.plan
+    if plan is None or run.work_dir is None or run.work_dir == plan.project_dir:
+        return
+    if not run.work_dir.exists():
+        return
+    if plan.request.worktree_keep:
+        run.machine.note("worktree_kept", data={"path": str(run.work_dir)})
+        return
+    assert plan.git_root is not None
+
+    problem = remove_worktree(plan.git_root, run.work_dir)
+    run.machine.note(
+        "worktree_removed" if problem is None else "worktree_left",
+        data={"path": str(run.work_dir), "problem": problem},
+    )
+    if problem is None and plan.request.parent_run_id is None:
+        _drop_empty_branch(run, plan.git_root)
+
+
+def _drop_empty_branch(run: Run, repo: Path) -> None:
+    """A branch this run made and committed nothing on is only clutter: deleted, and the
+    record names no branch. (A parallel child's stays: its parent merges and deletes it.)"""
+    branch, base = run.ctx.branch, run.branch_base
+    if branch is None or base is None:
+        return
+    try:
+        if git(repo, "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}").strip() != base:
+            return
+        git(repo, "branch", "-D", "--end-of-options", branch)
+    except GitError as exc:
+        run.machine.note("branch_kept", data={"branch": branch, "problem": exc.reason})
+        return
+    run.ctx.branch = None
+    run.machine.note("branch_removed", data={"branch": branch, "why": "no commits"})

@@ -80,8 +80,3 @@ def _tail(path: Path) -> str:
         size = fh.tell()
         fh.seek(max(0, size - RETRY_LOG_TAIL_BYTES))
         return fh.read().decode("utf-8", "replace").strip()
-
-
-def combined(system: str, task: str) -> str:
-    """What prompt.md holds, and what single-prompt agents get on stdin."""
-    return f"{system.rstrip()}\n\n---\n\n{task}"

@@ -10,22 +10,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import msgspec
+
 from cub.errors import TaskFileError, TaskNotFound
+from cub.lifecycle.budget import exhausted_before_task
+from cub.lifecycle.machine import signal_word
+from cub.lifecycle.signals import StopRequested
 from cub.loop.attempt import AttemptResult, run_attempt
-from cub.loop.budget import exhausted_before_task
-from cub.run.machine import signal_word
-from cub.run.signals import StopRequested
+from cub.loop.verify import run_verify
+from cub.records.schemas import ErrorInfo
 from cub.tasks import changes
+from cub.tasks.selection import explain_empty, ready_tasks
+from cub.workspace.branches import HeadTracker
 
 if TYPE_CHECKING:
     from cub.agents.harness import Harness
-    from cub.loop.branches import HeadTracker
-    from cub.loop.settings import LoopSettings
+    from cub.lifecycle.handle import Run
+    from cub.lifecycle.plan import RunPlan
+    from cub.lifecycle.settings import LoopSettings
     from cub.records.schemas import TaskAttempt
-    from cub.run.driver import Run
-    from cub.run.validation import RunPlan
     from cub.tasks.backend import TaskBackend
     from cub.tasks.model import Task
+    from cub.workspace.branches import HeadTracker
 
 # (trigger, reason_code, reason): how the loop decided to end.
 Ending = tuple[str, str, str]
@@ -130,8 +136,6 @@ class TaskLoop:
             )
             return None
         if self._head is None and self.plan.git_root:
-            from cub.loop.branches import HeadTracker
-
             self._head = HeadTracker(self._work_dir())
         if self._head is not None:
             self._head.start()
@@ -238,10 +242,6 @@ class TaskLoop:
     def _breached(self, task: Task, record: TaskAttempt, breach: str) -> Ending:
         """The agent moved the checkout the run promised to leave alone: whatever it did, the
         attempt failed, the task goes back to the backlog, and the run stops."""
-        import msgspec
-
-        from cub.records.schemas import ErrorInfo
-
         ctx = self.run.ctx
         record = msgspec.structs.replace(
             record, outcome="failed", error=ErrorInfo(type="IsolationBreached", message=breach)
@@ -257,8 +257,6 @@ class TaskLoop:
     # -- endings ------------------------------------------------------------------------------
 
     def _nothing_left(self) -> Ending:
-        from cub.tasks.selection import explain_empty
-
         request = self.plan.request
         tasks = self.backend.load()
         if request.task is not None:
@@ -278,8 +276,6 @@ class TaskLoop:
         return ("finish", code, sentence)
 
     def _anything_left(self) -> bool:
-        from cub.tasks.selection import ready_tasks
-
         request = self.plan.request
         return bool(ready_tasks(self.backend.load(), epic=request.epic, label=request.label))
 
@@ -385,11 +381,6 @@ class TaskLoop:
         ctx.current_task = None
 
     def _verify(self, task: Task, record: TaskAttempt) -> TaskAttempt:
-        import msgspec
-
-        from cub.loop.verify import run_verify
-        from cub.records.schemas import ErrorInfo
-
         store = self.run.ctx.store
         assert store is not None
         failure = run_verify(

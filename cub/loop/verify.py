@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from cub.loop.commands import run_in_group
+from cub.hooks.commands import run_in_group
 from cub.records.durable import append_line
 
 
@@ -17,7 +17,7 @@ def run_verify(
     redact: Callable[[str], str],
 ) -> str | None:
     """Run each command in a shell; return None when all pass, else one line saying which
-    failed. Output goes to ``log_path``. Each runs as hooks do (`cub.loop.commands`): in a
+    failed. Output goes to ``log_path``. Each runs as hooks do (`cub.hooks.commands`): in a
     process group of its own, stopped whole on timeout, never waited on for a background
     process it leaves behind."""
     for command in commands:

@@ -6,9 +6,11 @@ import os
 import shutil
 from datetime import datetime
 from pathlib import Path
+from socket import gethostname
 
 import msgspec
 
+from cub.processes import process_matches
 from cub.records.durable import replace_symlink
 from cub.records.location import runs_dir
 from cub.records.schemas import (
@@ -248,3 +250,23 @@ def did_work(summary: RunSummary) -> bool:
         and summary.reason_code != "dry_run"
         and summary.parent_run_id is None
     )
+
+
+def runner_alive(run_dir: Path) -> bool:
+    """Whether a process holds the run's lock (its runner, or a recovery finalising it)."""
+    fd = lock_run(run_dir)
+    if fd is None:
+        return True
+    unlock_run(fd)
+    status = read_status_json(run_dir)
+    return status is not None and runner_still_running(status)
+
+
+def runner_still_running(status: StatusRecord) -> bool:
+    """The runner status.json names is alive (same pid and start time, on this host).
+
+    The lock is the first test, but its file is a file: an agent that deletes ``*.lock`` in
+    the tree makes a fresh, unheld lock appear in its place. So a free lock is believed only
+    when the runner it should belong to is gone too."""
+    runner = status.runner
+    return runner.host == gethostname() and process_matches(runner.pid, runner.create_time)

@@ -17,14 +17,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-if TYPE_CHECKING:
-    from cub.config.schema import RedactionConfig
-
 _Value = TypeVar("_Value")
+
+
+class RedactionSettings(Protocol):
+    """The `redaction` section of a config (`cub.config.schema.RedactionConfig`)."""
+
+    @property
+    def patterns(self) -> Sequence[str]: ...
+    @property
+    def use_defaults(self) -> bool: ...
 
 
 def _word_start(prefix: str) -> str:
@@ -188,7 +194,7 @@ class Redactor:
         self._regex = re.compile("|".join(parts)) if parts else None
 
     @classmethod
-    def for_config(cls, redaction: RedactionConfig) -> Redactor:
+    def for_config(cls, redaction: RedactionSettings) -> Redactor:
         """The project's `redaction` settings: its patterns, and the defaults unless turned off."""
         defaults = DEFAULT_SECRET_PATTERNS if redaction.use_defaults else ()
         return cls([*defaults, *redaction.patterns])

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cub.chart.definition import RUN_CHART, Chart
-from cub.records.reader import list_summaries, read_run_json, task_attempts
+from cub.records.reader import list_summaries, read_events, read_run_json, task_attempts
 from cub.records.schemas import RunRecord, TaskAttempt
 
 REPORT_NAME = "report.html"
@@ -313,8 +313,6 @@ def _task_section(run_dir: Path, folder: Path, attempt: TaskAttempt, project_dir
 
 def _commits(run_dir: Path, task_id: str, project_dir: Path) -> str:
     """The task's commits (hash and subject), from the range its close recorded."""
-    from cub.records.reader import read_events
-
     ranges = [
         str(e.data.get("commits"))
         for e in read_events(run_dir)

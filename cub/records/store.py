@@ -26,9 +26,11 @@ from socket import gethostname
 from typing import Any
 
 import msgspec
+import psutil
 
 from cub.chart.definition import RUN_CHART
 from cub.errors import Rejected
+from cub.processes import process_matches
 from cub.records.durable import (
     append_line,
     fsync_dir,
@@ -376,8 +378,6 @@ STAGING_MARK = ".."
 
 
 def _this_runner() -> RunnerInfo:
-    import psutil
-
     pid = os.getpid()
     return RunnerInfo(pid=pid, create_time=psutil.Process(pid).create_time(), host=gethostname())
 
@@ -404,8 +404,6 @@ def staging_abandoned(staging: Path) -> bool:
     """Whether the process creating the run directory ``staging`` is gone (so it never will
     rename it into place). Judged by the pid and start time in its name, never by its lock
     alone: the lock is taken a moment after the directory exists."""
-    from cub.agents.supervisor import process_matches
-
     _, _, creator = staging.name.rpartition(STAGING_MARK)
     pid, _, rest = creator.partition("-")
     started_ms, _, _ = rest.partition("-")

@@ -1,1 +1,2 @@
-"""One run of cub: its machine, its context, and the driver that fires the machine's triggers."""
+"""`cub run` end to end: validating the command line, picking a mode, and driving the run to its
+terminal record."""

@@ -9,28 +9,32 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cub.config.load import config_to_dict
 from cub.errors import ForceKillRequested, Rejected, SetupFailed
+from cub.lifecycle.context import RunContext
+from cub.lifecycle.handle import Run
+from cub.lifecycle.machine import RunMachine, signal_word
+from cub.lifecycle.observer import RunObserver, SilentObserver
+from cub.lifecycle.request import RunRequest
+from cub.lifecycle.signals import InterruptWatch, StopRequested
 from cub.records.location import runs_dir
 from cub.records.redact import Redactor
-from cub.records.schemas import RunRecord
+from cub.records.schemas import BudgetUse, HarnessInfo, RunRecord
 from cub.records.store import RunStore, new_run_id
-from cub.run.context import RunContext
-from cub.run.machine import RunMachine, signal_word
-from cub.run.observer import RunObserver, SilentObserver
-from cub.run.request import RunRequest
-from cub.run.signals import InterruptWatch, StopRequested
+from cub.run.recover import recover_project
+from cub.run.validation import printable_argument, undecodable_argument, validate
+from cub.tasks.plan import plan_run
+from cub.tasks.selection import explain_empty
+from cub.workspace.root import find_project_root
 
 if TYPE_CHECKING:
-    from cub.agents.harness import Harness
-    from cub.loop.isolation import CheckoutGuard
-    from cub.loop.run_hooks import RunHooks
-    from cub.loop.settings import LoopSettings
-    from cub.run.validation import RunPlan
+    from cub.lifecycle.plan import RunPlan
+    from cub.modes.github.issue import IssueRun
     from cub.tasks.model import Task
     from cub.tasks.plan import Plan
 
@@ -41,53 +45,6 @@ class RunResult:
     run_dir: Path | None
     ready: list[Task] | None = None  # the dry run's listing: ready now
     plan: Plan | None = None  # and the whole plan
-
-
-@dataclass
-class Run:
-    """A run in progress: the machine, its context, and what validation produced."""
-
-    machine: RunMachine
-    watch: InterruptWatch
-    observer: RunObserver
-    plan: RunPlan | None = None
-    result_ready: list[Task] | None = None
-    result_plan: Plan | None = None
-    hooks: RunHooks | None = None
-    harness: Harness | None = None
-    settings: LoopSettings | None = None
-    # Where the agent works: the project, or the run's worktree.
-    work_dir: Path | None = None
-    # An isolated run's watch over the checkout it started from (cub.loop.isolation).
-    checkout_guard: CheckoutGuard | None = None
-    budget_warned: bool = False
-    # The run's harness model has been set from what an agent reported (cub.loop.attempt).
-    model_reported: bool = False
-    # Where the branch this run created started (None when it reused one): a branch still
-    # there at the end holds no work and is deleted (cub.modes.worktree).
-    branch_base: str | None = None
-
-    # Called just before the run enters its terminal state through `end_with` (a worktree to
-    # remove, an issue to comment on): (run, terminal state, reason_code, reason).
-    finishers: list[Callable[[Run, str, str, str], None]] = field(default_factory=list)
-
-    @property
-    def ctx(self) -> RunContext:
-        return self.machine.ctx
-
-    def end_with(self, trigger: str, reason_code: str, reason: str) -> None:
-        """End the run in order: post-loop hooks and the mode's finishers see the terminal state
-        about to be entered; then the trigger enters it and the record is written."""
-        machine = self.machine
-        dest = machine.edge(trigger).dest
-        if self.hooks is not None:
-            self.hooks.fire("post-loop", run_state=dest)
-        for finish in self.finishers:
-            try:
-                finish(self, dest, reason_code, reason)
-            except Exception as exc:  # the run's own ending matters more than a finisher's
-                machine.note("finisher_failed", data={"error": f"{type(exc).__name__}: {exc}"})
-        getattr(machine, trigger)(reason=reason, reason_code=reason_code)
 
 
 def _open_run(
@@ -102,17 +59,11 @@ def _open_run(
 ) -> tuple[Run, Rejected | None]:
     """Create the run's context, store and machine. Records go to the project's .cub/runs/;
     outside any project only ``anywhere`` runs (direct mode) get a directory of their own."""
-    from cub.project import find_project_root
-
     root = find_project_root(cwd)
     project_dir = root or cwd
     if root is not None:
-        from cub.run.recovery import recover_runs
-
-        for message in recover_runs(root):
+        for message in recover_project(root):
             print(f"cub: {message}", file=sys.stderr)
-    from cub.run.validation import printable_argument, undecodable_argument
-
     early_rejection = undecodable_argument(argv)
     # The record keeps what was typed, bytes that are not UTF-8 shown as U+FFFD.
     argv = [printable_argument(arg) for arg in argv]
@@ -252,8 +203,6 @@ def _drive(
     env: Mapping[str, str],
     stdin: Any,
 ) -> None:
-    from cub.run.validation import validate
-
     machine, watch = run.machine, run.watch
     watch.checkpoint()
     machine.validate()
@@ -261,7 +210,7 @@ def _drive(
         machine.reject(reason=str(early_rejection), reason_code=early_rejection.reason_code)
         return
     try:
-        plan = validate(request, run.ctx.project_dir or Path.cwd(), env, stdin)
+        plan, issue = validate(request, run.ctx.project_dir or Path.cwd(), env, stdin)
     except Rejected as exc:
         watch.checkpoint()
         machine.reject(reason=str(exc), reason_code=exc.reason_code)
@@ -284,32 +233,30 @@ def _drive(
     if request.parent_run_id is None:
         run.ctx.store.mark_latest()
     try:
-        _prepare(run, plan)
+        _prepare(run, plan, issue)
     except SetupFailed as exc:
         watch.checkpoint()
         run.end_with("setup_failed", exc.reason_code, str(exc))
         return
     watch.checkpoint()
     if request.sandbox:
-        from cub.modes.sandbox import supervise_sandbox
+        # Each run loads only its own mode: a plain run or a child starts the faster for it.
+        from cub.modes.sandbox.supervise import supervise_sandbox
 
         supervise_sandbox(run)
         return
     if request.parallel is not None:
-        from cub.modes.parallel import run_parallel
+        from cub.modes.parallel.scheduler import run_parallel  # (as above)
 
         run_parallel(run, env)
         return
     machine.prepared()
-    from cub.loop.runner import run_loop
+    from cub.loop.runner import run_loop  # a dry run or a rejected run never loads the loop
 
     run_loop(run)
 
 
 def _record_plan(ctx: RunContext, plan: RunPlan) -> None:
-    from cub.config.load import config_to_dict
-    from cub.records.schemas import BudgetUse, HarnessInfo
-
     config = plan.config
     ctx.config = config_to_dict(config)
     if ctx.store is not None:
@@ -325,18 +272,26 @@ def _record_plan(ctx: RunContext, plan: RunPlan) -> None:
         ctx.harness = HarnessInfo(name=plan.harness.name, model=config.harness.model)
 
 
-def _prepare(run: Run, plan: RunPlan) -> None:
-    from cub.loop.prepare import prepare_run
+def _prepare(run: Run, plan: RunPlan, issue: IssueRun | None) -> None:
+    """Each mode prepares in its own way; a sandboxed run's agent, branch and hooks belong to
+    the run inside its container."""
+    if plan.request.sandbox:
+        from cub.modes.sandbox.supervise import prepare_sandbox  # only its own mode (see _drive)
 
-    prepare_run(run, plan)
+        prepare_sandbox(run, plan)
+    elif issue is not None:
+        from cub.modes.github.issue import prepare_issue_run  # (as above)
+
+        prepare_issue_run(run, plan, issue)
+    else:
+        from cub.loop.prepare import prepare_run  # (as above)
+
+        prepare_run(run, plan)
 
 
 def _list_ready(run: Run, plan: RunPlan) -> None:
     """The dry run: the whole plan (every task the run would take, in order), not only what
     is ready now."""
-    from cub.tasks.plan import plan_run
-    from cub.tasks.selection import explain_empty
-
     assert plan.backend is not None
     tasks = plan.backend.load()
     request = plan.request

@@ -9,19 +9,23 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cub.agents.registry import KNOWN_HARNESSES, resolve_harness
+from cub.config.load import load_config
 from cub.durations import parse_duration
 from cub.errors import BackendError, Rejected, one_line
+from cub.lifecycle.plan import RunPlan
+from cub.lifecycle.request import RunRequest
 from cub.records.store import check_run_name, check_safe_name
-from cub.run.request import RunRequest
+from cub.tasks.backend import open_backend
+from cub.tasks.direct import DirectBackend
+from cub.workspace.git import current_branch, git, repo_root
 
 if TYPE_CHECKING:
-    from cub.agents.registry import HarnessChoice
     from cub.config.schema import Config
-    from cub.modes.gh_issue import IssueRun
+    from cub.modes.github.issue import IssueRun
     from cub.tasks.backend import TaskBackend
 
 # (flag, attribute) pairs that cannot be combined with --direct / --gh-issue.
@@ -32,22 +36,6 @@ _SELECTION_FLAGS = (
     ("--ready", "ready"),
     ("--parallel", "parallel"),
 )
-
-
-@dataclass
-class RunPlan:
-    """A validated invocation: what the run will use."""
-
-    request: RunRequest
-    project_dir: Path
-    config: Config
-    config_sources: list[str]
-    git_root: Path | None
-    backend: TaskBackend | None
-    harness: HarnessChoice | None
-    direct_prompt: str | None
-    # --gh-issue: the issue as fetched (or the API error preparation turns into a failure).
-    issue: IssueRun | None = None
 
 
 def _given(request: RunRequest, attr: str) -> bool:
@@ -141,8 +129,6 @@ def check_flag_conflicts(r: RunRequest) -> None:
 
 def check_harness_name(r: RunRequest) -> None:
     """An unknown ``--harness`` is named as the flag, before config layering sees it."""
-    from cub.agents.registry import KNOWN_HARNESSES
-
     if r.harness is not None and r.harness not in KNOWN_HARNESSES:
         raise Rejected(
             "unknown_harness",
@@ -191,7 +177,7 @@ def check_values(r: RunRequest) -> None:
             except ValueError as exc:
                 raise Rejected("invalid_flag", f"{flag} {value!r}: {exc}") from exc
     if r.repo is not None:
-        from cub.modes.gh_issue import check_repo_flag
+        from cub.modes.github.issue import check_repo_flag  # only --gh-issue runs load it
 
         check_repo_flag(r.repo)
 
@@ -272,7 +258,6 @@ def check_clean_checkout(r: RunRequest, git_root: Path, backlog: Path | None) ->
     commits). The backlog file is cub's own and does not count."""
     if not r.in_checkout or r.allow_dirty or r.ready:
         return
-    from cub.git import git
 
     # Tracked files that differ from HEAD, staged or not (none to compare with: the staged ones).
     out = git(git_root, "diff", "--name-only", "-z", "HEAD", "--", check=False) or git(
@@ -294,7 +279,6 @@ def check_clean_checkout(r: RunRequest, git_root: Path, backlog: Path | None) ->
 def check_branch(r: RunRequest, git_root: Path, protected: list[str]) -> None:
     if not r.use_current_branch or r.main_ok:
         return
-    from cub.git import current_branch
 
     branch = current_branch(git_root)
     if branch in protected:
@@ -306,7 +290,7 @@ def check_branch(r: RunRequest, git_root: Path, protected: list[str]) -> None:
 
 
 def check_docker() -> None:
-    from cub.modes.sandbox_container import answering_client  # only sandbox runs pay for it
+    from cub.modes.sandbox.container import answering_client  # only sandbox runs pay for it
 
     try:
         answering_client(5)
@@ -321,8 +305,6 @@ def check_docker() -> None:
 
 def _checked_backend(r: RunRequest, project_dir: Path, config: Config) -> TaskBackend:
     """The project's backlog, read once: it parses, and holds the task ``--task`` names."""
-    from cub.tasks.backend import open_backend
-
     backend = open_backend(project_dir, config)
     try:
         tasks = backend.load()
@@ -336,12 +318,9 @@ def _checked_backend(r: RunRequest, project_dir: Path, config: Config) -> TaskBa
 
 def validate(
     r: RunRequest, project_dir: Path, env: Mapping[str, str], stdin: Any = None
-) -> RunPlan:
-    """Check the whole invocation; returns the plan or raises `Rejected`."""
-    from cub.agents.registry import resolve_harness
-    from cub.config.load import load_config
-    from cub.git import repo_root
-
+) -> tuple[RunPlan, IssueRun | None]:
+    """Check the whole invocation; returns the plan (and a --gh-issue run's issue as fetched,
+    or the API error its preparation turns into a failure) or raises `Rejected`."""
     check_flag_conflicts(r)
     check_values(r)
     loaded = load_config(project_dir, env=env, overrides=config_overrides(r))
@@ -360,8 +339,6 @@ def validate(
 
     backend: TaskBackend | None = None
     if direct_prompt is not None:
-        from cub.modes.direct import DirectBackend
-
         backend = DirectBackend(direct_prompt)
     elif _needs_backend(r):
         backend = _checked_backend(r, project_dir, config)
@@ -387,12 +364,12 @@ def validate(
         check_docker()
     issue = None
     if r.gh_issue is not None:
-        from cub.modes.gh_issue import fetch_issue
+        from cub.modes.github.issue import fetch_issue  # (as above)
 
         # Last: the only check that goes over the network.
         issue = fetch_issue(r.gh_issue, git_root, config, env)
         backend, direct_prompt = issue.backend, issue.prompt
-    return RunPlan(
+    plan = RunPlan(
         request=r,
         project_dir=project_dir,
         config=config,
@@ -401,5 +378,5 @@ def validate(
         backend=backend,
         harness=harness,
         direct_prompt=direct_prompt,
-        issue=issue,
     )
+    return plan, issue

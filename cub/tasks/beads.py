@@ -24,6 +24,7 @@ from cub.errors import BackendError, InvalidTaskId, TaskFileError, TaskNotFound
 from cub.records.durable import make_private_dir, write_atomic
 from cub.records.location import state_dir
 from cub.tasks import changes
+from cub.tasks.file_store import drop_temp_files_beside
 from cub.tasks.integrity import dependency_problems
 from cub.tasks.ledger import LEDGER_DIR
 from cub.tasks.model import (
@@ -268,8 +269,6 @@ class BeadsBackend:
 
     def drop_stale_temp_files(self) -> list[Path]:
         """Remove what a writer killed mid-write left beside beads-state.json."""
-        from cub.tasks.file_store import drop_temp_files_beside
-
         if not self._state_path.parent.is_dir():
             return []
         return drop_temp_files_beside(self._state_path, self._lock)

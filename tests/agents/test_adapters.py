@@ -14,15 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cub.agents.adapters import adapter_for, decode_event, estimate_tokens
+from cub.agents.adapters import adapter_for
 from cub.agents.claude import ROOT_HINT, ClaudeHarness, ClaudeParser
 from cub.agents.codex import CodexHarness, CodexParser
 from cub.agents.command import CommandHarness
 from cub.agents.gemini import CLI_CALL_CHARS, GeminiHarness, GeminiParser
+from cub.agents.harness import combined
 from cub.agents.opencode import OpenCodeHarness, OpenCodeParser
 from cub.agents.registry import HarnessChoice
+from cub.agents.stream import decode_event, estimate_tokens
 from cub.config.schema import BudgetConfig, Config, HarnessConfig, ModelPrice
-from cub.loop.prompts import combined
 from cub.records.schemas import Usage
 from tests.helpers.agent_formats import (
     CLAUDE_NOT_LOGGED_IN,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cub.agents.adapters import estimate_tokens
 from cub.agents.codex import CodexHarness, CodexParser
+from cub.agents.stream import estimate_tokens
 from cub.config.schema import ModelPrice
 from cub.records.schemas import Usage
 

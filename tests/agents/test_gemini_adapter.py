@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from cub.agents.adapters import estimate_tokens
 from cub.agents.gemini import CLI_CALL_CHARS, ROUTING_CALL_CHARS, GeminiHarness, GeminiParser
+from cub.agents.stream import estimate_tokens
 from cub.config.schema import ModelPrice
 from cub.records.schemas import Usage
 

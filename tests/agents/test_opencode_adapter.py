@@ -7,9 +7,8 @@ import json
 import signal
 from pathlib import Path
 
-from cub.agents.harness import Invocation
+from cub.agents.harness import Invocation, combined
 from cub.agents.opencode import OpenCodeHarness, OpenCodeParser
-from cub.loop.prompts import combined
 
 SESSION = "ses_dc4c59585ffeLBdzYB9AXsM8vy"
 

@@ -14,14 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cub.agents.supervisor import (
-    AgentProcess,
-    AgentRequest,
-    _LineAssembler,
-    become_subreaper,
-    kill_process_tree,
-    process_matches,
-)
+from cub.agents.output import LineAssembler
+from cub.agents.supervisor import AgentProcess, AgentRequest
+from cub.processes import become_subreaper, kill_process_tree, process_matches
 from cub.records.redact import Redactor
 from tests.helpers.agents import (
     TEST_TOKEN_VAR,
@@ -279,7 +274,7 @@ def test_the_log_cap_never_splits_a_character_and_no_cap_drops_nothing(tmp_path:
 
 
 def test_partial_line_holds_back_the_token_being_written() -> None:
-    lines = _LineAssembler(Redactor(), partial_after=1.0)
+    lines = LineAssembler(Redactor(), partial_after=1.0)
     assert lines.feed(b"progress sk-ABCDEFGHIJ", now=0.0) == ([], "")
     assert lines.tick(0.5) == ""
     assert lines.feed(b"KLMN", now=0.9) == ([], "")
@@ -288,7 +283,7 @@ def test_partial_line_holds_back_the_token_being_written() -> None:
 
 
 def test_partial_line_is_logged_whole_once_output_is_quiet() -> None:
-    lines = _LineAssembler(Redactor(), partial_after=1.0)
+    lines = LineAssembler(Redactor(), partial_after=1.0)
     lines.feed(b"50%", now=0.0)
     assert lines.tick(1.0) == "50%"
     lines.feed(b"\r60%", now=1.1)
@@ -299,7 +294,7 @@ def test_partial_line_is_logged_whole_once_output_is_quiet() -> None:
 
 
 def test_partial_line_rewritten_when_more_context_reveals_a_secret() -> None:
-    lines = _LineAssembler(Redactor(), partial_after=1.0)
+    lines = LineAssembler(Redactor(), partial_after=1.0)
     lines.feed(b"Authorization: Bearer ", now=0.0)
     logged = lines.tick(1.0)
     assert logged == "Authorization: Bearer "
@@ -310,7 +305,7 @@ def test_partial_line_rewritten_when_more_context_reveals_a_secret() -> None:
 
 
 def test_partial_line_never_splits_a_utf8_character() -> None:
-    lines = _LineAssembler(lambda text: text, partial_after=1.0)
+    lines = LineAssembler(lambda text: text, partial_after=1.0)
     data = "héllo\n".encode()
     lines.feed(data[:2], now=0.0)  # "h" and the first byte of "é"
     assert lines.tick(1.0) == "h"

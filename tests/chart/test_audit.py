@@ -13,7 +13,7 @@ from cub.chart.audit import (
     row_key,
 )
 from cub.chart.definition import RUN_CHART
-from cub.run.exit_codes import exit_code_for
+from cub.chart.exit_codes import exit_code_for
 
 REPO = Path(__file__).resolve().parents[2]
 

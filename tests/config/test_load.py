@@ -6,7 +6,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from cub.config import Config, config_to_dict, default_config_dict, load_config
+from cub.config.load import config_to_dict, default_config_dict, load_config
+from cub.config.schema import Config
 from cub.errors import ConfigError, Rejected
 
 

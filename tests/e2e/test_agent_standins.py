@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from cub.agents.adapters import estimate_tokens
 from cub.agents.gemini import CLI_CALL_CHARS
+from cub.agents.stream import estimate_tokens
 from cub.records.schemas import Usage
 from tests.e2e.support import assert_rejected
 from tests.helpers.agent_formats import CLAUDE_NOT_LOGGED_IN as CAPTURED_NOT_LOGGED_IN

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from cub.lifecycle.signals import SAME_REQUEST_WINDOW
 from cub.records.location import runs_dir
-from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
 from tests.helpers.agents import (
     TEST_TOKEN_VAR,

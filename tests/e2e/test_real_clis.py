@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
+from cub.lifecycle.signals import SAME_REQUEST_WINDOW
 from cub.records.location import runs_dir
-from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.helpers.agents import TEST_TOKEN_VAR, processes_with_token
 from tests.helpers.cli import (
     make_project,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cub.agents.adapters import MAX_COST_USD, MAX_TOKENS
+from cub.agents.stream import MAX_COST_USD, MAX_TOKENS
 from tests.e2e.support import assert_no_traceback, command_harness
 from tests.helpers.agents import write_script
 from tests.helpers.cli import make_project, read_attempt, read_run, run_cub, run_dir, task

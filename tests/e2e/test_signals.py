@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
+from cub.lifecycle.signals import SAME_REQUEST_WINDOW
 from cub.records.location import runs_dir
 from cub.records.schemas import RunRecord
-from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
 from tests.helpers.agents import (
     TEST_TOKEN_VAR,
@@ -153,7 +153,7 @@ def triggers(record: RunRecord) -> list[str]:
 
 def after_the_same_request_window() -> None:
     """Wait long enough after the first signal was handled that the next is a second request,
-    not the first one delivered twice (`cub.run.signals`)."""
+    not the first one delivered twice (`cub.lifecycle.signals`)."""
     time.sleep(SAME_REQUEST_WINDOW + 0.1)
 
 

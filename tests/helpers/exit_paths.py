@@ -15,8 +15,8 @@ import pytest
 
 from cub.chart.audit import NO_RECORD_CODES, files_written
 from cub.chart.definition import RUN_CHART, Edge
+from cub.chart.exit_codes import exit_code_for
 from cub.records.schemas import Event, RunRecord, StatusRecord, TaskAttempt
-from cub.run.exit_codes import exit_code_for
 from tests.helpers.cli import run_dir
 
 

@@ -67,7 +67,7 @@ DELAY_BASE_S = 0.25
 # SIGKILL's window also covers cub's start-up (interpreter, imports, recovery, run directory).
 STARTUP_S = 0.25
 # The second SIGINT follows the first after up to this long: about half the pairs fall within
-# cub's same-request window (one interrupt, cub.run.signals), half are a second request.
+# cub's same-request window (one interrupt, cub.lifecycle.signals), half are a second request.
 MAX_GAP_S = 1.0
 GRACE = "0.2s"
 # Two SIGINTs: half the agents ignore the first, and the grace outlasts the widest gap, so that a

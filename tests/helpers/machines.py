@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from cub.lifecycle.context import RunContext
+from cub.lifecycle.machine import RunMachine
 from cub.records.redact import Redactor
 from cub.records.store import RunStore
-from cub.run.context import RunContext
-from cub.run.machine import RunMachine
 
 
 def new_machine(

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cub.errors import SetupFailed
-from cub.loop.branches import (
+from cub.workspace.branches import (
     BranchSetup,
     HeadTracker,
     branch_name_for,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cub.loop.hooks import (
+from cub.hooks.scripts import (
     HOOK_POINTS,
     find_hooks,
     hook_env,

@@ -11,10 +11,10 @@ import msgspec
 import pytest
 
 from cub.chart.definition import RUN_CHART, Edge
+from cub.chart.exit_codes import exit_code_for
 from cub.chart.paths import edge_paths, path_to_terminal, shortest_paths
 from cub.records.location import runs_dir
 from cub.records.schemas import Event, RunRecord, StatusRecord
-from cub.run.exit_codes import exit_code_for
 from tests.helpers.machines import new_machine
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cub.run.signals import SAME_REQUEST_WINDOW
+from cub.lifecycle.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
 from tests.helpers.agents import is_alive, wait_for_file, wait_until, write_script
 from tests.helpers.cli import (

@@ -23,13 +23,7 @@ from typing import Any
 
 import pytest
 
-from cub.modes.gh_issue import (
-    MAX_COMMENTS,
-    comment_body,
-    issue_prompt,
-    recent_comments,
-)
-from cub.modes.github_api import (
+from cub.modes.github.api import (
     AuthFailed,
     Comment,
     GitHubClient,
@@ -42,6 +36,12 @@ from cub.modes.github_api import (
     api_base_url,
     parse_remote_url,
     resolve_token,
+)
+from cub.modes.github.issue import (
+    MAX_COMMENTS,
+    comment_body,
+    issue_prompt,
+    recent_comments,
 )
 from tests.e2e.support import assert_no_traceback, command_harness, stderr_lines
 from tests.helpers.agents import sleeping_agent, wait_for_file, write_script

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from cub.lifecycle.signals import SAME_REQUEST_WINDOW
 from cub.records.location import runs_dir
 from cub.records.schemas import RunRecord
-from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
 from tests.helpers.agents import (
     TEST_TOKEN_VAR,
@@ -417,7 +417,7 @@ def test_four_children_run_at_once_and_never_more(
 def test_a_closed_task_whose_branch_did_not_merge_becomes_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    from cub.modes.parallel_merge import fail_merged_task
+    from cub.modes.parallel.merge import fail_merged_task
     from cub.tasks.beads import BeadsBackend
     from cub.tasks.jsonl import JsonlBackend
     from cub.tasks.prd import PrdBackend

@@ -20,7 +20,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from cub.agents.supervisor import _LineAssembler
+from cub.agents.output import LineAssembler
 from cub.config.schema import RedactionConfig
 from cub.records.location import runs_dir
 from cub.records.redact import DEFAULT_SECRET_PATTERNS, MASK, Redactor
@@ -200,7 +200,7 @@ def test_private_key_streamed_line_by_line_is_masked(kind: str) -> None:
     # As an agent's output reaches harness.log: in chunks, assembled and redacted per line.
     pem = PEMS[kind]
     data = f"$ cat id_key\n{pem}\n$ echo done\n".encode()
-    assembler = _LineAssembler(Redactor(), partial_after=1.0)
+    assembler = LineAssembler(Redactor(), partial_after=1.0)
     lines: list[str] = []
     log = ""
     for start in range(0, len(data), 97):

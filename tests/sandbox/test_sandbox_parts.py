@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 from cub.config.schema import SandboxConfig
-from cub.modes.sandbox_container import container_env, inner_command, memory_bytes, run_kwargs
-from cub.modes.sandbox_workspace import snapshot, sync_tasks
-from cub.run.request import RunRequest
+from cub.lifecycle.request import RunRequest
+from cub.modes.sandbox.container import container_env, inner_command, memory_bytes, run_kwargs
+from cub.modes.sandbox.workspace import snapshot, sync_tasks
 from cub.tasks.jsonl import JsonlBackend
 from tests.helpers.cli import read_tasks, task, write_tasks
 
@@ -130,7 +130,7 @@ def _context(base: str | None, agent: str | None = None) -> dict[str, bytes]:
     import io
     import tarfile
 
-    from cub.sandbox.image import build_context
+    from cub.modes.sandbox.image import build_context
 
     with tarfile.open(fileobj=io.BytesIO(build_context(base, agent))) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
@@ -167,7 +167,7 @@ def test_the_offline_image_copies_cub_and_its_runtime_dependencies() -> None:
 def test_an_agent_that_is_not_an_npm_package_name_is_refused() -> None:
     import pytest
 
-    from cub.sandbox.image import ImageBuildError, check_agent_package
+    from cub.modes.sandbox.image import ImageBuildError, check_agent_package
 
     check_agent_package("@openai/codex@0.1.2")
     with pytest.raises(ImageBuildError):

@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 import pytest
 
+from cub.lifecycle.signals import SAME_REQUEST_WINDOW
 from cub.records.schemas import ChildRun, RunRecord
-from cub.run.signals import SAME_REQUEST_WINDOW
 from tests.e2e.support import command_harness
 from tests.helpers.agents import wait_for_file, wait_until
 from tests.helpers.browser import check_report_page, chromium_or_reason, dom_of
@@ -266,7 +266,7 @@ def test_a_second_sigint_kills_the_container_at_once(
         wait_until(lambda: read_status(project, "killme").state == "stopping", timeout=10,
                    what="the host run stopping")  # fmt: skip
         # The inner run is stopping too, and its agent ignores SIGINT; well past the window in
-        # which a signal counts as the first one delivered twice (cub.run.signals).
+        # which a signal counts as the first one delivered twice (cub.lifecycle.signals).
         time.sleep(SAME_REQUEST_WINDOW + 0.3)
         second = time.monotonic()
         proc.send_signal(signal.SIGINT)

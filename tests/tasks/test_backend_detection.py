@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cub.config import Config
-from cub.config.schema import BackendConfig
+from cub.config.schema import BackendConfig, Config
 from cub.errors import Rejected
 from cub.tasks.backend import open_backend
 from cub.tasks.beads import BeadsBackend

@@ -3,8 +3,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cub.config import Config, load_config
-from cub.project import RUNLOOP_TEMPLATE, find_project_root, init_project
+from cub.config.load import load_config
+from cub.config.schema import Config
+from cub.scaffold import RUNLOOP_TEMPLATE, init_project
+from cub.workspace.root import find_project_root
 from tests.helpers.cli import run_cub
 from tests.helpers.git import make_repo
 

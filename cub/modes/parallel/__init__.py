@@ -1,0 +1,2 @@
+"""`--parallel N`: each ready task as a child run in a worktree of its own, merged back in task
+order."""

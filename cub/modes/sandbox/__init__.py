@@ -1,0 +1,2 @@
+"""`--sandbox`: the run inside a container: its image, its workspace, and bringing its results
+home."""

@@ -1,1 +1,0 @@
-"""The Docker image that sandboxed runs (`cub run --sandbox`) start their container from."""
