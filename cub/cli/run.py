@@ -119,6 +119,18 @@ def _request_from(params: dict[str, Any]) -> Any:
 @click.option("--sandbox-keep", is_flag=True, help="Keep the sandbox container afterwards.")
 @click.option("--no-network", is_flag=True, help="Cut the sandbox off the network.")
 @click.option(
+    "--engine",
+    type=click.Choice(["docker", "swarm"]),
+    help="Where sandboxed children run: one Docker engine, or the services of a Docker Swarm "
+    "(--parallel N --sandbox; DOCKER_HOST names a manager).",
+)
+@click.option(
+    "--remote",
+    metavar="URL",
+    help="With --engine swarm: the git remote every node clones from and pushes to "
+    "(default: origin).",
+)
+@click.option(
     "-d",
     "--direct",
     metavar="TEXT|@FILE|-",
@@ -159,6 +171,8 @@ def _request_from(params: dict[str, Any]) -> Any:
     "-v", "--verbose", is_flag=True, help="Also print each journal entry as it is written."
 )
 @click.option("--parent-run-id", metavar="ID", hidden=True)
+@click.option("--clone-url", metavar="URL", hidden=True)
+@click.option("--clone-ref", metavar="REF", hidden=True)
 def run_command(json_: bool, **params: Any) -> int:
     """Run an agent through the task backlog until it is done, a budget runs out, or you stop
     it. Every run ends in a terminal state recorded under .cub/runs/<run_id>/ and exits with
@@ -180,9 +194,17 @@ def run_command(json_: bool, **params: Any) -> int:
         to_stderr=json_,
         verbose=request.verbose,
     )
-    result = execute_run(
-        request, argv=sys.argv[1:], cwd=Path.cwd(), observer=observer, watch=EARLY_WATCH
-    )
+    if request.clone_url is not None:
+        # A child of a swarm run: its workspace and results travel through git.
+        from cub.run.remote import execute_remote_child
+
+        result, _ = execute_remote_child(
+            request, argv=sys.argv[1:], cwd=Path.cwd(), observer=observer, watch=EARLY_WATCH
+        )
+    else:
+        result = execute_run(
+            request, argv=sys.argv[1:], cwd=Path.cwd(), observer=observer, watch=EARLY_WATCH
+        )
     return report_run(result, json_output=json_, quiet=request.quiet)
 
 

@@ -174,9 +174,13 @@ def print_record(record: RunRecord | StatusRecord, run_dir: Path) -> None:
     if children:
         _print("children")
         for child in children:
+            node = getattr(child, "node", None)
+            problem = getattr(child, "problem", None)
             _print(
                 f"  {child.run_id}  {child.state}  exit {child.exit_code}"
                 f"{'  task ' + child.task_id if child.task_id else ''}"
+                f"{'  on ' + terminal_safe(node) if node else ''}"
+                f"{'  (' + terminal_safe(problem) + ')' if problem else ''}"
             )
     _print(f"records   {run_dir}")
 

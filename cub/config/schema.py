@@ -145,6 +145,9 @@ class SandboxConfig(Section):
     cpus: Annotated[float, Meta(gt=0)] = 2.0
     pids_limit: PositiveInt = 512
     network: bool = True
+    # Where the children of `--parallel N --sandbox` run: containers on one engine, or the
+    # services of a Docker Swarm whose manager DOCKER_HOST names.
+    engine: Literal["docker", "swarm"] = "docker"
 
 
 class RedactionConfig(Section):

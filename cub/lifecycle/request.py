@@ -32,6 +32,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
     sandbox: bool = False
     sandbox_keep: bool = False
     no_network: bool = False
+    engine: str | None = None  # where sandboxed children run: "docker" or "swarm"
+    remote: str | None = None  # --engine swarm: the remote the children clone and push to
     direct: str | None = None
     gh_issue: int | None = None
     repo: str | None = None
@@ -46,6 +48,10 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
     verbose: bool = False
     # Set by a parallel run on each child run it starts (hidden --parent-run-id).
     parent_run_id: str | None = None
+    # A swarm run's child: clone this ref of this remote first, push the results back after
+    # (hidden; cub.run.remote).
+    clone_url: str | None = None
+    clone_ref: str | None = None
 
     @property
     def in_checkout(self) -> bool:
@@ -61,7 +67,7 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
             return "direct"
         if self.gh_issue is not None:
             return "gh-issue"
-        if self.sandbox:
+        if self.sandbox and not (self.parallel is not None and self.engine == "swarm"):
             return "sandbox"
         if self.parallel is not None:
             return "parallel"

@@ -120,7 +120,10 @@ def render_run(
                 f'<section class="child" data-child="{_e(child.run_id)}"><a href="{_e(link)}">'
                 f"{_e(child.run_id)}</a> — task {_e(child.task_id)}: "
                 f'<span class="state-{_e(child.state)}">{_e(child.state)}</span> '
-                f"(exit {_e(child.exit_code)}, {_e(child.reason_code)})</section>"
+                f"(exit {_e(child.exit_code)}, {_e(child.reason_code)})"
+                + (f' on node <span class="node">{_e(child.node)}</span>' if child.node else "")
+                + (f" — {_e(child.problem)}" if child.problem else "")
+                + "</section>"
             )
         for inner in [p for p in inner_dirs or [] if p.name not in _children_ids(record)]:
             link = f"inner/{inner.name}/{REPORT_NAME}"

@@ -88,6 +88,9 @@ class ChildRun(Record, kw_only=True):
     container_id: str | None = None
     image: str | None = None
     oom_killed: bool | None = None
+    # A child on a swarm: the node it ran on, and why it left no record (if it did not).
+    node: str | None = None
+    problem: str | None = None
 
 
 class RunnerInfo(Record, kw_only=True):

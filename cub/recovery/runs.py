@@ -22,9 +22,10 @@ import os
 import shutil
 import signal
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 import psutil
@@ -71,18 +72,25 @@ from cub.records.store import (
 from cub.recovery.claims import record_lost_attempts, release_claims, settle_stranded_claims
 from cub.workspace.worktree import remove_worktree
 
-if TYPE_CHECKING:
-    pass
-
-
-# What a mode does for its dead run beyond the steps every run gets (a sandbox's container
-# stopped, its work brought home): (project_dir, run_dir, context, journal) -> (the data of the
-# run's `<mode>_recovered` note, words for its reason). The modes are above recovery; the
-# caller that knows them passes theirs in (`cub.run.recover`).
+# (project_dir, run_dir, context, journal) -> (the data of the run's `<mode>_recovered` note,
+# words for its reason).
 Salvage = Callable[[Path, Path, RunContext, list[Event]], tuple[dict[str, Any], str]]
+# (project_dir, run_dir, journal): bring the run's children here.
+Gather = Callable[[Path, Path, list[Event]], None]
 
 
-def recover_runs(project_dir: Path, salvage: Mapping[str, Salvage] | None = None) -> list[str]:
+@dataclass(frozen=True)
+class ModeParts:
+    """What a mode adds to the recovery of its dead runs. The modes are above recovery: the
+    caller that knows them passes theirs in (`cub.run.recover`)."""
+
+    # Before the run's children are looked at (a swarm run's are fetched from its remote).
+    gather: Gather | None = None
+    # After the steps every run gets (a sandbox's container stopped, its work brought home).
+    salvage: Salvage | None = None
+
+
+def recover_runs(project_dir: Path, modes: Mapping[str, ModeParts] | None = None) -> list[str]:
     """Finalise every orphaned run under ``project_dir``, then settle the claims runs that have
     ended still hold; returns one message per run and per claim."""
     messages = []
@@ -92,7 +100,7 @@ def recover_runs(project_dir: Path, salvage: Mapping[str, Salvage] | None = None
             continue
         if (run_dir / "run.json").exists():
             continue
-        message = recover_run(project_dir, run_dir, salvage)
+        message = recover_run(project_dir, run_dir, modes)
         if message:
             messages.append(message)
     messages += settle_stranded_claims(project_dir)
@@ -100,7 +108,7 @@ def recover_runs(project_dir: Path, salvage: Mapping[str, Salvage] | None = None
 
 
 def recover_run(
-    project_dir: Path, run_dir: Path, salvage: Mapping[str, Salvage] | None = None
+    project_dir: Path, run_dir: Path, modes: Mapping[str, ModeParts] | None = None
 ) -> str | None:
     if not (run_dir / "status.json").exists() and not (run_dir / RUNNER_LOCK).exists():
         return None  # not a run directory
@@ -116,7 +124,10 @@ def recover_run(
         if runner_still_running(status):
             return None  # its lock file was deleted (by an agent?), not its runner
         events = read_events(run_dir)
-        children = _children_of(project_dir, events, salvage)
+        parts = (modes or {}).get(status.mode, ModeParts())
+        if parts.gather is not None:
+            parts.gather(project_dir, run_dir, events)
+        children = _children_of(project_dir, events, modes)
         if children is None:
             return None  # a child is still stopping: the parent is recorded once it has ended
         store = RunStore(run_dir, _redactor(project_dir))
@@ -140,9 +151,8 @@ def recover_run(
         _finish_mode(project_dir, machine, status, events, children)
         where = f" while {status.current_task.id} was running" if status.current_task else ""
         salvaged = ""
-        mode_salvage = (salvage or {}).get(status.mode)
-        if mode_salvage is not None:
-            done, salvaged = mode_salvage(project_dir, run_dir, machine.ctx, events)
+        if parts.salvage is not None:
+            done, salvaged = parts.salvage(project_dir, run_dir, machine.ctx, events)
             machine.note(f"{status.mode}_recovered", data=done)
         machine.force_kill(
             reason=f"the runner (pid {status.runner.pid} on {status.runner.host}) died in state "
@@ -155,7 +165,7 @@ def recover_run(
 
 
 def _children_of(
-    project_dir: Path, events: list[Event], salvage: Mapping[str, Salvage] | None
+    project_dir: Path, events: list[Event], modes: Mapping[str, ModeParts] | None
 ) -> list[tuple[str, RunRecord]] | None:
     """A parallel parent's child runs (the ``child_started`` notes in its journal), each with
     its own final record, recovered first when its runner died too. None while one of them is
@@ -172,7 +182,7 @@ def _children_of(
         if not child_dir.is_dir():
             continue  # it died before its run existed: nothing ran, nothing to record
         if not (child_dir / "run.json").exists():
-            recover_run(project_dir, child_dir, salvage)
+            recover_run(project_dir, child_dir, modes)
         record = read_run_json(child_dir)
         if record is None:
             if runner_alive(child_dir):

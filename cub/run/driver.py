@@ -27,7 +27,7 @@ from cub.records.redact import Redactor
 from cub.records.schemas import BudgetUse, HarnessInfo, RunRecord
 from cub.records.store import RunStore, new_run_id
 from cub.run.recover import recover_project
-from cub.run.validation import printable_argument, undecodable_argument, validate
+from cub.run.validation import is_swarm_run, printable_argument, undecodable_argument, validate
 from cub.tasks.plan import plan_run
 from cub.tasks.selection import explain_empty
 from cub.workspace.root import find_project_root
@@ -232,16 +232,26 @@ def _drive(
         return
     if request.parent_run_id is None:
         run.ctx.store.mark_latest()
+    swarm = is_swarm_run(request, plan.config)
     try:
-        _prepare(run, plan, issue)
+        _prepare(run, plan, issue, swarm)
+        if swarm:
+            # Each run loads only its own mode: a plain run or a child starts the faster.
+            from cub.modes.swarm.engine import open_engine
+
+            engine = open_engine(run, env)
     except SetupFailed as exc:
         watch.checkpoint()
         run.end_with("setup_failed", exc.reason_code, str(exc))
         return
     watch.checkpoint()
+    if swarm:
+        from cub.modes.parallel.scheduler import run_parallel  # (as above)
+
+        run_parallel(run, env, engine)
+        return
     if request.sandbox:
-        # Each run loads only its own mode: a plain run or a child starts the faster for it.
-        from cub.modes.sandbox.supervise import supervise_sandbox
+        from cub.modes.sandbox.supervise import supervise_sandbox  # (as above)
 
         supervise_sandbox(run)
         return
@@ -272,10 +282,16 @@ def _record_plan(ctx: RunContext, plan: RunPlan) -> None:
         ctx.harness = HarnessInfo(name=plan.harness.name, model=config.harness.model)
 
 
-def _prepare(run: Run, plan: RunPlan, issue: IssueRun | None) -> None:
+def _prepare(run: Run, plan: RunPlan, issue: IssueRun | None, swarm: bool) -> None:
     """Each mode prepares in its own way; a sandboxed run's agent, branch and hooks belong to
-    the run inside its container."""
-    if plan.request.sandbox:
+    the run inside its container. A swarm run's parent runs no agent: its run branch and
+    hooks, no adapter."""
+    if swarm:
+        from cub.loop.prepare import prepare_checkout, prepare_hooks  # (as above)
+
+        prepare_checkout(run, plan)
+        prepare_hooks(run, plan)
+    elif plan.request.sandbox:
         from cub.modes.sandbox.supervise import prepare_sandbox  # only its own mode (see _drive)
 
         prepare_sandbox(run, plan)

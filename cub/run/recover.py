@@ -1,12 +1,13 @@
 """Recovery with every mode's part wired in: what a dead sandboxed run left (its container, its
-work in the sandbox's workspace) is salvaged too."""
+work in the sandbox's workspace) is salvaged, and a dead swarm run's children are stopped and
+their records fetched from its remote."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cub.recovery.runs import recover_runs
+from cub.recovery.runs import ModeParts, recover_runs
 
 if TYPE_CHECKING:
     from cub.lifecycle.context import RunContext
@@ -16,7 +17,11 @@ if TYPE_CHECKING:
 def recover_project(project_dir: Path) -> list[str]:
     """Finalise every orphaned run of the project and settle stranded claims (one message
     each)."""
-    return recover_runs(project_dir, salvage={"sandbox": _salvage_sandbox})
+    modes = {
+        "sandbox": ModeParts(salvage=_salvage_sandbox),
+        "parallel": ModeParts(gather=_gather_swarm_children),
+    }
+    return recover_runs(project_dir, modes)
 
 
 def _salvage_sandbox(
@@ -26,3 +31,11 @@ def _salvage_sandbox(
     from cub.modes.sandbox.recovery import recover_sandbox
 
     return recover_sandbox(project_dir, run_dir, ctx, events)
+
+
+def _gather_swarm_children(project_dir: Path, run_dir: Path, events: list[Event]) -> None:
+    if not any(e.kind == "swarm" for e in events):
+        return  # a parallel run on this machine: its children's records are here already
+    from cub.modes.swarm.recovery import gather_children  # (as above)
+
+    gather_children(project_dir, run_dir, events)

@@ -109,6 +109,25 @@ def _conflicts(r: RunRequest) -> list[tuple[bool, str]]:
             "from REF, the other stays on the current one",
         ),
         (
+            r.engine == "swarm" and not (r.sandbox and r.parallel is not None),
+            "--engine swarm requires --parallel N --sandbox: the swarm runs sandboxed children",
+        ),
+        (
+            r.remote is not None and r.engine != "swarm",
+            "--remote requires --engine swarm (only swarm children clone from a remote)",
+        ),
+        (
+            r.engine == "swarm" and (r.no_network or r.sandbox_keep),
+            f"{'--no-network' if r.no_network else '--sandbox-keep'} cannot be used with "
+            "--engine swarm: its children clone and push over the network, and its services "
+            "are removed when they end",
+        ),
+        (
+            (r.clone_url is None) != (r.clone_ref is None)
+            or (r.clone_url is not None and r.parent_run_id is None),
+            "--clone-url and --clone-ref go together, on a child run (--parent-run-id)",
+        ),
+        (
             r.harness_cmd is not None and r.harness not in (None, "command"),
             f"--harness-cmd cannot be used with --harness {r.harness}: --harness-cmd is the "
             "command line of the `command` harness",
@@ -206,6 +225,8 @@ def config_overrides(r: RunRequest) -> dict[str, Any]:
         overrides["loop.circuit_breaker"] = False
     if r.no_network:
         overrides["sandbox.network"] = False
+    if r.engine is not None:
+        overrides["sandbox.engine"] = r.engine
     return overrides
 
 
@@ -303,6 +324,38 @@ def check_docker() -> None:
         ) from exc
 
 
+def is_swarm_run(r: RunRequest, config: Config) -> bool:
+    """Children as swarm services: `--parallel N --sandbox` with the swarm engine."""
+    return r.sandbox and r.parallel is not None and config.sandbox.engine == "swarm"
+
+
+def check_swarm(r: RunRequest, git_root: Path, backlog: Path | None) -> None:
+    """DOCKER_HOST is a swarm manager, there is a remote, and the children's clone of it will
+    hold the backlog as it is here."""
+    from cub.modes.swarm.engine import swarm_manager_problem  # only swarm runs load it
+
+    problem = swarm_manager_problem()
+    if problem is not None:
+        raise Rejected("docker_unavailable", f"--engine swarm: {problem}")
+    if r.remote is None and not git(git_root, "remote", "get-url", "origin", check=False):
+        raise Rejected(
+            "invalid_flag",
+            "--engine swarm needs a git remote every node can reach: pass --remote URL, or "
+            "give this repository an origin",
+        )
+    if backlog is None:
+        return
+    own = str(backlog.resolve().relative_to(git_root.resolve()))
+    tracked = git(git_root, "ls-files", "--", own, check=False)
+    changed = git(git_root, "status", "--porcelain", "--", own, check=False)
+    if not tracked or changed:
+        raise Rejected(
+            "dirty_worktree",
+            f"--engine swarm: commit {own} first (the children clone the repository, and "
+            "find their tasks in it)",
+        )
+
+
 def _checked_backend(r: RunRequest, project_dir: Path, config: Config) -> TaskBackend:
     """The project's backlog, read once: it parses, and holds the task ``--task`` names."""
     backend = open_backend(project_dir, config)
@@ -362,6 +415,9 @@ def validate(
                 raise
     if r.sandbox:
         check_docker()
+    if is_swarm_run(r, config):
+        assert git_root is not None and backend is not None
+        check_swarm(r, git_root, backend.path)
     issue = None
     if r.gh_issue is not None:
         from cub.modes.github.issue import fetch_issue  # (as above)

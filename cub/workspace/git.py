@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from cub.errors import CubError
@@ -16,22 +17,39 @@ class GitError(CubError):
         self.reason = reason or message
 
 
-def git(repo: Path, *args: str, check: bool = True, timeout: float = 60) -> str:
+def git(
+    repo: Path,
+    *args: str,
+    check: bool = True,
+    timeout: float = 60,
+    env: Mapping[str, str] | None = None,
+) -> str:
+    """git's output, stripped; ``env``: variables added to cub's own environment."""
+    return git_bytes(repo, *args, check=check, timeout=timeout, env=env).decode().strip()
+
+
+def git_bytes(
+    repo: Path,
+    *args: str,
+    check: bool = True,
+    timeout: float = 60,
+    env: Mapping[str, str] | None = None,
+) -> bytes:
     try:
         proc = subprocess.run(
             ["git", *args],
             cwd=repo,
             capture_output=True,
-            text=True,
             timeout=timeout,
             stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise GitError(f"git {' '.join(args)}: {exc}", str(exc)) from exc
     if check and proc.returncode != 0:
-        reason = failure_line(proc.stderr or proc.stdout)
+        reason = failure_line((proc.stderr or proc.stdout).decode(errors="replace"))
         raise GitError(f"git {' '.join(args)}: {reason}", reason)
-    return proc.stdout.strip()
+    return proc.stdout
 
 
 def repo_root(path: Path) -> Path | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.debian import install_debian_package
+from tests.helpers.swarm import Swarm
 
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "cub-test-base:latest"
@@ -180,3 +181,16 @@ def docker_client(docker_host: str):  # type: ignore[no-untyped-def]
     import docker
 
     return docker.DockerClient(base_url=docker_host, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def swarm(docker_host: str) -> Iterator[Swarm]:
+    """A two-node swarm: the sandbox tests' engine as its manager, a second engine in a network
+    namespace of its own as its worker, and a git daemon both reach (tests/helpers/swarm.py)."""
+    started = time.monotonic()
+    built = Swarm.build(docker_host, SANDBOX_IMAGE)
+    print(f"\nswarm tests: two-node swarm ready in {time.monotonic() - started:.1f}s")
+    try:
+        yield built
+    finally:
+        built.close()

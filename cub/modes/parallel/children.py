@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -34,6 +34,7 @@ from cub.recovery.runs import recover_run
 
 if TYPE_CHECKING:
     from cub.lifecycle.plan import RunPlan
+    from cub.modes.parallel.child import Child, ChildSpec
 
 
 # A child that left no record at all (it died before it could write one): its state, by the
@@ -71,15 +72,25 @@ def child_argv(
 ) -> list[str]:
     """The child's command line: one task, in a worktree branched from the run branch, with
     the parent's harness and per-task flags; ``limits`` are what is left of shared budgets."""
-    request, config = plan.request, plan.config
     argv = [sys.executable, "-m", "cub", "run", "--task", task_id, "--worktree"]
     argv += ["--name", run_id, "--parent-run-id", parent_id]
     if run_branch:
         argv += ["--from-branch", run_branch]
-    if plan.harness is not None:
-        argv += ["--harness", plan.harness.name]
-        if plan.harness.name == "command" and config.harness.command:
-            argv += ["--harness-cmd", config.harness.command]
+    if plan.request.worktree_keep:
+        argv.append("--worktree-keep")
+    return argv + child_flags(plan) + limits
+
+
+def child_flags(plan: RunPlan) -> list[str]:
+    """What every child of the run is given of the parent's command line and config: the
+    harness, and the per-task flags."""
+    request, config = plan.request, plan.config
+    flags: list[str] = []
+    harness = plan.harness.name if plan.harness is not None else config.harness.name
+    if harness is not None:
+        flags += ["--harness", harness]
+        if harness == "command" and config.harness.command:
+            flags += ["--harness-cmd", config.harness.command]
     for flag, value in (
         ("--model", request.model),
         ("--task-timeout", request.task_timeout),
@@ -88,17 +99,16 @@ def child_argv(
         ("--on-failure", request.on_failure),
     ):
         if value is not None:
-            argv += [flag, value]
+            flags += [flag, value]
     for flag, given in (
         ("--no-hooks", request.no_hooks),
         ("--no-circuit-breaker", request.no_circuit_breaker),
-        ("--worktree-keep", request.worktree_keep),
         ("--stream", request.stream),
         ("--verbose", request.verbose),
     ):
         if given:
-            argv.append(flag)
-    return argv + limits
+            flags.append(flag)
+    return flags
 
 
 def budget_left(budget: BudgetUse, elapsed: float, run_timeout: float | None) -> list[str]:
@@ -131,6 +141,13 @@ class ChildProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def where(self) -> dict[str, object]:
+        """Where it runs, for the journal's `child_started`."""
+        return {"pid": self.proc.pid}
+
+    def ended(self) -> bool:
+        return self.proc.poll() is not None
 
     def has_started(self) -> bool:
         """Its status.json exists: it has installed its signal handlers and can be stopped in
@@ -186,6 +203,42 @@ class ChildProcess:
             exit_code=self.exit_code,
             reason_code=self.record.reason_code if self.record is not None else None,
         )
+
+
+class LocalChildren:
+    """The engine of a plain `--parallel` run: each child a `cub run` process on this machine,
+    in a worktree of its own."""
+
+    # How long a stopping child gets beyond its grace and SIGTERM→SIGKILL step: its records,
+    # post-loop hooks and worktree removal.
+    stop_margin = 5.0
+
+    def __init__(self, plan: RunPlan, env: Mapping[str, str], log_dir: Path) -> None:
+        self.plan = plan
+        self.env = env
+        self.log_dir = log_dir
+
+    def start(self, spec: ChildSpec) -> ChildProcess:
+        argv = child_argv(
+            self.plan,
+            task_id=spec.task_id,
+            run_id=spec.run_id,
+            parent_id=spec.parent_id,
+            run_branch=spec.run_branch,
+            limits=spec.limits,
+        )
+        return start_child(
+            argv,
+            task_id=spec.task_id,
+            run_id=spec.run_id,
+            order=spec.order,
+            project_dir=self.plan.project_dir,
+            log_dir=self.log_dir,
+            env=self.env,
+        )
+
+    def close(self) -> None:
+        """Nothing to clean up once every child has been collected."""
 
 
 def start_child(
@@ -255,7 +308,7 @@ BUDGET_CODES = next(
 )
 
 
-def shared_usage(spent: BudgetUse, live: list[ChildProcess]) -> BudgetUse:
+def shared_usage(spent: BudgetUse, live: Sequence[Child]) -> BudgetUse:
     """Tokens and cost of the whole run: the ended children's plus the live ones' so far."""
     total = BudgetUse()
     total.add(spent)

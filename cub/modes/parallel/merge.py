@@ -21,7 +21,7 @@ from cub.workspace.git import GitError, failure_line, git
 
 if TYPE_CHECKING:
     from cub.lifecycle.handle import Run
-    from cub.modes.parallel.children import ChildProcess
+    from cub.modes.parallel.child import Child
     from cub.tasks.backend import TaskBackend
 
 _MERGE_TIMEOUT_S = 300.0
@@ -36,14 +36,14 @@ class MergeQueue:
     backend: TaskBackend
     work_dir: Path
     branch_prefix: str
-    pending: list[ChildProcess] = field(default_factory=list)
+    pending: list[Child] = field(default_factory=list)
     merged: list[str] = field(default_factory=list)
     conflicts: list[str] = field(default_factory=list)
 
     def task_ids(self) -> set[str]:
         return {c.task_id for c in self.pending}
 
-    def merge_in_order(self, live: list[ChildProcess]) -> None:
+    def merge_in_order(self, live: list[Child]) -> None:
         """Merge what may be merged without breaking selection order: the successful children
         started before every child still running."""
         first_live = min((c.order for c in live), default=None)
@@ -52,7 +52,7 @@ class MergeQueue:
     def merge_all(self) -> None:
         self._merge(list(self.pending))
 
-    def _merge(self, children: list[ChildProcess]) -> None:
+    def _merge(self, children: list[Child]) -> None:
         ctx, machine = self.run.ctx, self.run.machine
         for child in sorted(children, key=lambda c: c.order):
             self.pending.remove(child)

@@ -31,18 +31,17 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from cub.errors import TaskNotFound
+from cub.errors import CubError, TaskNotFound
 from cub.lifecycle.budget import exhausted_while_running
 from cub.lifecycle.context import add_child_totals
 from cub.lifecycle.machine import signal_word
+from cub.modes.parallel.child import Child, ChildEngine, ChildSpec
 from cub.modes.parallel.children import (
     BUDGET_CODES,
-    ChildProcess,
+    LocalChildren,
     budget_left,
-    child_argv,
     child_run_id,
     shared_usage,
-    start_child,
     start_limit,
 )
 from cub.modes.parallel.merge import MergeQueue, fail_merged_task
@@ -62,28 +61,31 @@ Ending = tuple[str, str, str]
 
 _POLL_S = 0.05
 _STATUS_EVERY_S = 1.0
-# How long a stopping child gets beyond its grace and SIGTERM→SIGKILL step: its records,
-# post-loop hooks and worktree removal.
-_STOP_MARGIN_S = 5.0
 # A child that has not written its status.json this long after it started is signalled anyway.
 _SIGNAL_UNSTARTED_AFTER_S = 3.0
 
 
-def run_parallel(run: Run, env: Mapping[str, str]) -> None:
-    ParallelRun(run, env).execute()
+def run_parallel(run: Run, env: Mapping[str, str], engine: ChildEngine | None = None) -> None:
+    """``engine`` starts the children: on this machine unless another is given (the
+    swarm's services, `cub.modes.swarm`)."""
+    ParallelRun(run, env, engine).execute()
 
 
 class ParallelRun:
-    def __init__(self, run: Run, env: Mapping[str, str]) -> None:
+    def __init__(self, run: Run, env: Mapping[str, str], engine: ChildEngine | None = None) -> None:
         assert run.plan is not None and run.settings is not None
         assert run.plan.backend is not None and run.plan.request.parallel is not None
+        assert run.ctx.store is not None
         self.run = run
+        self.engine: ChildEngine = engine or LocalChildren(
+            run.plan, env, run.ctx.store.run_dir / "children"
+        )
         self.plan: RunPlan = run.plan
         self.settings: LoopSettings = run.settings
         self.backend: TaskBackend = run.plan.backend
         self.env = env
         self.width = run.plan.request.parallel
-        self.live: list[ChildProcess] = []
+        self.live: list[Child] = []
         self.started: set[str] = set()
         self.merges = MergeQueue(
             run,
@@ -108,11 +110,15 @@ class ParallelRun:
     def execute(self) -> None:
         self.run.machine.supervise()
         try:
-            ending = self._supervise()
-        except BaseException:
-            # A second signal, or a crash: no child may outlive the parent or miss its record.
-            self._kill_all()
-            raise
+            try:
+                ending = self._supervise()
+            except BaseException:
+                # A second signal, or a crash: no child may outlive the parent or miss its
+                # record.
+                self._kill_all()
+                raise
+        finally:
+            self.engine.close()
         self.run.end_with(*ending)
 
     def _supervise(self) -> Ending:
@@ -133,10 +139,10 @@ class ParallelRun:
 
     def _reap(self) -> None:
         for child in list(self.live):
-            if child.proc.poll() is not None:
+            if child.ended():
                 self._collect(child)
 
-    def _collect(self, child: ChildProcess) -> None:
+    def _collect(self, child: Child) -> None:
         ctx, machine = self.run.ctx, self.run.machine
         self.live.remove(child)
         record = child.collect(self.plan.project_dir)
@@ -187,7 +193,7 @@ class ParallelRun:
         self.run.observer.message(f"{mark} {child.task_id}: child run {state} ({reason})")
         self._write_status(force=True)
 
-    def _isolation_breached(self, child: ChildProcess) -> bool:
+    def _isolation_breached(self, child: Child) -> bool:
         """Whether the checkout the run started from has moved (checked as each child ends)."""
         guard = self.run.checkout_guard
         if self.breach is None and guard is not None:
@@ -263,31 +269,31 @@ class ParallelRun:
             self._start(task)
 
     def _start(self, task: Task) -> None:
-        ctx, plan = self.run.ctx, self.plan
+        ctx = self.run.ctx
         self.started.add(task.id)
         run_id = child_run_id(ctx.run_id, task.id)
-        argv = child_argv(
-            plan,
-            task_id=task.id,
-            run_id=run_id,
-            parent_id=ctx.run_id,
-            run_branch=ctx.branch,
-            limits=budget_left(ctx.budget, ctx.elapsed(), self.settings.run_timeout),
-        )
-        assert ctx.store is not None
-        child = start_child(
-            argv,
-            task_id=task.id,
-            run_id=run_id,
-            order=len(self.started),
-            project_dir=plan.project_dir,
-            log_dir=ctx.store.run_dir / "children",
-            env=self.env,
-        )
+        try:
+            child = self.engine.start(
+                ChildSpec(
+                    task_id=task.id,
+                    run_id=run_id,
+                    parent_id=ctx.run_id,
+                    run_branch=ctx.branch,
+                    order=len(self.started),
+                    limits=budget_left(ctx.budget, ctx.elapsed(), self.settings.run_timeout),
+                )
+            )
+        except CubError as exc:
+            # It never ran (the engine said why, and gave its task back): a failed task.
+            self.failed.append(task.id)
+            self.no_more = self.no_more or self.settings.on_failure == "stop"
+            self.run.machine.note("child_not_started", task_id=task.id, data={"error": str(exc)})
+            self.run.observer.message(f"✗ {task.id}: {exc}")
+            return
         self.live.append(child)
         ctx.budget.tasks_used = len(self.started)
         self.run.machine.note(
-            "child_started", task_id=task.id, data={"run_id": run_id, "pid": child.pid}
+            "child_started", task_id=task.id, data={"run_id": run_id, **child.where()}
         )
         self.run.observer.message(f"▶ {task.id}: {task.title} (child run {run_id})")
         self._write_status(force=True)
@@ -328,7 +334,8 @@ class ParallelRun:
             data={"signal": signal.Signals(sig).name, "run_ids": [c.run_id for c in self.live]},
         )
         settings = self.settings
-        deadline = time.monotonic() + settings.grace + settings.kill_after + _STOP_MARGIN_S
+        margin = self.engine.stop_margin
+        deadline = time.monotonic() + settings.grace + settings.kill_after + margin
         while self.live:
             now = time.monotonic()
             for child in self.live:
