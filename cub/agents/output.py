@@ -22,6 +22,10 @@ MAX_LINE_BYTES = 1 << 20  # longer "lines" are cut so memory and redaction stay 
 # A reader waiting for lines wakes this often: the end can come without a notification (the
 # agent exited, a leftover holds the pipe open).
 RECHECK_INTERVAL = 0.1
+# The lines waiting for the caller hold at most this much text: beyond it the reader waits for
+# the caller (and the agent, once the pipe is full, for the reader), so an agent that prints
+# faster than its lines are parsed is slowed down rather than filling cub's memory.
+QUEUE_MAX_CHARS = 4 << 20
 
 
 def _utf8_cut(buf: bytes | bytearray, end: int) -> int:
@@ -196,8 +200,13 @@ class HarnessLog:
 
 class AgentOutput:
     """The agent's merged stdout and stderr. ``drain`` (a thread's target) reads the pipe until
-    it closes, so the agent never blocks on a full pipe; complete lines wait in a queue for
-    the caller, and everything goes to the log."""
+    it closes; complete lines wait in a bounded queue for the caller (`QUEUE_MAX_CHARS`), and
+    everything goes to the log.
+
+    Once the agent is being stopped (``stop_waiting``) the reader no longer waits for the
+    caller, who is busy stopping it: an agent must never be kept from exiting by a full pipe.
+    The queue stays bounded then by giving up its oldest lines (counted in ``lines_dropped``;
+    the log still has them)."""
 
     def __init__(
         self,
@@ -215,6 +224,10 @@ class AgentOutput:
         self._assembler = LineAssembler(redact, PARTIAL_LINE_AFTER)
         self._cond = threading.Condition()
         self._lines: deque[str] = deque()
+        self._queued = 0  # characters in _lines
+        self.peak_queued = 0
+        self.lines_dropped = 0
+        self._waiting_allowed = True
         self.closed = False  # the pipe reached its end (or can no longer be read)
         self.reader_waiting = False  # the reader is idle, waiting for the pipe
         self.last_output_at = time.monotonic()
@@ -258,9 +271,18 @@ class AgentOutput:
                 self.closed = True
                 self._cond.notify_all()
 
+    def stop_waiting(self) -> None:
+        """From now on the reader never waits for the caller (see the class docstring)."""
+        with self._cond:
+            self._waiting_allowed = False
+            self._cond.notify_all()
+
     def _take(self) -> list[str]:
+        """Everything queued (the caller holds the condition); the reader may go on."""
         lines = list(self._lines)
         self._lines.clear()
+        self._queued = 0
+        self._cond.notify_all()
         return lines
 
     def _read_until_closed(self, fd: int) -> None:
@@ -290,10 +312,23 @@ class AgentOutput:
     def _emit(self, lines: list[str], log_text: str) -> None:
         if log_text:
             self.log.write(log_text)
-        if lines:
-            with self._cond:
-                self._lines.extend(lines)
-                self._cond.notify_all()
+        if not lines:
+            return
+        size = sum(len(line) for line in lines)
+        with self._cond:
+            # A batch larger than the whole bound still goes through into an empty queue.
+            while self._queued and self._queued + size > QUEUE_MAX_CHARS and self._may_wait():
+                self._cond.wait(RECHECK_INTERVAL)
+            self._lines.extend(lines)
+            self._queued += size
+            while not self._may_wait() and self._queued > QUEUE_MAX_CHARS and self._lines:
+                self._queued -= len(self._lines.popleft())
+                self.lines_dropped += 1
+            self.peak_queued = max(self.peak_queued, self._queued)
+            self._cond.notify_all()
+
+    def _may_wait(self) -> bool:
+        return self._waiting_allowed and not self._stopping.is_set()
 
 
 def feed_stdin(pipe: IO[bytes], data: bytes) -> None:

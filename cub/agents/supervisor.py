@@ -227,6 +227,7 @@ class AgentProcess:
         ignored_after: float | None = IGNORED_AFTER,
     ) -> StopReport:
         """Stop the whole tree by the stop ladder (`cub.agents.stop_ladder.climb`)."""
+        self._output.stop_waiting()  # while it is being stopped, nobody reads its lines
         return climb(
             self,
             first_signal,
@@ -265,6 +266,7 @@ class AgentProcess:
 
     def kill_tree(self) -> None:
         """SIGKILL the whole tree at once, no grace, and reap it."""
+        self._output.stop_waiting()
         logger.warning(
             "agent pid=%d: killing its process tree with SIGKILL (up to %.1fs)",
             self.pid,

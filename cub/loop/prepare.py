@@ -3,7 +3,12 @@ its end, removing the worktree (and the branch, if the run committed nothing on 
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
+import signal
 import subprocess
+import time
 from typing import TYPE_CHECKING
 
 from cub.agents.adapters import adapter_for
@@ -23,21 +28,53 @@ if TYPE_CHECKING:
     from cub.lifecycle.plan import RunPlan
 
 
+# What is read of `AGENT --version`: its first line is all cub keeps, and a program that prints
+# without end must not fill cub's memory (or hold the run up past the timeout).
+_VERSION_READ_BYTES = 4096
+_VERSION_TIMEOUT_S = 10.0
+
+
 def harness_version(choice: HarnessChoice) -> str | None:
     if choice.name == "command":
         return None
     try:
-        out = subprocess.run(
+        proc = subprocess.Popen(
             [choice.program, "--version"],
-            capture_output=True,
-            text=True,
-            timeout=10,
             stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-    except (OSError, subprocess.TimeoutExpired):
+    except OSError:
         return None
-    text = (out.stdout or out.stderr).strip().splitlines()
-    return text[0][:200] if out.returncode == 0 and text else None
+    deadline = time.monotonic() + _VERSION_TIMEOUT_S
+    with proc:
+        assert proc.stdout is not None
+        head, ended = _read_head(proc.stdout.fileno(), _VERSION_READ_BYTES, deadline)
+        try:
+            code = proc.wait(timeout=max(0.0, deadline - time.monotonic())) if ended else None
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    lines = head.decode("utf-8", "replace").strip().splitlines()
+    return lines[0][:200] if code == 0 and lines else None
+
+
+def _read_head(fd: int, limit: int, deadline: float) -> tuple[bytes, bool]:
+    """Up to ``limit`` bytes from ``fd`` before ``deadline``; and whether its end was read."""
+    data = b""
+    while len(data) < limit and (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, limit - len(data))
+        if not chunk:
+            return data, True
+        data += chunk
+    return data, False
 
 
 def prepare_run(run: Run, plan: RunPlan) -> None:

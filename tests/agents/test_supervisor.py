@@ -148,8 +148,8 @@ def test_megabytes_of_output_do_not_deadlock(tmp_path: Path) -> None:
         """,
     )
     with AgentProcess.start(agent_request(tmp_path, script)) as agent:
-        # Nobody reads lines meanwhile: the drain thread alone must keep the pipe moving.
-        wait_until(lambda: agent.returncode is not None, timeout=20, what="agent exit")
+        # More than the line queue holds: the agent goes on as fast as the lines are taken.
+        # (One that nobody reads for is held back, not buffered: tests/agents/test_output.py.)
         lines = collect_lines(agent)
     assert agent.returncode == 0
     assert len(lines) == count
