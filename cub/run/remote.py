@@ -11,8 +11,10 @@ never on the command line, in labels or in the service's environment.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
 from pathlib import Path
 
 import msgspec
@@ -20,8 +22,9 @@ import msgspec
 from cub.lifecycle.observer import RunObserver
 from cub.lifecycle.request import RunRequest
 from cub.lifecycle.signals import InterruptWatch
-from cub.modes.swarm.contract import SECRET_PREFIX, SECRETS_DIR
+from cub.modes.swarm.contract import SECRET_PREFIX, SECRETS_DIR, USAGE_MARK
 from cub.records.location import runs_dir
+from cub.records.reader import read_status_json
 from cub.run.driver import RunResult, execute_run, reject_invocation
 from cub.workspace.git import GitError, branch_exists, git
 from cub.workspace.records_ref import commit_directory, records_ref
@@ -64,8 +67,54 @@ def execute_remote_child(
         result = reject_invocation(argv, cwd, f"cannot clone {request.clone_url}: {exc.reason}")
         return result, f"no workspace: {exc.reason}"
     local = msgspec.structs.replace(request, clone_url=None, clone_ref=None, in_place=True)
-    result = execute_run(local, argv=argv, cwd=work, env=os.environ, observer=observer, watch=watch)
+    reporter = UsageReporter(runs_dir(work) / (request.name or ""))
+    reporter.start()
+    try:
+        result = execute_run(
+            local, argv=argv, cwd=work, env=os.environ, observer=observer, watch=watch
+        )
+    finally:
+        reporter.stop()
     return result, push_results(work, request.clone_url, result)
+
+
+class UsageReporter:
+    """Prints the run's budget use (from its status.json) whenever it changes, at most every
+    `REPORT_EVERY_S`, for the parent to read in the service's log."""
+
+    REPORT_EVERY_S = 1.0
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cub-usage", daemon=True)
+        self._last: bytes | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2 * self.REPORT_EVERY_S)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.REPORT_EVERY_S):
+            status = read_status_json(self.run_dir)
+            if status is None:
+                continue
+            budget = status.budget
+            line = msgspec.json.encode(
+                {
+                    "tokens_used": budget.tokens_used,
+                    "cost_usd": budget.cost_usd,
+                    "cost_incomplete": budget.cost_incomplete,
+                }
+            )
+            if line != self._last:
+                self._last = line
+                with contextlib.suppress(OSError, ValueError):
+                    sys.stdout.write(f"{USAGE_MARK}{line.decode()}\n")
+                    sys.stdout.flush()
 
 
 def _clone(url: str, ref: str, target: Path) -> None:

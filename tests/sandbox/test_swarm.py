@@ -318,6 +318,30 @@ def test_a_swarm_run_needs_a_manager_a_remote_and_a_committed_backlog(
     assert "pass --remote URL" in (read_run(project).reason or "")
 
 
+SPENDING_AGENT = """
+import json, time
+print(json.dumps({"cub_usage": {"input_tokens": 600, "output_tokens": 0}}), flush=True)
+time.sleep(60)
+"""
+
+
+def test_live_children_share_the_token_budget(tmp_path: Path, swarm: Swarm) -> None:
+    """Each child alone stays under the limit; together they cross it while still running,
+    and the parent stops them (it reads each one's usage from its service's log)."""
+    project, _ = swarm_project(tmp_path, swarm, SPENDING_AGENT, 2)
+
+    argv = [*swarm_argv(2, "shared"), "--budget-tokens", "1000"]
+    done = run_cub(argv, project, env=swarm_env(swarm), timeout=200)
+
+    assert done.returncode == 3, done.stdout + done.stderr
+    record = read_run(project, "shared")
+    assert (record.state, record.reason_code) == ("budget_exhausted", "token_budget")
+    assert [c.state for c in record.children] == ["interrupted", "interrupted"]
+    assert record.budget.tokens_used == 1200
+    assert {t["status"] for t in read_tasks(project).values()} == {"open"}
+    assert services_of(swarm, "shared") == []
+
+
 def test_the_next_command_after_the_parent_is_sigkilled_stops_and_records_its_children(
     tmp_path: Path, swarm: Swarm
 ) -> None:

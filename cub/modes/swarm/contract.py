@@ -13,3 +13,6 @@ SECRET_PREFIX = "cub-env-"
 LABEL_RUN = "cub.run_id"
 LABEL_PARENT = "cub.parent_run_id"
 LABEL_TASK = "cub.task_id"
+# A running child prints its run's budget use on a line of its own, prefixed with this, as it
+# changes: its service's log is how the parent shares the run's budgets among live children.
+USAGE_MARK = "cub-usage "

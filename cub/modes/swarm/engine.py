@@ -6,7 +6,9 @@ back: the child clones ``refs/cub/base/<child_run_id>`` (the run branch's head w
 pushed there by the parent), works on its own branch, and pushes that branch and its whole
 record (``refs/cub/records/<child_run_id>``, `cub.run.remote`). Nothing else moves between
 the machines: no bind mount, no shared disk. The parent claims each task for its child before
-the service exists and settles it from the child's record once it has fetched it.
+the service exists and settles it from the child's record once it has fetched it. A live
+child's usage, for the budgets the children share, is what it last printed to its service's
+log (`USAGE_MARK`).
 
 Stopping: a first interrupt scales every service to zero, so the swarm sends each container
 SIGTERM and after the grace period (``stop_grace_period``) SIGKILL; the child records its own
@@ -37,6 +39,7 @@ from cub.modes.swarm.contract import (
     LABEL_RUN,
     LABEL_TASK,
     SECRET_PREFIX,
+    USAGE_MARK,
 )
 from cub.records.location import runs_dir
 from cub.records.reader import read_run_json
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
 _STOP_MARGIN_S = 15.0
 _POLL_EVERY_S = 0.5
 _NODES_EVERY_S = 1.0
+_USAGE_EVERY_S = 1.0
 _ENDED = frozenset({"complete", "failed", "rejected", "shutdown", "orphaned", "remove"})
 
 
@@ -105,6 +109,8 @@ class SwarmChild:
     problem: str | None = None  # why no record came back
     _task: dict[str, Any] = field(default_factory=dict)
     _polled: float = 0.0
+    _usage: BudgetUse | None = None
+    _usage_read: float = 0.0
 
     def where(self) -> dict[str, object]:
         return {"service": self.service.id, "engine": "swarm"}
@@ -136,7 +142,21 @@ class SwarmChild:
         return _task_state(self._refresh()) == "running"
 
     def live_budget(self) -> BudgetUse | None:
-        return None  # a child's usage reaches the parent with its record
+        """What it has used so far, as it last printed it (`cub.run.remote.UsageReporter`)."""
+        now = time.monotonic()
+        if self.removed or now - self._usage_read < _USAGE_EVERY_S:
+            return self._usage
+        self._usage_read = now
+        reports = _marked_lines(self.service, USAGE_MARK)
+        with contextlib.suppress(msgspec.DecodeError, ValueError, AttributeError, TypeError):
+            if reports:
+                fields = msgspec.json.decode(reports[-1][len(USAGE_MARK) :].strip())
+                self._usage = BudgetUse(
+                    tokens_used=int(fields.get("tokens_used") or 0),
+                    cost_usd=fields.get("cost_usd"),
+                    cost_incomplete=bool(fields.get("cost_incomplete")),
+                )
+        return self._usage
 
     def signal_group(self, sig: int) -> None:
         """The swarm stops a container one way: SIGTERM, SIGKILL after the grace period."""
@@ -319,16 +339,10 @@ class SwarmEngine:
         return f"it pushed no record (exit {child.exit_code}){': ' + log if log else ''}"
 
     def _log_tail(self, child: SwarmChild) -> str:
-        with contextlib.suppress(Exception):
-            text = b"".join(child.service.logs(stdout=True, stderr=True, tail=20)).decode(
-                errors="replace"
-            )
-            # Each line may start with the stream's 8-byte frame header.
-            lines = [line[line.index("cub:") :] for line in text.splitlines() if "cub:" in line]
-            # What went wrong around the run (its push, its clone) before how the run ended.
-            lines.sort(key=lambda line: "could not push" in line or "cannot clone" in line)
-            return " ".join(lines[-1].split())[:300] if lines else ""
-        return ""
+        lines = _marked_lines(child.service, "cub:", stderr=True)
+        # What went wrong around the run (its push, its clone) before how the run ended.
+        lines.sort(key=lambda line: "could not push" in line or "cannot clone" in line)
+        return " ".join(lines[-1].split())[:300] if lines else ""
 
     def settle_task(self, child: SwarmChild) -> None:
         """The parent's backlog learns how the child's attempt went (the child settled it in
@@ -388,6 +402,17 @@ def _resources(cpus: float, memory: int, pids: int) -> Any:
     resources = Resources(cpu_limit=int(cpus * 1e9), mem_limit=memory)
     resources["Limits"]["Pids"] = pids
     return resources
+
+
+def _marked_lines(service: Any, mark: str, *, stderr: bool = False) -> list[str]:
+    """The lines of the service's recent log that hold ``mark``, each from ``mark`` on (a line
+    may start with the stream's 8-byte frame header). Empty if the log cannot be read."""
+    try:
+        chunks = service.logs(stdout=True, stderr=stderr, tail=50)
+        text = b"".join(chunks).decode(errors="replace")
+    except Exception:
+        return []
+    return [line[line.index(mark) :] for line in text.splitlines() if mark in line]
 
 
 def _task_state(task: Mapping[str, Any]) -> str:
