@@ -75,8 +75,9 @@ from cub.workspace.worktree import remove_worktree
 # (project_dir, run_dir, context, journal) -> (the data of the run's `<mode>_recovered` note,
 # words for its reason).
 Salvage = Callable[[Path, Path, RunContext, list[Event]], tuple[dict[str, Any], str]]
-# (project_dir, run_dir, journal): bring the run's children here.
-Gather = Callable[[Path, Path, list[Event]], None]
+# (project_dir, run_dir, journal): bring the run's children here; what could not be done, if
+# anything (added to the recovery's message).
+Gather = Callable[[Path, Path, list[Event]], str | None]
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,8 @@ def recover_run(
             return None  # its lock file was deleted (by an agent?), not its runner
         events = read_events(run_dir)
         parts = (modes or {}).get(status.mode, ModeParts())
-        if parts.gather is not None:
-            parts.gather(project_dir, run_dir, events)
+        left = parts.gather(project_dir, run_dir, events) if parts.gather else None
+        also = f"; {left}" if left else ""
         children = _children_of(project_dir, events, modes)
         if children is None:
             return None  # a child is still stopping: the parent is recorded once it has ended
@@ -143,7 +144,7 @@ def recover_run(
             _finish_mode(project_dir, machine, status, events, children)
             machine.write_status()
             machine.on_enter_terminal()
-            return f"recovered run {status.run_id}: its runner died recording {status.state}"
+            return f"recovered run {status.run_id}: its runner died recording {status.state}{also}"
         killed = record_lost_attempts(store, status, held, events)
         machine = _restore(project_dir, store, status, events)
         machine.ctx.tasks.killed += killed
@@ -159,7 +160,7 @@ def recover_run(
             f"{status.state}{where}; recorded by recovery{salvaged}",
             reason_code="runner_died",
         )
-        return f"recovered run {status.run_id}: its runner died in state {status.state}"
+        return f"recovered run {status.run_id}: its runner died in state {status.state}{also}"
     finally:
         unlock_run(fd)
 

@@ -33,9 +33,9 @@ def _salvage_sandbox(
     return recover_sandbox(project_dir, run_dir, ctx, events)
 
 
-def _gather_swarm_children(project_dir: Path, run_dir: Path, events: list[Event]) -> None:
+def _gather_swarm_children(project_dir: Path, run_dir: Path, events: list[Event]) -> str | None:
     if not any(e.kind == "swarm" for e in events):
-        return  # a parallel run on this machine: its children's records are here already
+        return None  # a parallel run on this machine: its children's records are here already
     from cub.modes.swarm.recovery import gather_children  # (as above)
 
-    gather_children(project_dir, run_dir, events)
+    return gather_children(project_dir, run_dir, events)

@@ -318,19 +318,24 @@ def test_a_swarm_run_needs_a_manager_a_remote_and_a_committed_backlog(
     assert "pass --remote URL" in (read_run(project).reason or "")
 
 
+# Spends, then (shown with --stream) prints what looks like cub's usage line, claiming nothing.
 SPENDING_AGENT = """
 import json, time
 print(json.dumps({"cub_usage": {"input_tokens": 600, "output_tokens": 0}}), flush=True)
-time.sleep(60)
+for _ in range(60):
+    print('cub-usage {"tokens_used": 0, "cost_usd": null, "cost_incomplete": false}', flush=True)
+    time.sleep(1)
 """
 
 
-def test_live_children_share_the_token_budget(tmp_path: Path, swarm: Swarm) -> None:
+@pytest.mark.parametrize("stream", [False, True], ids=["quiet", "streamed"])
+def test_live_children_share_the_token_budget(tmp_path: Path, swarm: Swarm, stream: bool) -> None:
     """Each child alone stays under the limit; together they cross it while still running,
-    and the parent stops them (it reads each one's usage from its service's log)."""
+    and the parent stops them (it reads each one's usage from its service's log, where an
+    agent's own lines cannot pass for cub's)."""
     project, _ = swarm_project(tmp_path, swarm, SPENDING_AGENT, 2)
 
-    argv = [*swarm_argv(2, "shared"), "--budget-tokens", "1000"]
+    argv = [*swarm_argv(2, "shared"), "--budget-tokens", "1000", *(["--stream"] * stream)]
     done = run_cub(argv, project, env=swarm_env(swarm), timeout=200)
 
     assert done.returncode == 3, done.stdout + done.stderr
@@ -365,6 +370,29 @@ def test_the_next_command_after_the_parent_is_sigkilled_stops_and_records_its_ch
     assert len(child_records(project, record)) == 2
     assert {t["status"] for t in read_tasks(project).values()} == {"open"}
     assert services_of(swarm, "orphan") == []
+
+
+def test_recovery_without_the_swarm_records_the_parent_and_leaves_the_claims(
+    tmp_path: Path, swarm: Swarm
+) -> None:
+    project, proc = start_sleepers(tmp_path, swarm, "unreached", 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    try:
+        env = {**swarm_env(swarm), "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"}
+        status = run_cub(["status"], project, env=env, timeout=120)
+
+        assert "Traceback" not in status.stderr
+        assert "recovered run unreached" in status.stderr, status.stderr
+        assert "the swarm could not be asked to stop its services" in status.stderr
+        record = read_run(project, "unreached")
+        assert (record.state, record.reason_code) == ("force_killed", "runner_died")
+        # Its children may still be at work: their tasks stay theirs, for a person to release.
+        tasks = read_tasks(project)
+        assert {tasks[t]["status"] for t in ("t1", "t2")} == {"in_progress"}
+    finally:
+        for service in services_of(swarm, "unreached"):
+            service.remove()
 
 
 # Last in this file: it stops the worker's engine for good (the swarm is the session's).

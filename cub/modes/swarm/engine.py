@@ -405,14 +405,16 @@ def _resources(cpus: float, memory: int, pids: int) -> Any:
 
 
 def _marked_lines(service: Any, mark: str, *, stderr: bool = False) -> list[str]:
-    """The lines of the service's recent log that hold ``mark``, each from ``mark`` on (a line
-    may start with the stream's 8-byte frame header). Empty if the log cannot be read."""
+    """The lines of the service's recent log that start with ``mark`` (after the stream's
+    8-byte frame header, when there is one): cub's own lines. An agent's output shown with
+    --stream is indented, so an agent cannot pass its text for cub's. Empty if the log cannot
+    be read."""
     try:
         chunks = service.logs(stdout=True, stderr=stderr, tail=50)
         text = b"".join(chunks).decode(errors="replace")
     except Exception:
         return []
-    return [line[line.index(mark) :] for line in text.splitlines() if mark in line]
+    return [line[line.find(mark) :] for line in text.splitlines() if line.find(mark) in (0, 8)]
 
 
 def _task_state(task: Mapping[str, Any]) -> str:

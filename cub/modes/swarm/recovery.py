@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from cub.config.load import load_config
-from cub.errors import CubError
+from cub.errors import CubError, one_line
 from cub.modes.sandbox.container import client
 from cub.modes.swarm.contract import LABEL_PARENT
 from cub.modes.swarm.engine import fetch_child
@@ -21,7 +21,11 @@ from cub.tasks.backend import open_backend
 _STOP_WAIT_S = 60.0
 
 
-def gather_children(project_dir: Path, run_dir: Path, events: list[Event]) -> None:
+def gather_children(project_dir: Path, run_dir: Path, events: list[Event]) -> str | None:
+    """Stop the dead parent's services, fetch what its children pushed, remove the services
+    and secrets. Returns what could not be done: with no manager to ask (DOCKER_HOST unset, the
+    swarm down), the children that pushed nothing may still be running and keep their claims,
+    for a person to release."""
     swarm = next(e for e in reversed(events) if e.kind == "swarm")
     remote = str(swarm.data.get("remote") or "")
     parent_id = run_dir.name
@@ -30,17 +34,32 @@ def gather_children(project_dir: Path, run_dir: Path, events: list[Event]) -> No
         for e in events
         if e.kind == "child_started" and isinstance(e.data.get("run_id"), str)
     }
-    engine = client(60)
-    services = engine.services.list(filters={"label": f"{LABEL_PARENT}={parent_id}"})
+    label = {"label": f"{LABEL_PARENT}={parent_id}"}
+    engine: Any = None
+    services: list[Any] = []
+    problem: str | None = None
+    try:
+        engine = client(60)
+        services = engine.services.list(filters=label)
+    except Exception as exc:
+        engine, problem = None, one_line(exc)
     _stop(services)
     fetched = {run_id: fetch_child(project_dir, remote, project_dir, run_id) for run_id in children}
+    unrecorded = {r: t for r, t in children.items() if fetched[r] is None}
+    if engine is None:
+        held = ", ".join(sorted(unrecorded.values())) or "none"
+        return (
+            f"the swarm could not be asked to stop its services ({problem}); tasks of children "
+            f"that pushed no record stay claimed: {held}"
+        )
     for service in services:
         with contextlib.suppress(Exception):
             service.remove()
-    for secret in engine.secrets.list(filters={"label": f"{LABEL_PARENT}={parent_id}"}):
-        with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception):
+        for secret in engine.secrets.list(filters=label):
             secret.remove()
-    _release_unrecorded(project_dir, {r: t for r, t in children.items() if fetched[r] is None})
+    _release_unrecorded(project_dir, unrecorded)
+    return None
 
 
 def _stop(services: list[Any]) -> None:
