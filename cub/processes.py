@@ -3,7 +3,7 @@ that tree, and cub as a child subreaper.
 
 How the tree is found, and why three ways:
 
-* **Parent links**: every ~100 ms (and on each ``read_lines``) /proc is scanned and every
+* **Parent links**: every ~100 ms (and on each ``read_output``) /proc is scanned and every
   descendant of a known member is added to the known set. Members are remembered by
   (pid, start time), the same identity psutil uses, so a reused pid is never signalled.
 * **Session / process group**: the agent leads its own session, so anything still in that

@@ -44,9 +44,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cub.agents.harness import Invocation, ProgramHarness, StreamState
+from cub.agents.harness import EventParser, Invocation, ProgramHarness, StreamState
 from cub.agents.pricing import cost_of, price_for
-from cub.agents.stream import count, decode_event, mapping, number, string
+from cub.agents.stream import count, mapping, number, string
 
 if TYPE_CHECKING:
     from cub.config.schema import ModelPrice
@@ -110,7 +110,7 @@ def _busiest_model(model_usage: Mapping[str, Any]) -> str | None:
     return next((m for m in (model_name(k) for k, _ in ranked) if m), None)
 
 
-class ClaudeParser:
+class ClaudeParser(EventParser):
     def __init__(
         self, *, model: str | None = None, prices: Mapping[str, ModelPrice] | None = None
     ) -> None:
@@ -121,11 +121,7 @@ class ClaudeParser:
         self._final = False  # the result's totals are in; later usage is ignored
         self._error_code: str | None = None
 
-    def feed(self, line: str) -> bool:
-        event = decode_event(line)
-        if event is None:
-            self._plain(line)
-            return False
+    def event(self, event: dict[str, Any]) -> bool:
         kind = string(event.get("type"))
         if kind == "assistant":
             return self._assistant(event)
@@ -137,9 +133,9 @@ class ClaudeParser:
 
     # -------------------------------------------------------------------------- events
 
-    def _plain(self, line: str) -> None:
-        self.state.scan_signals(line)
-        if ROOT_REFUSAL in line:
+    def plain(self, text: str) -> None:
+        self.state.scan_lines(text)
+        if ROOT_REFUSAL in text:
             self.state.is_error = True
             self.state.error_message = ROOT_HINT
 

@@ -53,9 +53,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cub.agents.harness import Invocation, ProgramHarness, StreamState, combined
+from cub.agents.harness import EventParser, Invocation, ProgramHarness, StreamState, combined
 from cub.agents.pricing import cost_of, price_for
-from cub.agents.stream import count, decode_event, estimate_tokens, mapping, string
+from cub.agents.stream import count, estimate_tokens, mapping, string
 
 if TYPE_CHECKING:
     from cub.config.schema import ModelPrice
@@ -72,7 +72,7 @@ _WRITTEN = {
 _READ_BACK = {"command_execution": ("aggregated_output",), "mcp_tool_call": ("result",)}
 
 
-class CodexParser:
+class CodexParser(EventParser):
     def __init__(self, *, price: ModelPrice | None = None, prompt_chars: int = 0) -> None:
         self.state = StreamState()
         self._price = price
@@ -85,11 +85,7 @@ class CodexParser:
         usage.estimated = True
         self._set_cost()
 
-    def feed(self, line: str) -> bool:
-        event = decode_event(line)
-        if event is None:
-            self.state.scan_signals(line)
-            return False
+    def event(self, event: dict[str, Any]) -> bool:
         kind = string(event.get("type"))
         if kind == "turn.completed":
             # `codex exec` runs one turn; once it completed, the output is over.

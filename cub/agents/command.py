@@ -43,13 +43,27 @@ def reported_usage(line: str) -> Usage | None:
 
 
 class CommandParser:
+    """Any program's output: only its signals, and the lines that report usage, matter (found
+    in the whole text first, so plain output is never split into lines)."""
+
     def __init__(self) -> None:
         self.state = StreamState()
 
-    def feed(self, line: str) -> bool:
-        self.state.scan_signals(line)
-        if '"cub_usage"' not in line:
+    def feed_text(self, text: str) -> bool:
+        self.state.scan_lines(text)
+        if "{" not in text or '"cub_usage"' not in text:  # the first is one memchr
             return False
+        changed = False
+        for line in text.split("\n"):
+            if '"cub_usage"' in line:
+                changed = self._add(line) or changed
+        return changed
+
+    def feed(self, line: str) -> bool:
+        """Take one line (without its newline)."""
+        return self.feed_text(line + "\n")
+
+    def _add(self, line: str) -> bool:
         reported = reported_usage(line)
         if reported is None:
             return False

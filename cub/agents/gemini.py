@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cub.agents.harness import Invocation, ProgramHarness, StreamState, combined
+from cub.agents.harness import Invocation, LineParser, ProgramHarness, StreamState, combined
 from cub.agents.pricing import cost_of, price_for
 from cub.agents.stream import count, decode_event, estimate_tokens, mapping, positional, string
 from cub.records.schemas import Usage
@@ -113,7 +113,7 @@ def _model_usage(stats: Mapping[str, Any]) -> Usage:
     return Usage(input_tokens=uncached, output_tokens=output, cache_read_tokens=cached)
 
 
-class GeminiParser:
+class GeminiParser(LineParser):
     def __init__(
         self,
         *,

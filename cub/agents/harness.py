@@ -11,8 +11,9 @@ import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from cub.agents.stream import decode_event, event_lines
 from cub.records.schemas import Usage
 
 if TYPE_CHECKING:
@@ -53,22 +54,89 @@ class StreamState:
     promise_complete: bool = False
     model: str | None = None  # the model the agent says it used, when its output names it
 
-    def scan_signals(self, line: str) -> None:
-        """The `<stuck>` and `<promise>` signals, whatever the adapter's format."""
-        if "<stuck>" in line and self.stuck_reason is None:
-            match = STUCK.search(line)
+    def scan_signals(self, text: str) -> None:
+        """The `<stuck>` and `<promise>` signals in one piece of the agent's text (a message,
+        a line), whatever the adapter's format: a `<stuck>` reason may span its lines."""
+        if "<stuck>" in text and self.stuck_reason is None:
+            match = STUCK.search(text)
             if match and match.group(1).strip() not in _PLACEHOLDER_REASONS:
                 self.stuck_reason = match.group(1).strip()
-        if PROMISE_COMPLETE in line:
+        if PROMISE_COMPLETE in text:
+            self.promise_complete = True
+
+    def scan_lines(self, text: str) -> None:
+        """``scan_signals`` for each line of ``text`` (plain output, whole lines): a `<stuck>`
+        on one line and its end on another is no signal. Only the lines that hold a tag are
+        looked at one by one."""
+        if "<" not in text:  # one memchr: most output holds neither tag
+            return
+        if "<stuck>" in text and self.stuck_reason is None:
+            for line in text.split("\n"):
+                if "<stuck>" in line:
+                    self.scan_signals(line)
+        if PROMISE_COMPLETE in text:
             self.promise_complete = True
 
 
 class OutputParser(Protocol):
     state: StreamState
 
-    def feed(self, line: str) -> bool:
-        """Take one output line; return True when it changed the usage totals."""
+    def feed_text(self, text: str) -> bool:
+        """Take whole output lines (each ending in "\n"); return True when they changed the
+        usage totals."""
         ...
+
+
+class EventParser:
+    """A parser for agents that print one JSON event per line, with plain text between (their
+    warnings, a tool's output on the merged stderr). Events go to ``event`` in order; the
+    plain lines, many at a time and never split unless they hold a signal, to ``plain``."""
+
+    state: StreamState
+
+    def event(self, event: dict[str, Any]) -> bool:
+        """Take one event; return True when it changed the usage totals."""
+        raise NotImplementedError
+
+    def plain(self, text: str) -> None:
+        """Take whole lines of plain output."""
+        self.state.scan_lines(text)
+
+    def feed_text(self, text: str) -> bool:
+        if "{" not in text:  # one memchr: plain output only, no line to look at on its own
+            self.plain(text)
+            return False
+        changed = False
+        for plain, line in event_lines(text):
+            if plain:
+                self.plain(plain)
+            if line is None:
+                continue
+            event = decode_event(line)
+            if event is None:  # a "{" that is not JSON: plain text after all
+                self.plain(line + "\n")
+            else:
+                changed = self.event(event) or changed
+        return changed
+
+    def feed(self, line: str) -> bool:
+        """Take one line (without its newline)."""
+        return self.feed_text(line + "\n")
+
+
+class LineParser:
+    """A parser that reads its agent's output one line at a time (``feed``)."""
+
+    state: StreamState
+
+    def feed(self, line: str) -> bool:
+        raise NotImplementedError
+
+    def feed_text(self, text: str) -> bool:
+        changed = False
+        for line in text.split("\n")[:-1]:
+            changed = self.feed(line) or changed
+        return changed
 
 
 class Harness(Protocol):

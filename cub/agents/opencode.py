@@ -25,25 +25,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cub.agents.harness import Invocation, ProgramHarness, StreamState, combined
+from cub.agents.harness import EventParser, Invocation, ProgramHarness, StreamState, combined
 from cub.agents.pricing import cost_of, price_for
-from cub.agents.stream import count, decode_event, mapping, number, string
+from cub.agents.stream import count, mapping, number, string
 
 if TYPE_CHECKING:
     from cub.config.schema import ModelPrice
 
 
-class OpenCodeParser:
+class OpenCodeParser(EventParser):
     def __init__(self, *, price: ModelPrice | None = None) -> None:
         self.state = StreamState()
         self._price = price
         self._reported_cost: float | None = None
 
-    def feed(self, line: str) -> bool:
-        event = decode_event(line)
-        if event is None:
-            self.state.scan_signals(line)
-            return False
+    def event(self, event: dict[str, Any]) -> bool:
         kind = string(event.get("type"))
         part = mapping(event.get("part"))
         if kind == "step_finish":

@@ -4,6 +4,7 @@ redacted, queued for the caller, and streamed to harness.log under its cap."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import select
@@ -11,12 +12,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import IO
+from typing import IO, Protocol, runtime_checkable
 
 logger = logging.getLogger("cub.agents")
 
 READ_POLL_MS = 200  # the reader wakes at least this often to flush partial lines
-READ_SIZE = 65536
+# The pipe is widened to this (Linux's default most may ask for) and read as much at a time: a
+# sixteenth of the wake-ups and reads of the default 64 KiB for an agent printing fast.
+PIPE_SIZE = 1 << 20
+READ_SIZE = PIPE_SIZE
 PARTIAL_LINE_AFTER = 1.0  # a line without newline reaches the log after this long
 MAX_LINE_BYTES = 1 << 20  # longer "lines" are cut so memory and redaction stay bounded
 # A reader waiting for lines wakes this often: the end can come without a notification (the
@@ -45,8 +49,35 @@ def _decode(data: bytes | bytearray) -> str:
     return bytes(data).decode("utf-8", "replace")
 
 
+@runtime_checkable
+class LinesRedactor(Protocol):
+    """A redactor that also takes many whole lines at once (`cub.records.redact.Redactor`)."""
+
+    def __call__(self, text: str) -> str: ...
+    def lines(self, data: bytes) -> str: ...
+
+
+def _line_by_line(redact: Callable[[str], str]) -> Callable[[bytes], str]:
+    """``LinesRedactor.lines`` for a redactor that takes one line at a time."""
+
+    def lines(data: bytes) -> str:
+        out = []
+        for line in _decode(data).split("\n")[:-1]:
+            cr = "\r" if line.endswith("\r") else ""
+            out.append(redact(line[: len(line) - len(cr)]) + cr + "\n")
+        return "".join(out)
+
+    return lines
+
+
 class LineAssembler:
-    """Turns output chunks into redacted lines for the caller and redacted text for the log.
+    """Turns output chunks into redacted text: whole lines for the caller, and for the log.
+
+    The complete lines of a chunk are redacted together (``LinesRedactor.lines``: each line as
+    if on its own) and handed on as one text, never split here: splitting 10 million lines
+    costs seconds, and most callers only need to look for a few words in them. The caller's
+    text ends every line with "\n" (a CRLF line loses its "\r"); the log's keeps each line's
+    own ending.
 
     Redaction works on whole lines, so a secret split across reads is still masked: the log is
     written per complete line. A line that stays incomplete for ``partial_after`` seconds (a
@@ -62,7 +93,9 @@ class LineAssembler:
     """
 
     def __init__(self, redact: Callable[[str], str], partial_after: float) -> None:
-        self._redact = redact
+        self._redact_lines = (
+            redact.lines if isinstance(redact, LinesRedactor) else _line_by_line(redact)
+        )
         self._partial_after = partial_after
         self._buf = bytearray()  # the current incomplete line
         self._logged = 0  # bytes of _buf already written to the log...
@@ -70,20 +103,32 @@ class LineAssembler:
         self._pending_since: float | None = None
         self._last_data = 0.0
 
-    def feed(self, chunk: bytes, now: float) -> tuple[list[str], str]:
+    def feed(self, chunk: bytes, now: float) -> tuple[str, str]:
+        """(the complete lines for the caller, the text for the log)."""
         self._last_data = now
         lines: list[str] = []
         log: list[str] = []
-        *complete, rest = chunk.split(b"\n")
-        for part in complete:
-            self._buf += part
+        end = chunk.rfind(b"\n") + 1
+        start = 0
+        if end and self._logged:  # the first line ends one already partly in the log
+            start = chunk.index(b"\n") + 1
+            self._buf += chunk[: start - 1]
             self._end_line(lines, log, terminator="\n")
-        self._buf += rest
+        if start < end:
+            # The line begun in an earlier chunk, if any, is redacted with the rest: one text,
+            # so nothing megabytes long is copied again to join pieces.
+            data = bytes(self._buf) + chunk[start:end] if self._buf else chunk[start:end]
+            self._buf.clear()
+            self._pending_since = None
+            text = self._redact_lines(data)
+            log.append(text)
+            lines.append(text.replace("\r\n", "\n") if "\r" in text else text)
+        self._buf += chunk[end:]
         if len(self._buf) >= MAX_LINE_BYTES:
             self._end_line(lines, log, terminator="\n")
         if self._buf and self._pending_since is None:
             self._pending_since = now
-        return lines, "".join(log)
+        return "".join(lines), "".join(log)
 
     def tick(self, now: float) -> str:
         """Log text for a partial line that has waited long enough ("" if none)."""
@@ -95,28 +140,32 @@ class LineAssembler:
             cut = max(self._buf.rfind(b" "), self._buf.rfind(b"\t"), self._buf.rfind(b"\r")) + 1
         if cut <= self._logged:
             return ""
-        text = self._redact(_decode(self._buf[:cut]))
+        text = self._redact_one(self._buf[:cut])
         piece = self._continuation(text)
         self._logged, self._written, self._pending_since = cut, text, now
         return piece
 
-    def finish(self) -> tuple[list[str], str]:
+    def finish(self) -> tuple[str, str]:
         """At end of output: the final line without newline, if any, and its log text."""
         lines: list[str] = []
         log: list[str] = []
         if self._buf:
             self._end_line(lines, log, terminator="")
-        return lines, "".join(log)
+        return "".join(lines), "".join(log)
 
     def _end_line(self, lines: list[str], log: list[str], terminator: str) -> None:
-        text = _decode(self._buf)
-        if text.endswith("\r"):  # a CRLF line: the caller gets it without its line ending
-            text, terminator = text[:-1], "\r" + terminator
-        line = self._redact(text)
-        lines.append(line)
+        line = self._redact_one(self._buf)
+        if line.endswith("\r"):  # a CRLF line: the caller gets it without its line ending
+            line, terminator = line[:-1], "\r" + terminator
+        lines.append(line + "\n")
         log.append(self._continuation(line + terminator))
         self._buf.clear()
         self._logged, self._written, self._pending_since = 0, "", None
+
+    def _redact_one(self, line: bytes | bytearray) -> str:
+        """One line (without its newline; a last "\r" is kept apart) decoded and redacted, as
+        fast as a chunk of lines: it may be megabytes long."""
+        return self._redact_lines(bytes(line) + b"\n")[:-1]
 
     def _continuation(self, redacted: str) -> str:
         if redacted.startswith(self._written):
@@ -200,8 +249,8 @@ class HarnessLog:
 
 class AgentOutput:
     """The agent's merged stdout and stderr. ``drain`` (a thread's target) reads the pipe until
-    it closes; complete lines wait in a bounded queue for the caller (`QUEUE_MAX_CHARS`), and
-    everything goes to the log.
+    it closes; complete lines wait in a bounded queue for the caller (`QUEUE_MAX_CHARS`), a
+    read's worth at a time, and everything goes to the log.
 
     Once the agent is being stopped (``stop_waiting``) the reader no longer waits for the
     caller, who is busy stopping it: an agent must never be kept from exiting by a full pipe.
@@ -218,13 +267,15 @@ class AgentOutput:
         stopping: threading.Event,
     ) -> None:
         self.pipe = pipe
+        with contextlib.suppress(OSError, ValueError):  # not a pipe, or over the limit: keep it
+            fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self.log = log
         self._pid = pid
         self._stopping = stopping  # set once the tree is dead and cub is closing
         self._assembler = LineAssembler(redact, PARTIAL_LINE_AFTER)
         self._cond = threading.Condition()
-        self._lines: deque[str] = deque()
-        self._queued = 0  # characters in _lines
+        self._texts: deque[str] = deque()  # each: whole lines, each ending in "\n"
+        self._queued = 0  # characters in _texts
         self.peak_queued = 0
         self.lines_dropped = 0
         self._waiting_allowed = True
@@ -232,19 +283,19 @@ class AgentOutput:
         self.reader_waiting = False  # the reader is idle, waiting for the pipe
         self.last_output_at = time.monotonic()
 
-    def wait_for_lines(self, timeout: float, finished: Callable[[], bool]) -> list[str]:
-        """Complete lines that have arrived; waits up to ``timeout`` for one, or for the end
-        (the output closed, or ``finished()``)."""
+    def wait_for_output(self, timeout: float, finished: Callable[[], bool]) -> str:
+        """The complete lines that have arrived, as one text (each line ending in "\n"); waits
+        up to ``timeout`` for one, or for the end (the output closed, or ``finished()``)."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
-            while not self._lines:
+            while not self._texts:
                 remaining = deadline - time.monotonic()
                 if self.closed or remaining <= 0 or finished():
-                    return []
+                    return ""
                 self._cond.wait(min(remaining, RECHECK_INTERVAL))
             return self._take()
 
-    def remaining_lines(self, timeout: float) -> list[str]:
+    def remaining_output(self, timeout: float) -> str:
         """Every line not taken yet, waiting up to ``timeout`` for the output to end."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
@@ -277,13 +328,13 @@ class AgentOutput:
             self._waiting_allowed = False
             self._cond.notify_all()
 
-    def _take(self) -> list[str]:
+    def _take(self) -> str:
         """Everything queued (the caller holds the condition); the reader may go on."""
-        lines = list(self._lines)
-        self._lines.clear()
+        text = "".join(self._texts)
+        self._texts.clear()
         self._queued = 0
         self._cond.notify_all()
-        return lines
+        return text
 
     def _read_until_closed(self, fd: int) -> None:
         poller = select.poll()
@@ -306,24 +357,25 @@ class AgentOutput:
                 stop_seen = now if stop_seen is None else stop_seen
                 if not ready or now - stop_seen > 1.0:
                     break
-            self._emit([], self._assembler.tick(now))
+            self._emit("", self._assembler.tick(now))
         self._emit(*self._assembler.finish())
 
-    def _emit(self, lines: list[str], log_text: str) -> None:
+    def _emit(self, lines: str, log_text: str) -> None:
         if log_text:
             self.log.write(log_text)
         if not lines:
             return
-        size = sum(len(line) for line in lines)
+        size = len(lines)
         with self._cond:
             # A batch larger than the whole bound still goes through into an empty queue.
             while self._queued and self._queued + size > QUEUE_MAX_CHARS and self._may_wait():
                 self._cond.wait(RECHECK_INTERVAL)
-            self._lines.extend(lines)
+            self._texts.append(lines)
             self._queued += size
-            while not self._may_wait() and self._queued > QUEUE_MAX_CHARS and self._lines:
-                self._queued -= len(self._lines.popleft())
-                self.lines_dropped += 1
+            while not self._may_wait() and self._queued > QUEUE_MAX_CHARS and self._texts:
+                dropped = self._texts.popleft()
+                self._queued -= len(dropped)
+                self.lines_dropped += dropped.count("\n")
             self.peak_queued = max(self.peak_queued, self._queued)
             self._cond.notify_all()
 

@@ -9,12 +9,29 @@ lines over 1 MiB), JSON of the wrong shape. ``decode_event`` and the ``count``/`
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import msgspec
 
 _decode_any = msgspec.json.Decoder().decode
+# A line that may hold a JSON event: "{" after nothing but whitespace. Searched for after a
+# newline (a literal first character is found by a fast scan, "^" would be tried everywhere).
+_EVENT_LINE = re.compile(r"\n[^\S\n]*\{[^\n]*")
+
+
+def event_lines(text: str) -> Iterator[tuple[str, str | None]]:
+    """``text`` (whole lines, each ending in "\n") in order, as (plain text, the event line
+    after it) pairs: the plain text is whole lines with no "{" at their start ("" if none), the
+    event line one such line without its newline (None after the last plain text)."""
+    pos = 0
+    for match in _EVENT_LINE.finditer("\n" + text):
+        start, end = match.start(), match.end() - 1  # in text: the "\n" before is not there
+        yield text[pos:start], text[start:end]
+        pos = end + 1
+    if pos < len(text):
+        yield text[pos:], None
 
 
 def decode_event(line: str) -> dict[str, Any] | None:

@@ -79,11 +79,11 @@ class AgentProcess:
 
         with AgentProcess.start(request) as agent:
             while not agent.finished():
-                for line in agent.read_lines(timeout=0.5):
-                    ...
-            lines = agent.read_lines(0)  # whatever arrived with the end of output
+                text = agent.read_output(timeout=0.5)  # whole lines, each ending in "\n"
+                ...
+            text = agent.read_output(0)  # whatever arrived with the end of output
 
-    Lines already queued stay readable after ``finished()`` and after ``close()``.
+    Output already queued stays readable after ``finished()`` and after ``close()``.
     """
 
     pid: int
@@ -175,13 +175,18 @@ class AgentProcess:
     def returncode(self) -> int | None:
         return self._poll_exit()
 
-    def read_lines(self, timeout: float) -> list[str]:
-        """Complete lines that have arrived; waits up to ``timeout`` for one (or for the end)."""
+    def read_output(self, timeout: float) -> str:
+        """The complete lines that have arrived, as one text (each line ending in "\n"); waits
+        up to ``timeout`` for one (or for the end)."""
         if time.monotonic() - self.started_at >= _SAMPLE_INTERVAL / 2:
             # Not at once: an agent done within the first moments (a short command) then
             # costs one /proc sweep, the full one at close.
             self._refresh_if_stale()
-        return self._output.wait_for_lines(timeout, self.finished)
+        return self._output.wait_for_output(timeout, self.finished)
+
+    def read_lines(self, timeout: float) -> list[str]:
+        """``read_output`` as a list of lines, without their newlines."""
+        return self.read_output(timeout).split("\n")[:-1]
 
     def finished(self) -> bool:
         """The agent exited and its output is drained (or can no longer be waited for)."""
@@ -237,11 +242,11 @@ class AgentProcess:
             ignored_after=ignored_after,
         )
 
-    def remaining_lines(self, timeout: float) -> list[str]:
-        """Every line not read yet, waiting up to ``timeout`` for the output to end: what an
-        agent printed while it was being stopped (its final usage, a last commit) still
-        counts."""
-        return self._output.remaining_lines(timeout)
+    def remaining_output(self, timeout: float) -> str:
+        """Every line not read yet (as ``read_output``), waiting up to ``timeout`` for the
+        output to end: what an agent printed while it was being stopped (its final usage, a
+        last commit) still counts."""
+        return self._output.remaining_output(timeout)
 
     @property
     def root_reaped(self) -> bool:

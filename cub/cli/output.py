@@ -89,14 +89,16 @@ class ConsoleObserver:
         parts = [part for part in (how, said[:160]) if part]
         return f" ({parts[0]})" + (f": {parts[1]}" if len(parts) > 1 else "") if parts else ""
 
-    def agent_output(self, line: str) -> None:
-        if line.strip():
-            self._last_output = line.strip()
+    def agent_output(self, text: str) -> None:
+        last = _last_line_shown(text)
+        if last:
+            self._last_output = last
         # Asked for explicitly, so shown even when progress lines are not (--json); the CLI
         # turns it off for --quiet.
         if self.stream:
             self._clear_status()
-            write_quietly(self.out, f"  │ {agent_line_safe(line)}\n")
+            lines = text.split("\n")[:-1]
+            write_quietly(self.out, "".join(f"  │ {agent_line_safe(line)}\n" for line in lines))
 
     def journaled(self, line: str) -> None:
         if self.verbose:
@@ -116,6 +118,15 @@ class ConsoleObserver:
         )
         write_quietly(self.out, "\r\x1b[2K" + text[: width - 1])
         self._status_shown = True
+
+
+def _last_line_shown(text: str) -> str:
+    """The last line of ``text`` with something on it, stripped ("" if none); only the end of
+    the text is looked at (it may be megabytes of output)."""
+    end = len(text)
+    while end and text[end - 1].isspace():
+        end -= 1
+    return text[text.rfind("\n", 0, end) + 1 : end].strip()
 
 
 def _task_row(task: Task) -> dict[str, object]:
@@ -201,21 +212,23 @@ def _print_plan(plan: Plan, out: TextIO) -> None:
     """The tasks in the order the run takes them, each ready now or after the ones it waits
     for; then what the run would not take, and why."""
     width = min(max((len(step.task.id) for step in plan.steps), default=0), 24)
+    lines = []  # written at once: a plan can be 10,000 lines
     for number, step in enumerate(plan.steps, start=1):
         task = step.task
         labels = f"  [{', '.join(task.labels)}]" if task.labels else ""
         when = "ready" if step.ready_now else f"after {', '.join(step.after)}"
         line = f"{number:>3}. P{task.priority}  {task.id:<{width}}  {task.title}{labels}  — {when}"
-        print(terminal_safe(line), file=out)
+        lines.append(terminal_safe(line))
     if plan.waiting:
-        print("not in this run:", file=out)
-        for waiting in plan.waiting:
-            print(
-                terminal_safe(f"     {waiting.task.id}  {waiting.task.title}  — {waiting.why}"),
-                file=out,
-            )
+        lines.append("not in this run:")
+        lines += [
+            terminal_safe(f"     {waiting.task.id}  {waiting.task.title}  — {waiting.why}")
+            for waiting in plan.waiting
+        ]
     if plan.filtered_out:
-        print(f"({plan.filtered_out} open task(s) outside --epic/--label)", file=out)
+        lines.append(f"({plan.filtered_out} open task(s) outside --epic/--label)")
+    if lines:
+        out.write("\n".join(lines) + "\n")
 
 
 # Endings after which running `cub run` again picks up where this run stopped.

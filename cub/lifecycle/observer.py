@@ -13,7 +13,8 @@ class RunObserver(Protocol):
     def message(self, text: str) -> None: ...
     def task_started(self, task: Task, attempt: int) -> None: ...
     def task_finished(self, attempt: TaskAttempt) -> None: ...
-    def agent_output(self, line: str) -> None: ...
+    # Whole lines of the agent's output, each ending in a newline, as they arrive.
+    def agent_output(self, text: str) -> None: ...
     def journaled(self, line: str) -> None: ...  # a line just appended to events.jsonl
     def progress(
         self, task_id: str, attempt: int, elapsed: float, tokens: int, cost: float | None
@@ -30,7 +31,7 @@ class SilentObserver:
     def task_finished(self, attempt: TaskAttempt) -> None:
         pass
 
-    def agent_output(self, line: str) -> None:
+    def agent_output(self, text: str) -> None:
         pass
 
     def journaled(self, line: str) -> None:

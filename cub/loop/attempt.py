@@ -174,7 +174,7 @@ def run_attempt(
         if not recorded:
             usage = Usage()
             if watch is not None:
-                _take_output(run, watch, settings, agent.remaining_lines(0))
+                _take_output(run, watch, settings, agent.remaining_output(0))
                 _journal_signals(run, watch)
                 _journal_log_cut(run, watch, settings)
                 _account(run, watch, settings)
@@ -207,7 +207,7 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
         if time.monotonic() - watch.status_written_at > _STATUS_EVERY_S:
             watch.status_written_at = time.monotonic()
             run.machine.write_status()
-        _take_output(run, watch, settings, agent.read_lines(_POLL_S))
+        _take_output(run, watch, settings, agent.read_output(_POLL_S))
         now = time.monotonic()
         if state.result_seen and agent.returncode is None:
             # The agent reported its result; give it a moment to exit on its own.
@@ -241,7 +241,7 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
                 current.id, current.attempt, now - agent.started_at, use.tokens_used, use.cost_usd
             )
     # The agent is gone; what it printed last still counts (its usage, a <stuck> signal).
-    _take_output(run, watch, settings, agent.read_lines(0))
+    _take_output(run, watch, settings, agent.read_output(0))
     return None, None
 
 
@@ -253,7 +253,7 @@ def _stop(run: Run, watch: _Watch, settings: LoopSettings, first: int, grace: fl
     leader_first = watch.harness.stop_leader_first and first == watch.harness.stop_signal
     agent.stop(first, grace=grace, leader_first=leader_first)
     _journal_signals(run, watch)
-    _take_output(run, watch, settings, agent.remaining_lines(_DRAIN_AFTER_STOP_S))
+    _take_output(run, watch, settings, agent.remaining_output(_DRAIN_AFTER_STOP_S))
 
 
 def _journal_signals(run: Run, watch: _Watch) -> None:
@@ -295,11 +295,13 @@ def _note_model(run: Run, reported: str | None) -> None:
         run.ctx.harness = msgspec.structs.replace(harness, model=reported)
 
 
-def _take_output(run: Run, watch: _Watch, settings: LoopSettings, lines: list[str]) -> None:
-    for line in lines:
-        run.observer.agent_output(line)
-        if watch.parser.feed(line):
-            _account(run, watch, settings)
+def _take_output(run: Run, watch: _Watch, settings: LoopSettings, text: str) -> None:
+    """Whole lines of the agent's output (each ending in a newline), as they arrived."""
+    if not text:
+        return
+    run.observer.agent_output(text)
+    if watch.parser.feed_text(text):
+        _account(run, watch, settings)
 
 
 def _on_interrupt(run: Run, watch: _Watch, settings: LoopSettings) -> bool:

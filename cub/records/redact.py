@@ -15,6 +15,8 @@ keep their patterns inside detector classes that cannot be joined into the one r
 
 from __future__ import annotations
 
+import functools
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -22,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 
 _Value = TypeVar("_Value")
+logger = logging.getLogger("cub.records")
 
 
 class RedactionSettings(Protocol):
@@ -33,6 +36,10 @@ class RedactionSettings(Protocol):
     def use_defaults(self) -> bool: ...
 
 
+# The guard `_word_start` writes after a prefix.
+_WORD_START_GUARD = re.compile(r"\(\?<!\[A-Za-z0-9_\\-\][^()]*\)")
+
+
 def _word_start(prefix: str) -> str:
     """``prefix`` only where it does not continue a longer word (``task-…`` is not ``sk-…``).
 
@@ -41,6 +48,9 @@ def _word_start(prefix: str) -> str:
     escaped = re.escape(prefix)
     return rf"{escaped}(?<![A-Za-z0-9_\-]{escaped})"
 
+
+# The rest of a PEM block after its BEGIN line (see the PEM patterns below).
+_PEM_REST_OF_BLOCK = r"(?:(?:[^-]|-(?!----))*+-----END[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----)?"
 
 # Every default starts with a literal character (not a class, group, flag or anchor) and has no
 # `|` outside a group: that lets them be joined grouped by first character, so the regex is only
@@ -86,8 +96,7 @@ DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
     # stream, one line at a time), the BEGIN line, and the END line on its own. The body stops
     # at the next "-----" and never backtracks (possessive), so a text full of BEGIN lines
     # without END costs one pass, not one pass per BEGIN.
-    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----"
-    r"(?:(?:[^-]|-(?!----))*+-----END[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----)?",
+    r"-----BEGIN[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----" + _PEM_REST_OF_BLOCK,
     r"-----END[A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----",
     # HTTP bearer credentials (RFC 6750 token characters), "Bearer" in any case.
     r"B(?i:earer)[ \t]+[A-Za-z0-9._~+/\-]{20,}=*",
@@ -112,8 +121,9 @@ DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
 # at a time, so BEGIN and END are never seen with it: the line's shape is all there is. It is
 # checked against the whole text, apart from the alternation (whose branches must all start with a
 # literal), and only when the defaults are in use.
-_KEY_BODY_LINE = re.compile(r"[ \t]*[A-Za-z0-9+/]{64}(?:[A-Za-z0-9+/]{6})?[ \t]*")
 _KEY_BODY_CHARS = range(64, 129)  # 64 or 70, and room for indentation; cheap to check first
+_KEY_BODY_SHAPE = r"[ \t]*[A-Za-z0-9+/]{64}(?:[A-Za-z0-9+/]{6})?[ \t]*"
+_KEY_BODY_LINE = re.compile(_KEY_BODY_SHAPE)
 
 
 def _is_key_body_line(text: str) -> bool:
@@ -177,6 +187,57 @@ def alternative(pattern: str) -> str:
     return f"(?:{pattern})"
 
 
+# Syntax that can match in a line on its own but not where the line is followed by a newline
+# (or preceded by one): the end of the text, look-arounds, matching without backtracking, a flag
+# turned off (multi-line). A configured pattern with any of these cannot be searched for in
+# many lines at once; its lines are redacted one by one.
+_LINE_BOUND_SYNTAX = re.compile(r"\\[AZz]|\(\?[=!<>]|\(\?[a-zA-Z]*-|[*+?}]\+")
+_UNSAFE_ACROSS_LINES = re.compile("")
+
+
+def _line_scan(patterns: Sequence[str]) -> re.Pattern[str] | None:
+    """One search for ``patterns`` over many lines: multi-line, so ``^`` and ``$`` are a line's
+    start and end. Over whole lines it finds a match wherever any single line has one (it may
+    find more, or a match spanning lines: only a superset of the lines is needed)."""
+    if not patterns:
+        return None
+    if any(_LINE_BOUND_SYNTAX.search(pattern) for pattern in patterns):
+        return _UNSAFE_ACROSS_LINES
+    return re.compile("|".join(alternative(p) for p in patterns), re.MULTILINE)
+
+
+def _add_lines(found: set[int], text: str | bytes, spans: Iterable[tuple[int, int]]) -> None:
+    """Add to ``found`` the index of every line of ``text`` that a span (in order) touches."""
+    newline = "\n" if isinstance(text, str) else b"\n"
+    pos = line = 0
+    for start, end in spans:
+        line += text.count(newline, pos, start)  # type: ignore[arg-type]
+        last = line + text.count(newline, start, max(start, end - 1))  # type: ignore[arg-type]
+        found.update(range(line, last + 1))
+        pos, line = start, line
+
+
+@functools.cache
+def _defaults_scan() -> Any:
+    """The default patterns as one RE2 search (a DFA: one pass, hundreds of MB/s whatever the
+    text, where Python's engine slows to tens of MB/s on text full of the patterns' first
+    letters). It finds a superset of the lines the defaults match: each pattern without its
+    word-start guard (a look-behind, which RE2 lacks), the PEM BEGIN line without the rest of
+    its block, and a key body line by its shape. RE2 folds case as Python does for the
+    case-insensitive parts (tests/records/test_redact_lines.py checks every code point)."""
+    try:
+        import re2  # about 7 ms to import: loaded only once an agent's output is read
+    except (ImportError, OSError) as exc:  # e.g. an image without libstdc++: slower, still right
+        logger.warning("google-re2 cannot be loaded (%s); redacting output line by line", exc)
+        return None
+    shapes = [
+        _WORD_START_GUARD.sub("", pattern).replace(_PEM_REST_OF_BLOCK, "")
+        for pattern in DEFAULT_SECRET_PATTERNS
+    ]
+    shapes.append(rf"(?m:^{_KEY_BODY_SHAPE}\r?$)")
+    return re2.compile("|".join(f"(?:{shape})" for shape in shapes))
+
+
 class Redactor:
     """Replaces every match of ``patterns`` with ``MASK``; with the defaults (listed first), also
     a text that is a private key's base64 body line."""
@@ -192,6 +253,10 @@ class Redactor:
         else:
             parts = [alternative(p) for p in patterns]
         self._regex = re.compile("|".join(parts)) if parts else None
+        # The configured patterns, searched over many lines at once (the defaults have a faster
+        # search of their own, `_defaults_scan`).
+        configured = patterns[n_defaults:] if self._key_body_lines else patterns
+        self._line_scan = _line_scan(configured)
 
     @classmethod
     def for_config(cls, redaction: RedactionSettings) -> Redactor:
@@ -205,6 +270,47 @@ class Redactor:
         if self._regex is None:
             return text
         return self._regex.sub(MASK, text)
+
+    def lines(self, data: bytes) -> str:
+        """``data`` (whole lines, each ending in a newline) decoded and redacted exactly as each
+        line would be on its own by ``self(line)``, its line ending ("\n" or "\r\n") kept
+        and never part of a match.
+
+        An agent's output is redacted this way, a read at a time: the lines that may hold a
+        secret are found in one pass over the whole text (see ``_lines_to_check``), and only
+        those are redacted one by one; the rest is never split."""
+        text = data.decode("utf-8", "replace")
+        if self._regex is None and not self._key_body_lines:
+            return text
+        to_check = self._lines_to_check(data, text)
+        if to_check is not None and not to_check:
+            return text
+        lines = text.split("\n")
+        for index in range(len(lines) - 1) if to_check is None else to_check:
+            line = lines[index]
+            if line.endswith("\r"):
+                lines[index] = self(line[:-1]) + "\r"
+            else:
+                lines[index] = self(line)
+        return "\n".join(lines)
+
+    def _lines_to_check(self, data: bytes, text: str) -> set[int] | None:
+        """The indexes of the lines of ``text`` (``data`` decoded) that may hold a match: a
+        superset of those where ``self`` would change anything; None when every line must be
+        checked (a configured pattern that cannot be searched for across lines)."""
+        if self._line_scan is _UNSAFE_ACROSS_LINES:
+            return None
+        found: set[int] = set()
+        if self._key_body_lines:
+            scan = _defaults_scan()
+            if scan is None:
+                return None
+            _add_lines(found, data, ((m.start(), m.end()) for m in scan.finditer(data)))
+        if self._line_scan is not None:
+            # Searched in lines without their "\r", as each is redacted; the line count is the same.
+            plain = text.replace("\r\n", "\n") if "\r" in text else text
+            _add_lines(found, plain, (m.span() for m in self._line_scan.finditer(plain)))
+        return found
 
     def value(self, value: _Value, keep: frozenset[str] = frozenset()) -> _Value:
         """``value`` with every string in it redacted, however nested in lists, dicts (their

@@ -275,11 +275,11 @@ def test_the_log_cap_never_splits_a_character_and_no_cap_drops_nothing(tmp_path:
 
 def test_partial_line_holds_back_the_token_being_written() -> None:
     lines = LineAssembler(Redactor(), partial_after=1.0)
-    assert lines.feed(b"progress sk-ABCDEFGHIJ", now=0.0) == ([], "")
+    assert lines.feed(b"progress sk-ABCDEFGHIJ", now=0.0) == ("", "")
     assert lines.tick(0.5) == ""
-    assert lines.feed(b"KLMN", now=0.9) == ([], "")
+    assert lines.feed(b"KLMN", now=0.9) == ("", "")
     assert lines.tick(1.2) == "progress "  # output still flowing: up to the last space only
-    assert lines.feed(b"OPQRSTUV\n", now=1.5) == (["progress [REDACTED]"], "[REDACTED]\n")
+    assert lines.feed(b"OPQRSTUV\n", now=1.5) == ("progress [REDACTED]\n", "[REDACTED]\n")
 
 
 def test_partial_line_is_logged_whole_once_output_is_quiet() -> None:
@@ -290,7 +290,7 @@ def test_partial_line_is_logged_whole_once_output_is_quiet() -> None:
     assert lines.tick(1.5) == ""
     assert lines.tick(2.0) == "\r"
     assert lines.tick(3.1) == "60%"
-    assert lines.finish() == (["50%\r60%"], "")
+    assert lines.finish() == ("50%\r60%\n", "")
 
 
 def test_partial_line_rewritten_when_more_context_reveals_a_secret() -> None:
@@ -299,7 +299,7 @@ def test_partial_line_rewritten_when_more_context_reveals_a_secret() -> None:
     logged = lines.tick(1.0)
     assert logged == "Authorization: Bearer "
     out, more = lines.feed(b"abcdefghijklmnopqrstuvwxyz0123\n", now=1.5)
-    assert out == ["Authorization: [REDACTED]"]
+    assert out == "Authorization: [REDACTED]\n"
     assert more == "\nAuthorization: [REDACTED]\n"
     assert "abcdefghij" not in logged + more
 
@@ -309,7 +309,7 @@ def test_partial_line_never_splits_a_utf8_character() -> None:
     data = "héllo\n".encode()
     lines.feed(data[:2], now=0.0)  # "h" and the first byte of "é"
     assert lines.tick(1.0) == "h"
-    assert lines.feed(data[2:], now=1.2) == (["héllo"], "éllo\n")
+    assert lines.feed(data[2:], now=1.2) == ("héllo\n", "éllo\n")
 
 
 # ------------------------------------------------------------------------------ stopping
@@ -631,6 +631,6 @@ def test_leader_first_signals_only_the_main_process_and_counts_its_last_words(
         report = agent.stop(signal.SIGINT, grace=10, leader_first=True)
         assert report.signals_sent == (signal.SIGINT,)
         assert [(s.name, s.scope) for s in agent.take_signals()] == [("SIGINT", "main")]
-        lines = agent.remaining_lines(2.0)
+        lines = agent.remaining_output(2.0).split("\n")
         assert "final usage; my tool was alive when I was asked: True" in lines
         assert not is_alive(int(tool_pid.read_text()))

@@ -2,7 +2,12 @@
 itself, then run by `cub run -H command`, then by `cub run -H claude` (a stand-in `claude` on
 PATH printing the same plain lines between two stream-json events), with cub's peak memory.
 
-    .venv/bin/python tools/bench/bench_output.py [--mib 256] [--record]
+    .venv/bin/python tools/bench/bench_output.py [--mib 256] [--line 99] [--repeat 3]
+                                                 [--no-redaction] [--record]
+
+``--line N`` prints lines of N bytes (newline included); ``--line 0`` prints no newline at all.
+Each way is run ``--repeat`` times, interleaved, after an ``os.sync()`` (so no run pays for the
+last one's writeback); cub's CPU is its own, the agent reporting its own CPU to be taken out.
 
 Targets (issue: output at disk speed): within 3x the agent writing to a file with `command`,
 5x with `claude`; cub's peak RSS under 150 MiB whatever the volume. The memory bound is tested
@@ -13,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -31,8 +38,8 @@ PRINTER = """#!{python}
 import os, sys
 if "--version" in sys.argv:
     sys.exit(print("1.0 (stand-in)"))
-line = b"x" * 98 + b"\\n"
-block = line * 10000
+line = {line}
+block = line * max(1, 1000000 // len(line))
 total = {mib} * 1024 * 1024
 out = sys.stdout.buffer
 {head}
@@ -42,19 +49,28 @@ while written < total:
     written += len(block)
 {tail}
 out.flush()
+user, system = os.times()[:2]  # the agent's own CPU, so cub's can be told apart from it
+with open(os.environ["BENCH_AGENT_CPU"], "w") as f:
+    f.write(str(user + system))
 """
 CLAUDE_HEAD = 'out.write(b\'{"type":"system","subtype":"init","session_id":"s","model":"m"}\\n\')'
 CLAUDE_TAIL = (
-    'out.write(b\'{"type":"result","subtype":"success","is_error":false,"result":"done",'
+    'out.write(b\'\\n{"type":"result","subtype":"success","is_error":false,"result":"done",'
     '"usage":{"input_tokens":1,"output_tokens":1},"total_cost_usd":0.0}\\n\')'
 )
 
 
-def write_agent(path: Path, mib: int, *, claude: bool) -> None:
+def line_literal(size: int) -> str:
+    """The Python literal of one printed line of ``size`` bytes (0: text without newline)."""
+    return repr(b"x" * 4096) if size == 0 else repr(b"x" * (size - 1) + b"\n")
+
+
+def write_agent(path: Path, mib: int, *, claude: bool, line: int = 99) -> None:
     path.write_text(
         PRINTER.format(
             python=sys.executable,
             mib=mib,
+            line=line_literal(line),
             head=CLAUDE_HEAD if claude else "",
             tail=CLAUDE_TAIL if claude else "",
         )
@@ -62,8 +78,16 @@ def write_agent(path: Path, mib: int, *, claude: bool) -> None:
     path.chmod(0o755)
 
 
-def peak_rss_of(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and the peak RSS (MiB) of the process itself, sampled every 20 ms."""
+def children_cpu() -> float:
+    """CPU seconds (user and system) of every descendant waited for so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def peak_rss_of(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (with every descendant's) and the peak RSS (MiB) of the
+    process itself, sampled every 20 ms."""
+    cpu_before = children_cpu()
     started = time.monotonic()
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)  # fmt: skip
@@ -88,56 +112,93 @@ def peak_rss_of(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float,
     sampler.join()
     if proc.returncode != 0:
         raise SystemExit(f"{argv} failed ({proc.returncode}): {err.decode()[-1000:]}")
-    return elapsed, peak / (1 << 20)
+    return elapsed, children_cpu() - cpu_before, peak / (1 << 20)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=256)
+    parser.add_argument("--line", type=int, default=99, help="bytes per line; 0: no newline")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians shown")
+    parser.add_argument(
+        "--no-redaction", action="store_true", help="what cub costs without its secret search"
+    )
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cub-bench-output-"))
     env = environment(root / "home")
+    env["BENCH_AGENT_CPU"] = str(root / "agent-cpu")
     # harness.log keeps everything (its default cap is 256 MiB).
-    config = '{"loop": {"log_max_bytes": 4294967296}}'
+    redaction = ', "redaction": {"use_defaults": false}' if args.no_redaction else ""
+    config = '{"loop": {"log_max_bytes": 4294967296}' + redaction + "}"
+    plain, claude_dir = root / "agent", root / "bin"
+    ways = {
+        "agent > file": None,
+        "cub -H command": (["-H", "command", "--harness-cmd", str(plain)], {}),
+        "cub -H claude": (["-H", "claude"], {"PATH": f"{claude_dir}:{env['PATH']}"}),
+    }
+    runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ways}
     try:
-        plain, claude_dir = root / "agent", root / "bin"
         claude_dir.mkdir()
-        write_agent(plain, args.mib, claude=False)
-        write_agent(claude_dir / "claude", args.mib, claude=True)
-        started = time.monotonic()
-        with open(root / "out.txt", "wb") as sink:
-            subprocess.run([str(plain)], stdout=sink, check=True)
-        to_file = time.monotonic() - started
-        rows = [f"| agent > file | {to_file:.1f} s | 1.0x | — |"]
-        for name, argv, extra in (
-            ("cub -H command", ["-H", "command", "--harness-cmd", str(plain)], {}),
-            ("cub -H claude", ["-H", "claude"], {"PATH": f"{claude_dir}:{env['PATH']}"}),
-        ):
-            project = root / f"p-{name.split()[-1]}"
-            make_project(project, [{"id": "t1", "title": "print"}], env)
-            (project / ".cub" / "config.json").write_text(config)
-            cub = [sys.executable, "-m", "cub", "run", "--in-place", "--allow-dirty", *argv]
-            elapsed, peak = peak_rss_of(cub, project, {**env, **extra})
-            rows.append(f"| {name} | {elapsed:.1f} s | {elapsed / to_file:.1f}x | {peak:.0f} MiB |")
-            print(rows[-1], flush=True)
+        write_agent(plain, args.mib, claude=False, line=args.line)
+        write_agent(claude_dir / "claude", args.mib, claude=True, line=args.line)
+        for attempt in range(args.repeat):  # interleaved, so a change of load hits all alike
+            for name, way in ways.items():
+                os.sync()  # the last run's writeback is not this one's to pay
+                if way is None:
+                    runs[name].append(agent_to_file(plain, root, env))
+                    continue
+                project = root / f"p{attempt}-{name.split()[-1]}"
+                make_project(project, [{"id": "t1", "title": "print"}], env)
+                (project / ".cub" / "config.json").write_text(config)
+                cub = [sys.executable, "-m", "cub", "run", "--in-place", "--allow-dirty", *way[0]]
+                elapsed, cpu, peak = peak_rss_of(cub, project, {**env, **way[1]})
+                agent_cpu = float((root / "agent-cpu").read_text())
+                runs[name].append((elapsed, cpu - agent_cpu, peak))
+                shutil.rmtree(project)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    to_file = statistics.median(wall for wall, _, _ in runs["agent > file"])
+    rows = []
+    for name, results in runs.items():
+        wall = statistics.median(r[0] for r in results)
+        cpu = statistics.median(r[1] for r in results)
+        peak = max(r[2] for r in results)
+        walls = ", ".join(f"{r[0]:.1f}" for r in results)
+        cpu_text = f"{cpu:.2f} s (the agent's)" if name == "agent > file" else f"{cpu:.2f} s"
+        peak_text = "—" if name == "agent > file" else f"{peak:.0f} MiB"
+        ratio = f"{wall / to_file:.1f}x"
+        rows.append(f"| {name} | {wall:.2f} s ({walls}) | {ratio} | {cpu_text} | {peak_text} |")
+        print(rows[-1], flush=True)
     if args.record:
         append_section(
             REPO / "tools" / "bench" / "RESULTS.md",
-            f"agent output: {args.mib} MiB of 99-byte lines",
+            f"agent output: {args.mib} MiB of "
+            + (f"{args.line}-byte lines" if args.line else "text without a newline")
+            + (", redaction off" if args.no_redaction else ""),
             [
-                f"`tools/bench/bench_output.py --mib {args.mib}` on {machine_line()}, load "
-                f"{os.getloadavg()[0]:.1f}.",
+                f"`tools/bench/bench_output.py --mib {args.mib} --line {args.line} --repeat "
+                f"{args.repeat}{' --no-redaction' if args.no_redaction else ''}` on "
+                f"{machine_line()}, load {os.getloadavg()[0]:.1f}. Medians "
+                "(each run's wall in brackets); cub's CPU is its own, the agent's taken out.",
                 "",
-                "| how | wall | vs file | cub's peak RSS |",
-                "|---|---|---|---|",
+                "| how | wall | vs file | CPU | cub's peak RSS |",
+                "|---|---|---|---|---|",
                 *rows,
                 "",
             ],
         )
     return 0
+
+
+def agent_to_file(agent: Path, root: Path, env: dict[str, str]) -> tuple[float, float, float]:
+    """The agent writing to a file by itself: wall and its own CPU seconds."""
+    started = time.monotonic()
+    with open(root / "out.txt", "wb") as sink:
+        subprocess.run([str(agent)], stdout=sink, env=env, check=True)
+    elapsed = time.monotonic() - started
+    (root / "out.txt").unlink()
+    return elapsed, float((root / "agent-cpu").read_text()), 0.0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ cache="${2:-${TMPDIR:-/tmp}/cub-base-image}"
 
 packages=(
   python3.11-minimal libpython3.11-minimal libpython3.11-stdlib
-  libc6 libgcc-s1 libexpat1 zlib1g libssl3 libffi8 libbz2-1.0 liblzma5 libcrypt1
+  libc6 libgcc-s1 libstdc++6 libexpat1 zlib1g libssl3 libffi8 libbz2-1.0 liblzma5 libcrypt1
   libsqlite3-0 libuuid1 libzstd1 libtinfo6 libncursesw6 libreadline8 media-types
   busybox-static
   # git for the agent's commits (the core git binary needs only pcre2 and zlib besides libc)
