@@ -20,13 +20,16 @@ def _escape(code: int) -> str:
 
 _TABLE = {code: _escape(code) for code in (*range(0x20), 0x7F, *range(0x80, 0xA0), *_BIDI)}
 _KEEP_NEWLINES = {code: shown for code, shown in _TABLE.items() if code != 0x0A}
+# Any character _TABLE escapes. Finding none is much cheaper than a translate() that changes
+# nothing, which is what text with a non-ASCII character (an em dash, an accent) would cost.
+_UNSAFE = re.compile("[" + "".join(re.escape(chr(code)) for code in _TABLE) + "]")
 _SGR = re.compile(r"(\x1b\[[0-9;]*m)")
 
 
 def terminal_safe(text: str, *, keep_newlines: bool = False) -> str:
     """``text`` with every control and bidi character shown as an escape; ``keep_newlines``
     for text printed over several lines (a task's description)."""
-    if text.isascii() and text.isprintable():
+    if (text.isascii() and text.isprintable()) or _UNSAFE.search(text) is None:
         return text  # the common case, without building a copy
     return text.translate(_KEEP_NEWLINES if keep_newlines else _TABLE)
 

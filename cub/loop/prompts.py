@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,6 +20,12 @@ def system_prompt(project_dir: Path) -> str:
     override = project_dir / ".cub" / "runloop.md"
     if override.is_file():
         return override.read_text(encoding="utf-8")
+    return _bundled_rules()
+
+
+@cache
+def _bundled_rules() -> str:
+    # Read once: the package's own file does not change under a run, the project's may.
     return resources.files("cub.templates").joinpath("runloop.md").read_text(encoding="utf-8")
 
 

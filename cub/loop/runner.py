@@ -139,8 +139,8 @@ class TaskLoop:
             self._head = HeadTracker(self._work_dir())
         if self._head is not None:
             self._head.start()
-        # The backlog is re-read only when the prompt shows the task's epic.
-        backlog = self.backend.load() if task.parent else [task]
+        # What the prompt shows of the backlog: the task's epic, if it has one.
+        backlog = self.backend.epic_tasks(task.parent) if task.parent else [task]
         result = run_attempt(
             run, task, task.attempts, self.harness, self.settings, self._work_dir(), backlog
         )

@@ -34,6 +34,8 @@ def settle_stranded_claims(project_dir: Path) -> list[str]:
     ``open``. Returns one message per claim settled."""
     try:
         backend = open_backend(project_dir, load_config(project_dir).config)
+        if isinstance(backend, FileTaskBackend) and not backend.may_hold_claims():
+            return []  # every cub command starts here: no parse of a backlog nobody holds
         claims = [t for t in backend.load() if t.status == "in_progress" and t.assignee]
     except (CubError, OSError):
         return []  # no backlog, or it does not parse yet: the claims wait

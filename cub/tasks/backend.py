@@ -41,6 +41,11 @@ class TaskBackend(Protocol):
         """Non-fatal issues (unknown dependencies, cycles), one line each."""
         ...
 
+    def epic_tasks(self, epic_id: str) -> list[Task]:
+        """The epic ``epic_id`` (when it is a task) and the tasks under it, in backlog order:
+        what a task's prompt shows of its epic."""
+        ...
+
     def claim_next(
         self,
         run_id: str,

@@ -16,7 +16,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import filelock
 import msgspec
 
 from cub.config.messages import describe_validation_error
@@ -27,6 +26,7 @@ from cub.tasks import changes
 from cub.tasks.file_store import drop_temp_files_beside
 from cub.tasks.integrity import dependency_problems
 from cub.tasks.ledger import LEDGER_DIR
+from cub.tasks.lock import BacklogLock, LockTimeout
 from cub.tasks.model import (
     DEFAULT_PRIORITY,
     ISSUE_TYPES,
@@ -58,7 +58,7 @@ class BeadsBackend:
         self.bd = bd
         state = state_dir(project_dir) / LEDGER_DIR
         self._state_path = state / "beads-state.json"
-        self._lock = filelock.FileLock(str(state / "beads.lock"), timeout=LOCK_TIMEOUT_S)
+        self._lock = BacklogLock(state / "beads.lock", timeout=LOCK_TIMEOUT_S)
 
     def describe(self) -> str:
         return "beads (.beads/ via bd)"
@@ -82,6 +82,9 @@ class BeadsBackend:
         return [
             f"beads {task_id}: {message}" for task_id, message in dependency_problems(self.load())
         ]
+
+    def epic_tasks(self, epic_id: str) -> list[Task]:
+        return [t for t in self.load() if epic_id in (t.id, t.parent)]
 
     # --- changing --------------------------------------------------------------------------
 
@@ -278,7 +281,7 @@ class BeadsBackend:
         make_private_dir(self._state_path.parent)
         try:
             self._lock.acquire()
-        except filelock.Timeout:
+        except LockTimeout:
             raise BackendError(
                 f"{self._lock.lock_file}: held by another process for over {LOCK_TIMEOUT_S:.0f}s"
             ) from None

@@ -45,6 +45,9 @@ class DirectBackend:
     def problems(self) -> list[str]:
         return []
 
+    def epic_tasks(self, epic_id: str) -> list[Task]:
+        return [t for t in self.load() if epic_id in (t.id, t.parent)]
+
     def claim_next(
         self,
         run_id: str,

@@ -14,16 +14,23 @@ from collections import Counter
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
-
-import filelock
+from typing import Any
 
 from cub.config.messages import relative_label
 from cub.errors import BackendError, TaskInputError, TaskNotFound
 from cub.records.durable import make_private_dir, write_atomic
 from cub.tasks import changes
+from cub.tasks.document import (
+    CachedRead,
+    Identities,
+    TaskDocument,
+    identities_of,
+    read_bytes,
+)
+from cub.tasks.index import BacklogIndex
 from cub.tasks.integrity import dependency_problems
-from cub.tasks.ledger import applicable, entry_between, ledger_path, read_ledger, write_ledger
+from cub.tasks.ledger import Ledger, applicable, archive_path, entry_between, ledger_path
+from cub.tasks.lock import BacklogLock, LockTimeout
 from cub.tasks.model import (
     DEFAULT_PRIORITY,
     Task,
@@ -39,38 +46,6 @@ NEW_FILE_MODE = 0o644  # task files are meant to be committed and shared
 DEFAULT_ID_PREFIX = "task"
 
 
-class TaskDocument(Protocol):
-    """A parsed task file that can change tasks in place and serialise itself again."""
-
-    tasks: list[Task]
-    # Set by update() and append() when the serialised file would differ.
-    changed: bool
-    # Positions of the tasks update() and append() changed.
-    touched: set[int]
-    # The id of a task to take out of the file, set by `FileTaskBackend.remove`.
-    removed: str | None
-
-    def position(self, task_id: str) -> int | None: ...
-
-    def update(self, index: int, change: changes.Changes) -> Task: ...
-
-    def append(self, raw: dict[str, Any]) -> Task: ...
-
-    def location(self, index: int) -> str: ...
-
-    def depends_on_spelling(self) -> str: ...
-
-    def raw(self, index: int) -> dict[str, Any]: ...
-
-    def original(self, index: int) -> dict[str, Any] | None: ...
-
-    def replace(self, index: int, raw: dict[str, Any]) -> Task: ...
-
-    def remove(self, index: int) -> None: ...
-
-    def to_bytes(self) -> bytes: ...
-
-
 class FileTaskBackend:
     """Base of the JSONL and prd.json backends; subclasses only parse their format."""
 
@@ -84,13 +59,13 @@ class FileTaskBackend:
         # whoever makes them, go to the ledger.
         self.by_hand = by_hand
         self.ledger_path = ledger_path(path, project_dir)
-        self._lock = filelock.FileLock(
-            str(self.ledger_path.with_suffix(".lock")), timeout=LOCK_TIMEOUT_S
-        )
+        self._lock = BacklogLock(self.ledger_path.with_suffix(".lock"), timeout=LOCK_TIMEOUT_S)
         # The last document read or written (the file with the ledger laid over it), with
-        # the identities of both files: a loop claims and closes task after task, and
+        # the identities of the files: a loop claims and closes task after task, and
         # re-parsing a large backlog for each change would cost more than the change.
-        self._cached: tuple[_Identities, TaskDocument] | None = None
+        self._cached: CachedRead | None = None
+        # The selection index of the cached document, updated by each change made to it.
+        self._index: tuple[TaskDocument, BacklogIndex] | None = None
 
     def describe(self) -> str:
         return f"{self.kind} {self.label}"
@@ -105,6 +80,25 @@ class FileTaskBackend:
 
     def get(self, task_id: str) -> Task:
         return self._find(self._read(), task_id)
+
+    def epic_tasks(self, epic_id: str) -> list[Task]:
+        return self._index_of(self._read()).epic_tasks(epic_id)
+
+    def may_hold_claims(self) -> bool:
+        """False only when no task can be claimed: neither the file nor the ledger says
+        ``in_progress`` anywhere (nor has an escape that could spell it). A cheap look, for
+        recovery to skip parsing a backlog nobody holds anything of."""
+        for path in (self.path, self.ledger_path, archive_path(self.ledger_path)):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            except OSError:
+                return True  # the full read reports the problem
+            # (A one-byte search first: far faster than a two-byte one over a large file.)
+            if b"in_progress" in data or (b"\\" in data and b"\\u" in data):
+                return True
+        return False
 
     def snapshot_bytes(self) -> bytes:
         """The backlog as cub sees it (the file with the ledger laid over it), as the
@@ -131,9 +125,13 @@ class FileTaskBackend:
         exclude: Collection[str] = (),
     ) -> Task | None:
         with self._transaction() as document:
-            task = pick_task(
-                document.tasks, epic=epic, label=label, task_id=task_id, exclude=exclude
-            )
+            if task_id is None:
+                index = self._index_of(document)
+                task = index.first_ready(epic=epic, label=label, exclude=exclude)
+            else:
+                at = document.position(task_id)
+                named = [] if at is None else [document.tasks[at]]
+                task = pick_task(named, task_id=task_id, exclude=exclude)
             if task is None:
                 return None
             return self._apply(document, task.id, changes.claim(task, run_id))
@@ -253,9 +251,8 @@ class FileTaskBackend:
     def drop_stale_temp_files(self) -> list[Path]:
         """Remove what a writer killed mid-write left beside the task file and the ledger;
         see `drop_temp_files_beside`."""
-        return drop_temp_files_beside(self.path, self._lock) + drop_temp_files_beside(
-            self.ledger_path, self._lock
-        )
+        paths = (self.path, self.ledger_path, archive_path(self.ledger_path))
+        return [tmp for path in paths for tmp in drop_temp_files_beside(path, self._lock)]
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -281,22 +278,38 @@ class FileTaskBackend:
     def _apply(self, document: TaskDocument, task_id: str, change: changes.Changes) -> Task:
         index = document.position(task_id)
         assert index is not None
-        return document.update(index, change)
+        old = document.tasks[index]
+        new = document.update(index, change)
+        if self._index is not None and self._index[0] is document:
+            self._index[1].changed(old, new)
+        return new
+
+    def _index_of(self, document: TaskDocument) -> BacklogIndex:
+        """The index of ``document``, built on first use: a document read afresh (the file or
+        the ledger changed under us) gets a new one."""
+        if self._index is None or self._index[0] is not document:
+            self._index = (document, BacklogIndex(document.tasks, document.position))
+        return self._index[1]
 
     def _read(self) -> TaskDocument:
+        return self._read_cached().document
+
+    def _read_cached(self) -> CachedRead:
         identities = self._identities()
-        if self._cached is not None and self._cached[0] == identities:
-            return self._cached[1]
+        if self._cached is not None and self._cached.identities == identities:
+            return self._cached
+        self._index = None  # of the document read before, which is of no use any more
         document = self._parse_file()
-        ledger = read_ledger(self.ledger_path, self.label)
+        ledger = Ledger.read(self.ledger_path, self.label)
         for task_id, entry in ledger.tasks.items():
             index = document.position(task_id)
             original = document.original(index) if index is not None else None
             if index is not None and original is not None:
                 document.update(index, applicable(original, entry))
         document.changed, document.touched = False, set()
-        self._cached = (identities, document) if identities[0] is not None else None
-        return document
+        read = CachedRead(identities, document, ledger)
+        self._cached = read if identities[0] is not None else None
+        return read
 
     def _parse_file(self) -> TaskDocument:
         try:
@@ -307,8 +320,8 @@ class FileTaskBackend:
             raise BackendError(f"{self.label}: cannot read: {exc.strerror or exc}") from None
         return self.parse(data)
 
-    def _identities(self) -> _Identities:
-        return (_identity_of(self.path), _identity_of(self.ledger_path))
+    def _identities(self) -> Identities:
+        return identities_of(self.path, self.ledger_path, archive_path(self.ledger_path))
 
     @contextmanager
     def _transaction(self, *, to_file: bool = False) -> Iterator[TaskDocument]:
@@ -317,13 +330,14 @@ class FileTaskBackend:
         try:
             make_private_dir(self.ledger_path.parent)
             self._lock.acquire()
-        except filelock.Timeout:
+        except LockTimeout:
             raise BackendError(
                 f"{self.label}: another process held its lock ({self._lock.lock_file}) for "
                 f"over {LOCK_TIMEOUT_S:.0f}s"
             ) from None
         try:
-            document = self._read()
+            read = self._read_cached()
+            document, ledger = read.document, read.ledger
             self._cached = None  # changed in place from here on: cached again once written
             document.changed, document.touched, document.removed = False, set(), None
             yield document
@@ -331,26 +345,27 @@ class FileTaskBackend:
                 self._write_file(document)  # read afresh next time: the file's lines moved
                 return
             if document.touched:
-                self._write_ledger(document)
-            # Under the lock nobody else has replaced either file since: this is the content.
+                ledger = self._write_ledger(document, ledger)
+            # Under the lock nobody else has replaced any of the files since: this is them.
             identities = self._identities()
-            self._cached = (identities, document) if identities[0] is not None else None
+            written = CachedRead(identities, document, ledger)
+            self._cached = written if identities[0] is not None else None
         finally:
             self._lock.release()
 
-    def _write_ledger(self, document: TaskDocument) -> None:
-        ledger = read_ledger(self.ledger_path, self.label)
+    def _write_ledger(self, document: TaskDocument, ledger: Ledger) -> Ledger:
+        """Record the touched tasks' changes in ``ledger``, as read with the document; it is
+        read again first if its file no longer holds the same bytes (which costs less than
+        decoding it, and catches a change its identity could not tell)."""
+        if read_bytes(self.ledger_path) != ledger.recent_bytes:
+            ledger = Ledger.read(self.ledger_path, self.label)
         for index in document.touched:
             original = document.original(index)
             if original is None:
                 raise BackendError(f"{self.label}: a run cannot add tasks")
             task_id = document.tasks[index].id
-            entry = entry_between(original, document.raw(index))
-            if entry:
-                ledger.tasks[task_id] = entry
-            else:
-                ledger.tasks.pop(task_id, None)
-        write_ledger(self.ledger_path, ledger)
+            ledger.set(task_id, entry_between(original, document.raw(index)))
+        return ledger.save()
 
     def _write_file(self, document: TaskDocument) -> None:
         """Write the touched tasks as they are now (ledger entries included) into the file,
@@ -370,12 +385,12 @@ class FileTaskBackend:
                 on_file.append(document.raw(index))
         if on_file.changed:
             write_atomic(self.path, on_file.to_bytes(), mode=_file_mode(self.path))
-        ledger = read_ledger(self.ledger_path, self.label)
+        ledger = Ledger.read(self.ledger_path, self.label)
         moved = [document.tasks[i].id for i in document.touched]
         if any(task_id in ledger.tasks for task_id in moved):
             for task_id in moved:
-                ledger.tasks.pop(task_id, None)
-            write_ledger(self.ledger_path, ledger)
+                ledger.set(task_id, {})
+            ledger.save()
 
 
 def _check_dependencies(document: TaskDocument, depends_on: Sequence[str]) -> None:
@@ -387,14 +402,14 @@ def _check_dependencies(document: TaskDocument, depends_on: Sequence[str]) -> No
             raise TaskInputError(f"--depends-on: no task with id {ref!r} (it would never be ready)")
 
 
-def drop_temp_files_beside(path: Path, lock: filelock.BaseFileLock) -> list[Path]:
+def drop_temp_files_beside(path: Path, lock: BacklogLock) -> list[Path]:
     """The temp files `write_atomic` makes beside ``path`` (``.<name>.*.tmp``) exist only
     while a writer holds ``lock``: with the lock taken, any that is there was left by a writer
     killed mid-write, and is removed. Skipped (nothing removed) while someone holds the lock.
     Returns the files removed."""
     try:
         lock.acquire(timeout=0)
-    except filelock.Timeout:
+    except LockTimeout:
         return []
     removed = []
     try:
@@ -425,23 +440,6 @@ def next_task_id(existing: Sequence[str]) -> str:
     while f"{prefix}-{candidate}" in taken:
         candidate += 1
     return f"{prefix}-{candidate}"
-
-
-# (inode, size, mtime, ctime): every write of a task file, by cub or anyone else, gives at
-# least one of them a new value (cub and editors replace the file; an in-place edit moves the
-# times).
-_FileIdentity = tuple[int, int, int, int]
-_Identities = tuple[_FileIdentity | None, _FileIdentity | None]  # (task file, ledger)
-
-
-def _identity_of(path: Path) -> _FileIdentity | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise BackendError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _file_mode(path: Path) -> int:

@@ -34,10 +34,14 @@ class JsonlDocument:
         self.tasks: list[Task] = []
         self._line_index: list[int] = []  # task position -> index into self.lines
         self._by_id: dict[str, int] = {}
-        for number, line in enumerate(self.lines, start=1):
+        # The checks `decode_line` makes of each line's bytes, made once for the whole file:
+        # a backlog of 100,000 tasks is parsed at the start of every run.
+        checked = _plain_text(data)
+        for line_index, line in enumerate(self.lines):
             if not line or line.isspace():
                 continue  # blank lines are allowed and kept as they are
-            self._add(decode_line(line, f"{label}:{number}"), number - 1)
+            task = _decode_checked(line) if checked else None
+            self._add(task or decode_line(line, label, line_index + 1), line_index)
 
     def _add(self, task: Task, line_index: int) -> None:
         first = self._by_id.get(task.id)
@@ -54,7 +58,10 @@ class JsonlDocument:
         return self._by_id.get(task_id)
 
     def location(self, index: int) -> str:
-        return f"{self.label}:{self._line_index[index] + 1}"
+        return f"{self.label}:{self._line_number(index)}"
+
+    def _line_number(self, index: int) -> int:
+        return self._line_index[index] + 1
 
     def raw(self, index: int) -> dict[str, Any]:
         decoded: dict[str, Any] = msgspec.json.decode(self.lines[self._line_index[index]])
@@ -75,7 +82,7 @@ class JsonlDocument:
     def replace(self, index: int, raw: dict[str, Any]) -> Task:
         line_index = self._line_index[index]
         encoded = msgspec.json.encode(raw)
-        task = decode_line(encoded, self.location(index))
+        task = decode_line(encoded, self.label, self._line_number(index))
         if encoded != self.lines[line_index]:
             self.changed = True
             self.touched.add(index)
@@ -85,7 +92,7 @@ class JsonlDocument:
 
     def append(self, raw: dict[str, Any]) -> Task:
         encoded = msgspec.json.encode(raw)
-        task = decode_line(encoded, f"{self.label}:{len(self.lines) + 1}")
+        task = decode_line(encoded, self.label, len(self.lines) + 1)
         self.lines.append(encoded)
         self.changed = True
         self._add(task, len(self.lines) - 1)
@@ -114,30 +121,55 @@ class JsonlDocument:
         return b"\n".join(self.lines) + b"\n" if self.lines else b""
 
 
-def decode_line(line: bytes, where: str) -> Task:
-    """One task line → Task; ``TaskFileError`` naming ``where`` (``file:line``) otherwise."""
+def decode_line(line: bytes, label: str, number: int) -> Task:
+    """Line ``number`` of the task file ``label`` → Task; ``TaskFileError`` naming
+    ``label:number`` otherwise."""
     # Checked here, not left to the decoder: it does not look inside keys it skips, and a
     # line taken now would fail when cub next rewrites it.
     if not line.isascii():
         try:
             line.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise TaskFileError(f"{where}: not valid UTF-8 at column {exc.start + 1}") from None
+            raise TaskFileError(
+                f"{label}:{number}: not valid UTF-8 at column {exc.start + 1}"
+            ) from None
     try:
         entry = TASK_ENTRY_DECODER.decode(line)
     except msgspec.ValidationError as exc:
         problem = describe_validation_error(exc, root_type=TaskEntry, data=_generic(line))
-        raise TaskFileError(f"{where}: {problem.render()}") from None
+        raise TaskFileError(f"{label}:{number}: {problem.render()}") from None
     except msgspec.DecodeError as exc:
-        raise TaskFileError(f"{where}: invalid JSON: {_json_detail(str(exc))}") from None
+        raise TaskFileError(f"{label}:{number}: invalid JSON: {_json_detail(str(exc))}") from None
     except RecursionError:
-        raise TaskFileError(f"{where}: invalid JSON: nested too deeply") from None
+        raise TaskFileError(f"{label}:{number}: invalid JSON: nested too deeply") from None
     if b"\\u0000" in line and (at := nul_character_at(_generic(line))) is not None:
-        raise TaskFileError(f"{where}: {at}: contains a NUL character (\\u0000)")
+        raise TaskFileError(f"{label}:{number}: {at}: contains a NUL character (\\u0000)")
     try:
         validate_task_id(entry.id)
     except InvalidTaskId as exc:
-        raise TaskFileError(f"{where}: {exc}") from None
+        raise TaskFileError(f"{label}:{number}: {exc}") from None
+    return entry.to_task()
+
+
+def _plain_text(data: bytes) -> bool:
+    """Whether every line of ``data`` passes `decode_line`'s checks of its bytes: valid UTF-8
+    and no NUL character spelled as an escape."""
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return b"\\u0000" not in data
+
+
+def _decode_checked(line: bytes) -> Task | None:
+    """The task on a line whose bytes are known to be plain text (`_plain_text`); None when it
+    does not decode, for `decode_line` to say why."""
+    try:
+        entry = TASK_ENTRY_DECODER.decode(line)
+        validate_task_id(entry.id)
+    except (msgspec.DecodeError, RecursionError, InvalidTaskId):
+        return None
     return entry.to_task()
 
 

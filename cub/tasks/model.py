@@ -70,7 +70,13 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-class Task(msgspec.Struct, kw_only=True, frozen=True):
+# Task, TaskEntry and BeadsDependency are untracked by the cyclic garbage collector
+# (``gc=False``): they hold only strings, numbers and lists of strings, so they can be in no
+# cycle, and a backlog of 100,000 tasks would otherwise add as many objects to every full
+# collection.
+
+
+class Task(msgspec.Struct, kw_only=True, frozen=True, gc=False):
     """One task, normalised. Immutable: changes go through a backend, which rewrites the file."""
 
     id: str
@@ -96,14 +102,14 @@ class Task(msgspec.Struct, kw_only=True, frozen=True):
         return f"P{self.priority}"
 
 
-class BeadsDependency(msgspec.Struct, kw_only=True):
+class BeadsDependency(msgspec.Struct, kw_only=True, gc=False):
     """An entry of beads' ``dependencies`` list; only blocking and parent links matter here."""
 
     depends_on_id: str
     type: str = "blocks"
 
 
-class TaskEntry(msgspec.Struct, kw_only=True):
+class TaskEntry(msgspec.Struct, kw_only=True, gc=False):
     """One task as written in a file: lenient about spellings, strict about types."""
 
     id: str

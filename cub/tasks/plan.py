@@ -44,50 +44,47 @@ def plan_run(
     task_id: str | None = None,
     max_tasks: int | None = None,
 ) -> Plan:
-    status = {task.id: task.status for task in tasks}
     if task_id is not None:
         return _plan_one(tasks, task_id)
+    status = {task.id: task.status for task in tasks}
     candidates = [
         (index, task)
         for index, task in enumerate(tasks)
         if task.status in READY_STATUSES and task.issue_type not in UNSELECTABLE_TYPES
     ]
     selectable = {
-        task.id: (index, task) for index, task in candidates if _matches(task, epic, label)
+        task.id: (index, task)
+        for index, task in candidates
+        if (epic is None and label is None) or _matches(task, epic, label)
     }
     filtered_out = len(candidates) - len(selectable)
 
-    waits_on: dict[str, set[str]] = {}
+    unmet_at_start: dict[str, list[str]] = {}  # what each task waits for, in Step's form
+    waits_on: dict[str, int] = {}  # how many of those are not planned yet
     dependents: dict[str, list[str]] = {}
     heap: list[tuple[int, bool, int, str]] = []
-    for task_id_, (index, task) in selectable.items():
-        unmet = {dep for dep in task.depends_on if status.get(dep) != "closed"}
-        waits_on[task_id_] = unmet
+    for id_, (index, task) in selectable.items():
+        unmet = sorted({dep for dep in task.depends_on if status.get(dep) != "closed"})
+        unmet_at_start[id_] = unmet
+        waits_on[id_] = len(unmet)
         for dep in unmet:
-            dependents.setdefault(dep, []).append(task_id_)
+            dependents.setdefault(dep, []).append(id_)
         if not unmet:
-            heapq.heappush(heap, (task.priority, task.status == "retry", index, task_id_))
+            heap.append((task.priority, task.status == "retry", index, id_))
+    heapq.heapify(heap)
 
     steps: list[Step] = []
     while heap:
-        _, _, _, picked = heapq.heappop(heap)
-        index, task = selectable[picked]
-        unmet_at_start = sorted(dep for dep in task.depends_on if status.get(dep) != "closed")
-        steps.append(Step(task, not unmet_at_start, unmet_at_start))
+        picked = heapq.heappop(heap)[3]
+        after = unmet_at_start[picked]
+        steps.append(Step(selectable[picked][1], not after, after))
         for dependent in dependents.get(picked, ()):
-            waits_on[dependent].discard(picked)
+            waits_on[dependent] -= 1
             if not waits_on[dependent]:
-                other_index, other = selectable[dependent]
-                heapq.heappush(
-                    heap, (other.priority, other.status == "retry", other_index, dependent)
-                )
+                index, other = selectable[dependent]
+                heapq.heappush(heap, (other.priority, other.status == "retry", index, dependent))
 
-    planned = {step.task.id for step in steps}
-    waiting = [
-        Waiting(task, _blocked_by(sorted(waits_on[task_id_] - planned), status, selectable))
-        for task_id_, (_, task) in selectable.items()
-        if task_id_ not in planned
-    ]
+    waiting = _waiting(steps, selectable, unmet_at_start, status)
     if max_tasks is not None and len(steps) > max_tasks:
         waiting = [
             Waiting(step.task, f"beyond the run's limit of {max_tasks} task(s)")
@@ -95,6 +92,23 @@ def plan_run(
         ] + waiting
         steps = steps[:max_tasks]
     return Plan(steps, waiting, filtered_out)
+
+
+def _waiting(
+    steps: list[Step],
+    selectable: Mapping[str, tuple[int, Task]],
+    unmet_at_start: Mapping[str, list[str]],
+    status: Mapping[str, str],
+) -> list[Waiting]:
+    """The selectable tasks the plan never reaches, each with what holds it back."""
+    if len(steps) == len(selectable):
+        return []
+    planned = {step.task.id for step in steps}
+    return [
+        Waiting(task, _blocked_by(unmet_at_start[id_], planned, status, selectable))
+        for id_, (_, task) in selectable.items()
+        if id_ not in planned
+    ]
 
 
 def _plan_one(tasks: Sequence[Task], task_id: str) -> Plan:
@@ -107,10 +121,15 @@ def _plan_one(tasks: Sequence[Task], task_id: str) -> Plan:
     return Plan([], [], 0)
 
 
-def _blocked_by(deps: list[str], status: Mapping[str, str], selectable: Collection[str]) -> str:
+def _blocked_by(
+    unmet: list[str],
+    planned: Collection[str],
+    status: Mapping[str, str],
+    selectable: Collection[str],
+) -> str:
     """Why a task never gets ready: what it waits for that this run will never finish."""
     parts = []
-    for dep in deps:
+    for dep in (dep for dep in unmet if dep not in planned):
         if dep not in status:
             parts.append(f"{dep} (no such task)")
         elif dep in selectable:

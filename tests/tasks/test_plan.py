@@ -33,6 +33,11 @@ def test_tasks_unblocked_by_earlier_ones_are_in_the_plan() -> None:
     assert plan.waiting == []
 
 
+def test_a_dependency_named_twice_is_waited_for_once() -> None:
+    tasks = [_task("a"), _task("b", depends_on=["a", "a"])]
+    assert [(s.task.id, s.after) for s in plan_run(tasks).steps] == [("a", []), ("b", ["a"])]
+
+
 def test_what_never_gets_ready_says_why() -> None:
     tasks = [
         _task("a", status="failed"),

@@ -5,7 +5,8 @@
 
 The backlog is the one bench_selection.py generates: dependency chains of 10, labels, epics,
 mixed priorities and statuses, unknown keys. Each figure is the best of R (or S) runs of a new
-process, timed from the outside.
+process, timed from the outside; the best CPU time (user + system) is printed beside it, as it
+says what the wall time would be on an idle machine.
 """
 
 from __future__ import annotations
@@ -39,40 +40,37 @@ def main() -> int:
         (project / ".cub").mkdir(parents=True)
         generate(project / ".cub" / "tasks.jsonl", args.tasks)
 
+        ready = [*cub, "run", "--ready"]
         rows = [
-            (
-                f"cub run --ready ({args.tasks} tasks)",
-                READY_TARGET_MS,
-                best_of_runs([*cub, "run", "--ready"], project, env, args.repeat)[0],
-                args.repeat,
-            ),
+            (f"cub run --ready ({args.tasks} tasks)", READY_TARGET_MS, ready, project, args.repeat),
             (
                 f"cub run --ready --json ({args.tasks} tasks)",
                 READY_TARGET_MS,
-                best_of_runs([*cub, "run", "--ready", "--json"], project, env, args.repeat)[0],
+                [*ready, "--json"],
+                project,
                 args.repeat,
             ),
-            (
-                "cub --version",
-                STARTUP_TARGET_MS,
-                best_of_runs([*cub, "--version"], work, env, args.startup_repeat)[0],
-                args.startup_repeat,
-            ),
+            ("cub --version", STARTUP_TARGET_MS, [*cub, "--version"], work, args.startup_repeat),
             (
                 "cub run --help",
                 STARTUP_TARGET_MS,
-                best_of_runs([*cub, "run", "--help"], work, env, args.startup_repeat)[0],
+                [*cub, "run", "--help"],
+                work,
                 args.startup_repeat,
             ),
         ]
+        results = [
+            (name, target, best_of_runs(argv, cwd, env, repeat), repeat)
+            for name, target, argv, cwd, repeat in rows
+        ]
     ok = True
-    print(f"{'benchmark':<42} {'target':>9} {'result':>10}")
-    for name, target, result, repeat in rows:
-        met = result < target
+    print(f"{'benchmark':<42} {'target':>9} {'wall':>10} {'CPU':>10}")
+    for name, target, (wall, cpu), repeat in results:
+        met = wall < target
         ok = ok and met
         verdict = "ok" if met else "MISSED"
         limit = f"<{target} ms"
-        print(f"{name:<42} {limit:>9} {result:>7.0f} ms  best of {repeat}, {verdict}")
+        print(f"{name:<42} {limit:>9} {wall:>7.0f} ms {cpu:>7.0f} ms  best of {repeat}, {verdict}")
     return 0 if ok else 1
 
 

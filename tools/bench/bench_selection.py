@@ -29,7 +29,12 @@ CHAIN = 10
 
 
 def generate(path: Path, count: int) -> None:
-    lines = []
+    path.write_bytes(b"\n".join(msgspec.json.encode(task) for task in backlog(count)) + b"\n")
+
+
+def backlog(count: int) -> list[dict[str, object]]:
+    """``count`` tasks: chains of 10, a fifth closed, every 13th a retry, mixed priorities."""
+    tasks = []
     for i in range(count):
         task = {
             "id": f"cub-{i}",
@@ -46,8 +51,8 @@ def generate(path: Path, count: int) -> None:
         if i % CHAIN:
             key = "dependsOn" if i % 2 else "depends_on"
             task[key] = [f"cub-{i - 1}"]
-        lines.append(msgspec.json.encode(task))
-    path.write_bytes(b"\n".join(lines) + b"\n")
+        tasks.append(task)
+    return tasks
 
 
 def best_of(repeat: int, action: Callable[[], object]) -> float:
