@@ -12,7 +12,10 @@ import cub.cli.early_watch  # noqa: F401
 
 # isort: split
 # After the watch, which must not wait for these imports.
+import atexit
+import contextlib
 import importlib
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -82,7 +85,9 @@ def _undecodable(args: list[str]) -> str | None:
     return None
 
 
-def main(argv: list[str] | None = None) -> NoReturn:
+def main(argv: list[str] | None = None, *, forked: bool = False) -> NoReturn:
+    """``forked``: this process is a child forked by a parallel run's helper
+    (`cub.cli.child_server`), not an interpreter of its own."""
     args = list(sys.argv[1:] if argv is None else argv)
     # `cub run` rejects such an argument itself, with a record (cub.run.validation).
     bad = None if _is_run(args) else _undecodable(args)
@@ -110,4 +115,19 @@ def main(argv: list[str] | None = None) -> NoReturn:
         else:
             print("cub: interrupted", file=sys.stderr)
             code = 130
+    if forked:
+        # No interpreter shutdown: it would tear down, page by page copying it first, the
+        # whole heap the child shares with the helper (tens of ms of CPU per child). cub's own
+        # files are closed and flushed by now; the standard streams and exit functions are
+        # all that shutdown would still do for it.
+        _before_exit()
+        os._exit(code)
     sys.exit(code)
+
+
+def _before_exit() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        # A closed or broken stream: nothing more can reach it.
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    atexit._run_exitfuncs()

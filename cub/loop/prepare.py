@@ -149,7 +149,8 @@ def _prepare_worktree(run: Run, plan: RunPlan, branch: str) -> None:
         run.checkout_guard = CheckoutGuard.watch(plan.git_root)
     created = create_worktree(plan.git_root, path, branch, plan.request.from_branch)
     run.work_dir = path
-    if created:
+    if created and plan.request.parent_run_id is None:
+        # For `_drop_empty_branch`, which a parallel run's child leaves to its parent.
         run.branch_base = head_commit(path)
     run.finishers.append(lambda run, state, code, reason: _finish_worktree(run))
     run.ctx.branch = branch

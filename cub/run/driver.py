@@ -56,12 +56,14 @@ def _open_run(
     anywhere: bool = False,
     observer: RunObserver | None = None,
     watch: InterruptWatch | None = None,
+    recover: bool = True,
 ) -> tuple[Run, Rejected | None]:
     """Create the run's context, store and machine. Records go to the project's .cub/runs/;
-    outside any project only ``anywhere`` runs (direct mode) get a directory of their own."""
+    outside any project only ``anywhere`` runs (direct mode) get a directory of their own.
+    ``recover``: first finalise the project's orphaned runs."""
     root = find_project_root(cwd)
     project_dir = root or cwd
-    if root is not None:
+    if root is not None and recover:
         for message in recover_project(root):
             print(f"cub: {message}", file=sys.stderr)
     early_rejection = undecodable_argument(argv)
@@ -140,6 +142,9 @@ def execute_run(
             anywhere=request.direct is not None,
             observer=observer,
             watch=watch,
+            # A parallel run's child: its parent recovered the project when it started, and
+            # recovers any child that dies; a child would only read every run's records again.
+            recover=request.parent_run_id is None,
         )
     except BaseException:
         watch.restore()

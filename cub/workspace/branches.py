@@ -20,8 +20,8 @@ from cub.workspace.git import (
     HeadStamp,
     branch_exists,
     current_branch,
+    dirs_and_head,
     git,
-    git_dirs,
     head_commit,
     head_ids,
     head_stamp,
@@ -126,18 +126,37 @@ class HeadTracker:
 
     def __init__(self, repo: Path) -> None:
         self.repo = repo
-        self._dirs = git_dirs(repo)
+        # Where HEAD's files are (None: they cannot tell, ask git), learnt at the first start.
+        self._dirs: tuple[Path, Path] | None = None
+        self._started = False
         self.base: str | None = None  # a full commit id
         self._stamp: HeadStamp | None = None
         self._abbrev = 7  # git's abbreviation length for this repository, once it is known
 
     def start(self) -> str | None:
         """HEAD now: the base commit of the task about to run (None without commits)."""
+        if not self._started:
+            self._started = True
+            if self._first_start():
+                return self.base
         stamp = self._read_stamp()  # before HEAD is read: a move in between means "changed"
         if self.base is None or stamp is None or stamp != self._stamp:
             self.base = self._ask_git()
         self._stamp = stamp
         return self.base
+
+    def _first_start(self) -> bool:
+        """Where HEAD's files are and what HEAD names, from one git process. The fingerprint
+        is read after it, so it must name the same commit git did; otherwise (HEAD moved in
+        between, or the files cannot say) returns False: ask again in the usual order."""
+        self._dirs, ids = dirs_and_head(self.repo)
+        if ids is None:
+            return False
+        stamp = self._read_stamp()
+        if stamp is None or stamped_commit(stamp) != ids[0]:
+            return False
+        self.base, self._abbrev, self._stamp = ids[0], len(ids[1]), stamp
+        return True
 
     def commits(self) -> str | None:
         """The task's commits as ``abc1234..def5678``, None if HEAD has not moved since

@@ -54,10 +54,32 @@ def git_bytes(
 
 def repo_root(path: Path) -> Path | None:
     try:
-        out = git(path, "rev-parse", "--show-toplevel")
+        out = git(
+            path, "rev-parse", "--show-toplevel", "--path-format=absolute", "--git-common-dir"
+        ).splitlines()
     except GitError:
         return None
-    return Path(out) if out else None
+    if not out or not out[0]:
+        return None
+    root = Path(out[0])
+    if len(out) == 2:
+        _COMMON_DIRS[root] = Path(out[1])  # asked for anyway, and `common_dir` needs it next
+    return root
+
+
+# Each repository's common git directory, once git has named it: where a repository keeps its
+# objects and refs does not move while cub works in it.
+_COMMON_DIRS: dict[Path, Path] = {}
+
+
+def common_dir(repo: Path) -> Path:
+    """The common git directory of the repository at ``repo`` (the same for all its
+    worktrees); `GitError` if it is not one."""
+    known = _COMMON_DIRS.get(repo)
+    if known is None:
+        known = Path(git(repo, "rev-parse", "--path-format=absolute", "--git-common-dir"))
+        _COMMON_DIRS[repo] = known
+    return known
 
 
 def current_branch(repo: Path) -> str | None:
@@ -106,6 +128,28 @@ def git_dirs(repo: Path) -> tuple[Path, Path] | None:
     if (common_dir / "reftable").exists():
         return None
     return git_dir, common_dir
+
+
+def dirs_and_head(repo: Path) -> tuple[tuple[Path, Path] | None, tuple[str, str] | None]:
+    """`git_dirs` and `head_ids` from one git process."""
+    out = git(
+        repo,
+        "rev-parse",
+        "--path-format=absolute",
+        "--git-dir",
+        "--git-common-dir",
+        "HEAD",
+        "--short",
+        "HEAD",
+        check=False,
+    ).splitlines()
+    dirs = None
+    if len(out) >= 2 and not (Path(out[1]) / "reftable").exists():
+        dirs = Path(out[0]), Path(out[1])
+    # Without commits git stops at HEAD, which it cannot resolve.
+    if len(out) == 4 and _HEX.fullmatch(out[2]) and out[2].startswith(out[3]):
+        return dirs, (out[2], out[3])
+    return dirs, None
 
 
 _HEX = re.compile(r"[0-9a-f]+")

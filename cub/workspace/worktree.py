@@ -17,7 +17,7 @@ from pathlib import Path
 
 from cub.errors import SetupFailed
 from cub.records.durable import keep_out_of_git
-from cub.workspace.git import GitError, branch_exists, git
+from cub.workspace.git import GitError, branch_exists, common_dir, git
 
 WORKTREES_DIR = Path(".cub") / "worktrees"
 
@@ -47,7 +47,8 @@ def create_worktree(repo: Path, path: Path, branch: str, base: str | None) -> bo
             created = not branch_exists(repo, branch)
             for retry in range(_LOCKED_RETRIES + 1):
                 try:
-                    _add_worktree(repo, path, branch, base)
+                    # After a failed try, git is asked again: that try may have made the branch.
+                    _add_worktree(repo, path, branch, base, None if retry else not created)
                     return created
                 except GitError as exc:
                     if retry == _LOCKED_RETRIES or not _met_a_lock(exc):
@@ -62,8 +63,13 @@ def create_worktree(repo: Path, path: Path, branch: str, base: str | None) -> bo
     raise AssertionError("unreachable: the last try returns or raises")
 
 
-def _add_worktree(repo: Path, path: Path, branch: str, base: str | None) -> None:
-    if branch_exists(repo, branch):  # also one that a failed try had made
+def _add_worktree(
+    repo: Path, path: Path, branch: str, base: str | None, exists: bool | None
+) -> None:
+    """``exists``: whether ``branch`` exists, if known (None: ask git)."""
+    if exists is None:
+        exists = branch_exists(repo, branch)  # also one that a failed try had made
+    if exists:
         git(repo, "worktree", "add", str(path), branch)
     else:
         git(repo, "worktree", "add", "-b", branch, str(path), base or "HEAD")
@@ -84,8 +90,7 @@ def _undo_partial_add(repo: Path, path: Path) -> None:
 @contextlib.contextmanager
 def worktree_lock(repo: Path) -> Iterator[None]:
     """Hold cub's worktree lock of ``repo`` (waiting for it): one add or remove at a time."""
-    common = Path(git(repo, "rev-parse", "--path-format=absolute", "--git-common-dir"))
-    fd = os.open(common / WORKTREE_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fd = os.open(common_dir(repo) / WORKTREE_LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield

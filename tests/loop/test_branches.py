@@ -16,6 +16,7 @@ from cub.workspace.branches import (
     branch_name_for,
     prepare_branch,
 )
+from cub.workspace.git import common_dir, repo_root
 from tests.helpers.git import git, make_repo
 
 PROTECTED = ("main", "master")
@@ -377,6 +378,30 @@ def test_head_tracker_asks_git_nothing_while_no_task_commits(
         tracker.start()
 
     assert len(calls(git_calls)) == asked
+
+
+def test_head_tracker_first_start_is_one_git_process(tmp_path: Path, git_calls: Path) -> None:
+    """Where HEAD's files are and HEAD itself (full and as git abbreviates it) come from one
+    `rev-parse`, checked against the ref files read after it."""
+    repo = make_repo(tmp_path / "repo")
+    expected = git(repo, "rev-parse", "HEAD")
+    asked = len(calls(git_calls))
+    tracker = HeadTracker(repo)
+    assert tracker.start() == expected
+    assert len(calls(git_calls)) == asked + 1
+    head = commit_file(repo, "one.txt")
+    assert tracker.commits() == f"{short(repo, expected)}..{short(repo, head)}"
+
+
+def test_repo_root_names_the_common_dir_the_worktree_lock_needs(
+    tmp_path: Path, git_calls: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    asked = len(calls(git_calls))
+    root = repo_root(repo)
+    assert root == repo.resolve()
+    assert common_dir(root) == repo.resolve() / ".git"
+    assert len(calls(git_calls)) == asked + 1
 
 
 def test_head_tracker_range_of_each_task_matches_git(tmp_path: Path) -> None:

@@ -4,27 +4,25 @@ Each child is a separate `cub run --task ID --worktree` process: a full run with
 records under the same project's ``.cub/runs/<child_run_id>/``, its own worktree and branch
 (``<prefix><child_run_id>``, unique per parent), claiming its task through the backlog lock
 like any other run. It leads its own session, so a Ctrl+C in the terminal reaches only the
-parent, which forwards it; and it gets SIGTERM if the parent dies without stopping it.
+parent, which forwards it; and it gets SIGTERM if the parent dies without stopping it. It is
+forked from a helper that has cub imported already (`forkserver`), not executed anew.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import hashlib
 import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
-
-import psutil
+from typing import TYPE_CHECKING, Protocol
 
 from cub.chart.definition import RUN_CHART
+from cub.modes.parallel.forkserver import ForkServer
 from cub.processes import kill_process_tree
 from cub.records.durable import make_private_dir
 from cub.records.location import runs_dir
@@ -48,7 +46,6 @@ _STATE_BY_EXIT = {
     143: "interrupted",
     137: "force_killed",
 }
-_PR_SET_PDEATHSIG = 1
 _MAX_RUN_ID = 128
 
 
@@ -61,7 +58,7 @@ def child_run_id(parent_id: str, task_id: str) -> str:
     return f"{parent_id[: _MAX_RUN_ID - 13]}-{digest}"
 
 
-def child_argv(
+def child_args(
     plan: RunPlan,
     *,
     task_id: str,
@@ -70,9 +67,10 @@ def child_argv(
     run_branch: str | None,
     limits: list[str],
 ) -> list[str]:
-    """The child's command line: one task, in a worktree branched from the run branch, with
-    the parent's harness and per-task flags; ``limits`` are what is left of shared budgets."""
-    argv = [sys.executable, "-m", "cub", "run", "--task", task_id, "--worktree"]
+    """The child's command line, after `cub`: one task, in a worktree branched from the run
+    branch, with the parent's harness and per-task flags; ``limits`` are what is left of
+    shared budgets."""
+    argv = ["run", "--task", task_id, "--worktree"]
     argv += ["--name", run_id, "--parent-run-id", parent_id]
     if run_branch:
         argv += ["--from-branch", run_branch]
@@ -124,6 +122,18 @@ def budget_left(budget: BudgetUse, elapsed: float, run_timeout: float | None) ->
     return flags
 
 
+class ChildHandle(Protocol):
+    """The process of a child run: what the parent needs of it (`forkserver.ForkedProcess`)."""
+
+    pid: int
+    create_time: float | None
+
+    @property
+    def returncode(self) -> int | None: ...
+    def poll(self) -> int | None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
 @dataclass
 class ChildProcess:
     task_id: str
@@ -131,9 +141,7 @@ class ChildProcess:
     # Selection order: branches are merged in this order.
     order: int
     run_dir: Path
-    proc: subprocess.Popen[bytes]
-    create_time: float | None
-    log: IO[bytes]
+    proc: ChildHandle
     started_at: float
     signalled: bool = False
     record: RunRecord | None = None
@@ -165,7 +173,7 @@ class ChildProcess:
     def kill(self) -> None:
         """SIGKILL the child and everything under it (its agent's tree) at once, then reap."""
         if self.proc.poll() is None:
-            kill_process_tree(self.proc.pid, self.create_time)
+            kill_process_tree(self.proc.pid, self.proc.create_time)
             self.signal_group(signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=2.0)
@@ -173,8 +181,6 @@ class ChildProcess:
     def collect(self, project_dir: Path) -> RunRecord | None:
         """After it exited: its run.json, written by itself, or by recovery if it died
         without one (which also releases its task and kills what its agent left)."""
-        with contextlib.suppress(OSError):
-            self.log.close()
         record = read_run_json(self.run_dir)
         if record is None and self.run_dir.is_dir():
             recover_run(project_dir, self.run_dir)
@@ -207,7 +213,7 @@ class ChildProcess:
 
 class LocalChildren:
     """The engine of a plain `--parallel` run: each child a `cub run` process on this machine,
-    in a worktree of its own."""
+    in a worktree of its own, forked by the run's helper (started with the first child)."""
 
     # How long a stopping child gets beyond its grace and SIGTERM→SIGKILL step: its records,
     # post-loop hooks and worktree removal.
@@ -217,9 +223,11 @@ class LocalChildren:
         self.plan = plan
         self.env = env
         self.log_dir = log_dir
+        # The helper that forks the children; a new one if it died (the last is current).
+        self._servers: list[ForkServer] = []
 
     def start(self, spec: ChildSpec) -> ChildProcess:
-        argv = child_argv(
+        args = child_args(
             self.plan,
             task_id=spec.task_id,
             run_id=spec.run_id,
@@ -227,76 +235,25 @@ class LocalChildren:
             run_branch=spec.run_branch,
             limits=spec.limits,
         )
-        return start_child(
-            argv,
+        project_dir = self.plan.project_dir
+        make_private_dir(self.log_dir)
+        if not self._servers or not self._servers[-1].alive():
+            self._servers.append(ForkServer(project_dir, self.env))
+        proc = self._servers[-1].start(args, project_dir, self.log_dir / f"{spec.run_id}.log")
+        return ChildProcess(
             task_id=spec.task_id,
             run_id=spec.run_id,
             order=spec.order,
-            project_dir=self.plan.project_dir,
-            log_dir=self.log_dir,
-            env=self.env,
+            run_dir=runs_dir(project_dir) / spec.run_id,
+            proc=proc,
+            started_at=time.monotonic(),
         )
 
     def close(self) -> None:
-        """Nothing to clean up once every child has been collected."""
-
-
-def start_child(
-    argv: list[str],
-    *,
-    task_id: str,
-    run_id: str,
-    order: int,
-    project_dir: Path,
-    log_dir: Path,
-    env: Mapping[str, str],
-) -> ChildProcess:
-    make_private_dir(log_dir)
-    log = open(log_dir / f"{run_id}.log", "wb")  # noqa: SIM115 - closed in collect()
-    try:
-        proc = subprocess.Popen(
-            argv,
-            cwd=project_dir,
-            env=dict(env),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=_terminate_with_parent(),
-        )
-    except BaseException:
-        log.close()
-        raise
-    try:
-        create_time: float | None = psutil.Process(proc.pid).create_time()
-    except psutil.Error:
-        create_time = None
-    return ChildProcess(
-        task_id=task_id,
-        run_id=run_id,
-        order=order,
-        run_dir=runs_dir(project_dir) / run_id,
-        proc=proc,
-        create_time=create_time,
-        log=log,
-        started_at=time.monotonic(),
-    )
-
-
-def _terminate_with_parent() -> Callable[[], None] | None:
-    """A pre-exec step asking Linux to SIGTERM the child when the parent dies, so a parent
-    killed outright does not leave its children working unsupervised (they stop in order)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def arm() -> None:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-
-    return arm
+        """Every child has been collected: the helpers can go."""
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
 
 
 # -- accounting -------------------------------------------------------------------------------

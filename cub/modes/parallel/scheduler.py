@@ -102,6 +102,9 @@ class ParallelRun:
         self.no_more = False
         self.stopping = False
         self.status_at = 0.0
+        # A child started or ended: status.json is rewritten once at the end of the pass,
+        # however many did.
+        self.status_due = False
         # What moved the checkout this run started from (an isolated run: --worktree), if any.
         self.breach: str | None = None
 
@@ -146,10 +149,12 @@ class ParallelRun:
         ctx, machine = self.run.ctx, self.run.machine
         self.live.remove(child)
         record = child.collect(self.plan.project_dir)
-        # A child that died took none of its agents' escapees with it: they are ours now.
-        orphans = kill_adopted_orphans()
-        if orphans:
-            machine.note("orphans_killed", task_id=child.task_id, data={"pids": orphans})
+        if record is None or record.recorded_by != "machine":
+            # A child that died took none of its agents' escapees with it: they are ours now.
+            # (One that recorded its own ending stopped its agents' trees itself first.)
+            orphans = kill_adopted_orphans()
+            if orphans:
+                machine.note("orphans_killed", task_id=child.task_id, data={"pids": orphans})
         ctx.children.append(child.summary())
         state = child.state
         if record is not None:
@@ -191,7 +196,7 @@ class ParallelRun:
         )
         mark = "✓" if succeeded else "✗"
         self.run.observer.message(f"{mark} {child.task_id}: child run {state} ({reason})")
-        self._write_status(force=True)
+        self.status_due = True
 
     def _isolation_breached(self, child: Child) -> bool:
         """Whether the checkout the run started from has moved (checked as each child ends)."""
@@ -296,7 +301,7 @@ class ParallelRun:
             "child_started", task_id=task.id, data={"run_id": run_id, **child.where()}
         )
         self.run.observer.message(f"▶ {task.id}: {task.title} (child run {run_id})")
-        self._write_status(force=True)
+        self.status_due = True
 
     # -- stopping children --------------------------------------------------------------------
 
@@ -349,6 +354,7 @@ class ParallelRun:
             if now > deadline:
                 self._kill_all()
                 return False
+            self._write_status()
             time.sleep(0.05)
         self._write_status(force=True)
         return True
@@ -405,6 +411,6 @@ class ParallelRun:
 
     def _write_status(self, *, force: bool = False) -> None:
         now = time.monotonic()
-        if force or now - self.status_at >= _STATUS_EVERY_S:
-            self.status_at = now
+        if force or self.status_due or now - self.status_at >= _STATUS_EVERY_S:
+            self.status_at, self.status_due = now, False
             self.run.machine.write_status()
