@@ -411,8 +411,10 @@ class AgentProcess:
                     logger.error("agent pid=%d: could not be reaped", self.pid)
                     return
                 self._tree.root_reaped = True
-            if is_subreaper():
-                self._refresh()  # reaps members that were re-parented to us
+            # Reaps members that were re-parented to us; an agent that started nothing (the
+            # last sweep saw it alone) has none, and a sweep of /proc costs about a millisecond.
+            if is_subreaper() and any(pid != self.pid for pid in self._members):
+                self._refresh()
 
     # ----------------------------------------------------------------- threads
 
