@@ -165,6 +165,18 @@ def _warm_up(project_dir: Path) -> None:
         Redactor().lines(b"\n")  # loads and compiles RE2's search (no thread is started)
 
 
+def _die_with(parent: int) -> None:
+    """SIGTERM this helper when ``parent`` (the parallel run) dies, as for its children; if it
+    died before the signal was armed, at once."""
+    arm = parent_death_signal()
+    if arm is None:
+        return
+    arm()
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 if __name__ == "__main__":
+    _die_with(int(sys.argv[1]))
     _warm_up(Path.cwd())
     _Helper().serve()

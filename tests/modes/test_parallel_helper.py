@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -221,3 +222,43 @@ def test_a_child_run_leaves_the_projects_recovery_to_its_parent(tmp_path: Path) 
     later = run_cub(["runs", "list"], project)
     assert "recovered run dead" in later.stderr
     assert read_run(project, "dead").state == "force_killed"
+
+
+def test_the_helper_dies_with_the_run_that_started_it(tmp_path: Path) -> None:
+    # A parallel run SIGKILLed: its helper ends (SIGTERM from the kernel, or the end of its
+    # requests, whichever it sees first; its children get their SIGTERM when it is gone), so
+    # nothing is left forking for a run that is gone.
+    parent = write_script(
+        tmp_path / "parent.py",
+        """
+        import sys
+        from pathlib import Path
+        from cub.modes.parallel.forkserver import ForkServer
+        server = ForkServer(Path.cwd(), dict(__import__("os").environ))
+        print(server._proc.pid, flush=True)
+        sys.stdin.read()  # until killed
+        """,
+    )
+    proc = subprocess.Popen(
+        [str(parent)], cwd=tmp_path, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    helper = psutil.Process(int(proc.stdout.readline()))
+    assert helper.ppid() == proc.pid
+    proc.kill()
+    proc.wait()
+    helper.wait(10)  # psutil.TimeoutExpired if it stays
+    assert not helper.is_running()
+
+
+def test_a_helper_whose_run_is_already_gone_does_not_stay(tmp_path: Path) -> None:
+    # Its parent died before the death signal was armed: the pid it was given is not its
+    # parent's, so it ends at once.
+    done = subprocess.run(
+        [sys.executable, "-m", "cub.cli.child_server", "1"],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == -signal.SIGTERM

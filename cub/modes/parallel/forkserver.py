@@ -101,8 +101,11 @@ class ForkServer:
 
     def __init__(self, cwd: Path, env: Mapping[str, str]) -> None:
         try:
+            # The helper arms its own death signal, then checks that its parent is still this
+            # process (no preexec_fn: Python code between fork and exec is unsafe in a process
+            # with threads, as this one may have).
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "cub.cli.child_server"],
+                [sys.executable, "-m", "cub.cli.child_server", str(os.getpid())],
                 cwd=cwd,
                 env=dict(env),
                 stdin=subprocess.PIPE,
@@ -110,7 +113,6 @@ class ForkServer:
                 # The parent's: the helper prints nothing unless it fails (a traceback).
                 stderr=None,
                 start_new_session=True,
-                preexec_fn=parent_death_signal(),
             )
         except OSError as exc:
             raise CubError(f"cannot start the helper that starts child runs: {exc}") from exc
