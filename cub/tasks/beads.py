@@ -33,6 +33,7 @@ from cub.tasks.model import (
     STATUSES,
     Task,
     TaskEntry,
+    epic_members,
     validate_task_id,
 )
 from cub.tasks.selection import pick_task, ready_tasks, unmet_dependencies
@@ -84,7 +85,7 @@ class BeadsBackend:
         ]
 
     def epic_tasks(self, epic_id: str) -> list[Task]:
-        return [t for t in self.load() if epic_id in (t.id, t.parent)]
+        return epic_members(self.load(), epic_id)
 
     # --- changing --------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from msgspec.structs import replace
 
 from cub.errors import BackendError, TaskNotFound
-from cub.tasks.model import Task, now_iso
+from cub.tasks.model import Task, epic_members, now_iso
 
 DIRECT_TASK_ID = "direct"
 
@@ -46,7 +46,7 @@ class DirectBackend:
         return []
 
     def epic_tasks(self, epic_id: str) -> list[Task]:
-        return [t for t in self.load() if epic_id in (t.id, t.parent)]
+        return epic_members(self.load(), epic_id)
 
     def claim_next(
         self,

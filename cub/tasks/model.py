@@ -10,6 +10,7 @@ survive every rewrite.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -160,6 +161,11 @@ class TaskEntry(msgspec.Struct, kw_only=True, gc=False):
             close_reason=self.close_reason,
             notes=self.notes,
         )
+
+
+def epic_members(tasks: Iterable[Task], epic_id: str) -> list[Task]:
+    """The epic ``epic_id`` (when it is one of ``tasks``) and the tasks under it, in order."""
+    return [t for t in tasks if epic_id in (t.id, t.parent)]
 
 
 def _merge_beads_links(
