@@ -14,6 +14,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Protocol, runtime_checkable
 
+from cub.records.redact import redact_each_line
+
 logger = logging.getLogger("cub.agents")
 
 READ_POLL_MS = 200  # the reader wakes at least this often to flush partial lines
@@ -61,11 +63,7 @@ def _line_by_line(redact: Callable[[str], str]) -> Callable[[bytes], str]:
     """``LinesRedactor.lines`` for a redactor that takes one line at a time."""
 
     def lines(data: bytes) -> str:
-        out = []
-        for line in _decode(data).split("\n")[:-1]:
-            cr = "\r" if line.endswith("\r") else ""
-            out.append(redact(line[: len(line) - len(cr)]) + cr + "\n")
-        return "".join(out)
+        return redact_each_line(redact, _decode(data))
 
     return lines
 

@@ -20,7 +20,7 @@ import itertools
 import logging
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -279,6 +279,21 @@ def _spans_in_parts(scan: Any, data: bytes) -> Iterator[tuple[int, int]]:
         yield from future.result()
 
 
+def redact_each_line(
+    redact: Callable[[str], str], text: str, only: Iterable[int] | None = None
+) -> str:
+    """``text`` (whole lines, each ending in a newline) with each line (or those at the indexes
+    ``only``) redacted on its own by ``redact``, its "\r" before the newline kept apart."""
+    lines = text.split("\n")
+    for index in range(len(lines) - 1) if only is None else only:
+        line = lines[index]
+        if line.endswith("\r"):
+            lines[index] = redact(line[:-1]) + "\r"
+        else:
+            lines[index] = redact(line)
+    return "\n".join(lines)
+
+
 class Redactor:
     """Replaces every match of ``patterns`` with ``MASK``; with the defaults (listed first), also
     a text that is a private key's base64 body line."""
@@ -326,14 +341,7 @@ class Redactor:
         to_check = self._lines_to_check(data, text)
         if to_check is not None and not to_check:
             return text
-        lines = text.split("\n")
-        for index in range(len(lines) - 1) if to_check is None else to_check:
-            line = lines[index]
-            if line.endswith("\r"):
-                lines[index] = self(line[:-1]) + "\r"
-            else:
-                lines[index] = self(line)
-        return "\n".join(lines)
+        return redact_each_line(self, text, to_check)
 
     def _lines_to_check(self, data: bytes, text: str) -> set[int] | None:
         """The indexes of the lines of ``text`` (``data`` decoded) that may hold a match: a

@@ -35,6 +35,24 @@ class Child(Protocol):
     def summary(self) -> ChildRun: ...
 
 
+def child_summary(
+    child: Child, *, image: str | None = None, node: str | None = None, problem: str | None = None
+) -> ChildRun:
+    """What the parent's record says of ``child``, with what its engine knows of where it ran
+    (a swarm's image and node) and why it left no record."""
+    record = child.record
+    return ChildRun(
+        run_id=child.run_id,
+        state=child.state,
+        task_id=child.task_id,
+        exit_code=child.exit_code,
+        reason_code=record.reason_code if record is not None else None,
+        image=image,
+        node=node,
+        problem=problem,
+    )
+
+
 @dataclass(frozen=True)
 class ChildSpec:
     """One child to start: its task, its names, and what is left of the shared budgets."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from cub.chart.definition import RUN_CHART
+from cub.modes.parallel.child import child_summary
 from cub.modes.parallel.forkserver import ForkServer
 from cub.processes import kill_process_tree
 from cub.records.durable import make_private_dir
@@ -202,13 +203,7 @@ class ChildProcess:
         return "failed" if code is None else _STATE_BY_EXIT.get(code, "failed")
 
     def summary(self) -> ChildRun:
-        return ChildRun(
-            run_id=self.run_id,
-            state=self.state,
-            task_id=self.task_id,
-            exit_code=self.exit_code,
-            reason_code=self.record.reason_code if self.record is not None else None,
-        )
+        return child_summary(self)
 
 
 class LocalChildren:

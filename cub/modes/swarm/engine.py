@@ -30,6 +30,7 @@ import msgspec
 
 from cub.config.load import ENV_VARS
 from cub.errors import CubError, SetupFailed, one_line
+from cub.modes.parallel.child import child_summary
 from cub.modes.parallel.children import child_flags
 from cub.modes.sandbox.container import client, memory_bytes
 from cub.modes.sandbox.workspace import git_identity
@@ -202,16 +203,7 @@ class SwarmChild:
         return self.record
 
     def summary(self) -> ChildRun:
-        return ChildRun(
-            run_id=self.run_id,
-            state=self.state,
-            task_id=self.task_id,
-            exit_code=self.exit_code,
-            reason_code=self.record.reason_code if self.record is not None else None,
-            image=self.engine.image,
-            node=self.node,
-            problem=self.problem,
-        )
+        return child_summary(self, image=self.engine.image, node=self.node, problem=self.problem)
 
 
 class SwarmEngine:
