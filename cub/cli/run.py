@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import signal
 import sys
 from pathlib import Path
@@ -11,12 +10,6 @@ from typing import Any
 import click
 
 from cub.cli.early_watch import EARLY_WATCH
-
-# The cyclic garbage collector's young generation, in objects. A run holds large data that is
-# in no cycle (a parsed backlog: 100,000 tasks are over 200,000 tracked objects); with the
-# default of 700 the collector walks all of it again and again while it is read and indexed,
-# which costs about as much as reading it.
-GC_YOUNG_THRESHOLD = 100_000
 
 
 def _request_from(params: dict[str, Any]) -> Any:
@@ -186,10 +179,11 @@ def run_command(json_: bool, **params: Any) -> int:
     its code: 0 completed, 1 failed, 2 rejected, 3 budget exhausted, 130/143 interrupted,
     137 force-killed."""
     from cub.cli.output import ConsoleObserver, report_run  # (not for --help: see above)
+    from cub.memory import hold_what_is_built
     from cub.processes import become_subreaper
     from cub.run.driver import execute_run
 
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+    hold_what_is_built()  # the backlog, parsed once and held for the run
     # Whatever an agent orphans (even with its environment cleared, out of its session) is
     # re-parented to this process instead of init, where the supervisor finds and ends it.
     become_subreaper()

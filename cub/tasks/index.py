@@ -20,6 +20,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable, Collection
 
+from cub.memory import built_outside_gc
 from cub.tasks.model import Task
 from cub.tasks.selection import READY_STATUSES, UNSELECTABLE_TYPES
 
@@ -35,8 +36,8 @@ class BacklogIndex:
         self._position = position
         self._dependents: dict[str, list[str]] = {}
         self._children: dict[str, list[str]] = {}
-        for task in tasks:
-            self._link(task)
+        with built_outside_gc():
+            self._link_all(tasks)
         self._heaps: dict[_Filter, list[_Entry]] = {}
 
     # --- questions -------------------------------------------------------------------------
@@ -90,6 +91,23 @@ class BacklogIndex:
 
     # --- plumbing --------------------------------------------------------------------------
 
+    def _link_all(self, tasks: list[Task]) -> None:
+        """`_link` of every one of ``tasks``, written out: it runs over the whole backlog
+        at the start of every run."""
+        dependents, children = self._dependents, self._children
+        for task in tasks:
+            if task.depends_on:
+                for dep in task.depends_on:
+                    if dep in dependents:
+                        dependents[dep].append(task.id)
+                    else:
+                        dependents[dep] = [task.id]
+            if task.parent is not None:
+                if task.parent in children:
+                    children[task.parent].append(task.id)
+                else:
+                    children[task.parent] = [task.id]
+
     def _link(self, task: Task) -> None:
         # A dependency named twice is linked twice, and unlinked twice.
         for dep in task.depends_on:
@@ -106,7 +124,8 @@ class BacklogIndex:
     def _heap(self, key: _Filter) -> list[_Entry]:
         heap = self._heaps.get(key)
         if heap is None:
-            heap = self._ready_now(*key)
+            with built_outside_gc():
+                heap = self._ready_now(*key)
             heapq.heapify(heap)
             self._heaps[key] = heap
         return heap

@@ -7,6 +7,7 @@ spelling all survive.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,20 @@ from cub.config.messages import describe_validation_error, json_error_parts, nul
 from cub.errors import InvalidTaskId, TaskFileError
 from cub.tasks import changes
 from cub.tasks.file_store import FileTaskBackend
-from cub.tasks.model import TASK_ENTRY_DECODER, Task, TaskEntry, depends_on_key, validate_task_id
+from cub.tasks.model import (
+    MAX_TASK_ID_LENGTH,
+    TASK_ENTRY_DECODER,
+    Task,
+    TaskEntry,
+    depends_on_key,
+    validate_task_id,
+)
 
 DEFAULT_PATH = Path(".cub") / "tasks.jsonl"
+_VALUES = msgspec.json.Decoder(msgspec.Raw)  # each JSON value's bytes, undecoded
+# Task ids a line each, each of the characters `validate_task_id` allows, as many as it allows.
+_ID = rf"[A-Za-z0-9._-]{{1,{MAX_TASK_ID_LENGTH}}}"
+_ID_LINES = re.compile(rf"{_ID}(?:\n{_ID})*")
 
 
 class JsonlDocument:
@@ -37,11 +49,41 @@ class JsonlDocument:
         # The checks `decode_line` makes of each line's bytes, made once for the whole file:
         # a backlog of 100,000 tasks is parsed at the start of every run.
         checked = _plain_text(data)
+        if checked and self._read_whole(data):
+            return
         for line_index, line in enumerate(self.lines):
             if not line or line.isspace():
                 continue  # blank lines are allowed and kept as they are
             task = _decode_checked(line) if checked else None
             self._add(task or decode_line(line, label, line_index + 1), line_index)
+
+    def _read_whole(self, data: bytes) -> bool:
+        """Read a file of plain-text lines, each one task and nothing else, with two calls of
+        the decoder (where each value is, then the tasks); False (nothing read) for any other
+        file, to be read line by line, which says what is wrong where.
+
+        The decoder reads values one after another, whatever lines they are on, so it reads
+        what reading line by line would only when its values are the lines. They are when
+        there are as many values as lines, each as long as its line. A value starting k bytes
+        into its line would end k bytes past the line: for k = 1 on the newline, which no
+        value ends with; for k >= 2 in the next line, whose value then starts at least k - 1
+        bytes in, so k >= 2 again; and so on, the last value ending past the end of the file.
+        So k = 0 for every line."""
+        lines = self.lines
+        try:
+            values = _VALUES.decode_lines(data)
+            if len(values) != len(lines) or list(map(len, values)) != list(map(len, lines)):
+                return False
+            entries = TASK_ENTRY_DECODER.decode_lines(data)
+        except (msgspec.DecodeError, RecursionError):
+            return False
+        tasks = [entry.to_task() for entry in entries]
+        ids = [task.id for task in tasks]
+        by_id = dict(zip(ids, range(len(ids)), strict=True))
+        if len(by_id) < len(ids) or not _valid_ids(ids, by_id):
+            return False
+        self.tasks, self._by_id, self._line_index = tasks, by_id, list(range(len(tasks)))
+        return True
 
     def _add(self, task: Task, line_index: int) -> None:
         first = self._by_id.get(task.id)
@@ -159,7 +201,22 @@ def _plain_text(data: bytes) -> bool:
             data.decode("utf-8")
         except UnicodeDecodeError:
             return False
-    return b"\\u0000" not in data
+    # (A one-byte search first: a file without a backslash is common, and far faster to tell.)
+    return b"\\" not in data or b"\\u0000" not in data
+
+
+def _valid_ids(ids: list[str], by_id: dict[str, int]) -> bool:
+    """Whether every one of ``ids`` passes `validate_task_id`, checked all at once: as one
+    text, a line each (no id holds a newline: the count of lines tells)."""
+    if not ids:
+        return True
+    text = "\n".join(ids)
+    return (
+        _ID_LINES.fullmatch(text) is not None
+        and text.count("\n") == len(ids) - 1
+        and ".." not in text
+        and "." not in by_id
+    )
 
 
 def _decode_checked(line: bytes) -> Task | None:

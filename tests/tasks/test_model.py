@@ -81,3 +81,32 @@ def test_task_is_immutable() -> None:
     with pytest.raises(AttributeError):
         task.status = "closed"  # type: ignore[misc]
     assert msgspec.json.decode(msgspec.json.encode(task))["id"] == "a"
+
+
+def test_every_field_of_a_line_reaches_the_task_field_of_its_name() -> None:
+    # `to_task` passes Task's fields by position: a field added to Task, or two reordered,
+    # must not shift a value into its neighbour.
+    line = {
+        "id": "t-1",
+        "title": "Title",
+        "description": "Description",
+        "status": "retry",
+        "priority": "P3",
+        "issue_type": "bug",
+        "labels": ["a-label"],
+        "dependsOn": ["t-0"],
+        "parent": "epic-1",
+        "acceptance_criteria": ["criterion"],
+        "assignee": "someone",
+        "attempts": 4,
+        "created_at": "2025-01-01T00:00:00+00:00",
+        "updated_at": "2025-01-02T00:00:00+00:00",
+        "closed_at": "2025-01-03T00:00:00+00:00",
+        "close_reason": "a reason",
+        "notes": "some notes",
+    }
+    task = TASK_ENTRY_DECODER.decode(msgspec.json.encode(line)).to_task()
+    expected = {**line, "priority": 3, "depends_on": ["t-0"]}
+    del expected["dependsOn"]
+    assert msgspec.structs.asdict(task) == expected
+    assert set(expected) == set(task.__struct_fields__)
