@@ -36,8 +36,12 @@ def built_outside_gc() -> Iterator[None]:
     everything then tracked is frozen out of later passes (`gc.freeze`).
 
     Frozen objects are still freed by reference counting when they are let go (the document
-    of a backlog read again, say); only a cycle already garbage when the freeze comes would be
-    kept, and the parse makes none."""
+    of a backlog read again, say); only a cycle would not be, and the parse makes none."""
+    if _hold_built:
+        # Cycles already garbage would be frozen with the rest and never freed: collect them
+        # first. The two younger generations are enough and cheap: the oldest holds what the
+        # process made before its first freeze, its modules for the most part.
+        gc.collect(1)
     enabled = gc.isenabled()
     gc.disable()
     try:
