@@ -18,7 +18,7 @@ writer changed the file or the ledger, or a person's change rewrote it) gets a n
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 
 from cub.memory import built_outside_gc
 from cub.tasks.model import Task
@@ -91,17 +91,16 @@ class BacklogIndex:
 
     # --- plumbing --------------------------------------------------------------------------
 
-    def _link_all(self, tasks: list[Task]) -> None:
-        """`_link` of every one of ``tasks``, written out: it runs over the whole backlog
-        at the start of every run."""
+    def _link_all(self, tasks: Iterable[Task]) -> None:
+        # Written out for speed: it runs over the whole backlog at the start of every run.
+        # A dependency named twice is linked twice, and unlinked twice.
         dependents, children = self._dependents, self._children
         for task in tasks:
-            if task.depends_on:
-                for dep in task.depends_on:
-                    if dep in dependents:
-                        dependents[dep].append(task.id)
-                    else:
-                        dependents[dep] = [task.id]
+            for dep in task.depends_on:
+                if dep in dependents:
+                    dependents[dep].append(task.id)
+                else:
+                    dependents[dep] = [task.id]
             if task.parent is not None:
                 if task.parent in children:
                     children[task.parent].append(task.id)
@@ -109,11 +108,7 @@ class BacklogIndex:
                     children[task.parent] = [task.id]
 
     def _link(self, task: Task) -> None:
-        # A dependency named twice is linked twice, and unlinked twice.
-        for dep in task.depends_on:
-            self._dependents.setdefault(dep, []).append(task.id)
-        if task.parent is not None:
-            self._children.setdefault(task.parent, []).append(task.id)
+        self._link_all((task,))
 
     def _unlink(self, task: Task) -> None:
         for dep in task.depends_on:
