@@ -3,11 +3,13 @@ itself, then run by `cub run -H command`, then by `cub run -H claude` (a stand-i
 PATH printing the same plain lines between two stream-json events), with cub's peak memory.
 
     .venv/bin/python tools/bench/bench_output.py [--mib 256] [--line 99] [--repeat 3]
-                                                 [--no-redaction] [--record]
+                                                 [--no-redaction] [--on-disk] [--record]
 
 ``--line N`` prints lines of N bytes (newline included); ``--line 0`` prints no newline at all.
 Each way is run ``--repeat`` times, interleaved, after an ``os.sync()`` (so no run pays for the
 last one's writeback); cub's CPU is its own, the agent reporting its own CPU to be taken out.
+A way's wall ends when its process does, its output in the page cache; with ``--on-disk``, when
+an ``os.sync()`` after it returns: the agent's file, or cub's harness.log, on the disk.
 
 Targets (issue: output at disk speed): within 3x the agent writing to a file with `command`,
 5x with `claude`; cub's peak RSS under 150 MiB whatever the volume. The memory bound is tested
@@ -123,6 +125,11 @@ def main() -> int:
     parser.add_argument(
         "--no-redaction", action="store_true", help="what cub costs without its secret search"
     )
+    parser.add_argument(
+        "--on-disk",
+        action="store_true",
+        help="each wall until the output is on disk (an os.sync() after each way ends)",
+    )
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cub-bench-output-"))
@@ -146,13 +153,14 @@ def main() -> int:
             for name, way in ways.items():
                 os.sync()  # the last run's writeback is not this one's to pay
                 if way is None:
-                    runs[name].append(agent_to_file(plain, root, env))
+                    runs[name].append(agent_to_file(plain, root, env, on_disk=args.on_disk))
                     continue
                 project = root / f"p{attempt}-{name.split()[-1]}"
                 make_project(project, [{"id": "t1", "title": "print"}], env)
                 (project / ".cub" / "config.json").write_text(config)
                 cub = [sys.executable, "-m", "cub", "run", "--in-place", "--allow-dirty", *way[0]]
                 elapsed, cpu, peak = peak_rss_of(cub, project, {**env, **way[1]})
+                elapsed += synced() if args.on_disk else 0.0
                 agent_cpu = float((root / "agent-cpu").read_text())
                 runs[name].append((elapsed, cpu - agent_cpu, peak))
                 shutil.rmtree(project)
@@ -175,10 +183,12 @@ def main() -> int:
             REPO / "tools" / "bench" / "RESULTS.md",
             f"agent output: {args.mib} MiB of "
             + (f"{args.line}-byte lines" if args.line else "text without a newline")
-            + (", redaction off" if args.no_redaction else ""),
+            + (", redaction off" if args.no_redaction else "")
+            + (", until on disk" if args.on_disk else ""),
             [
                 f"`tools/bench/bench_output.py --mib {args.mib} --line {args.line} --repeat "
-                f"{args.repeat}{' --no-redaction' if args.no_redaction else ''}` on "
+                f"{args.repeat}{' --no-redaction' if args.no_redaction else ''}"
+                f"{' --on-disk' if args.on_disk else ''}` on "
                 f"{machine_line()}, load {os.getloadavg()[0]:.1f}. Medians "
                 "(each run's wall in brackets); cub's CPU is its own, the agent's taken out.",
                 "",
@@ -191,12 +201,22 @@ def main() -> int:
     return 0
 
 
-def agent_to_file(agent: Path, root: Path, env: dict[str, str]) -> tuple[float, float, float]:
-    """The agent writing to a file by itself: wall and its own CPU seconds."""
+def synced() -> float:
+    """Seconds an os.sync() takes: what of the output was still only in the page cache."""
+    started = time.monotonic()
+    os.sync()
+    return time.monotonic() - started
+
+
+def agent_to_file(
+    agent: Path, root: Path, env: dict[str, str], *, on_disk: bool = False
+) -> tuple[float, float, float]:
+    """The agent writing to a file by itself: wall (to the page cache, or ``on_disk``) and its
+    own CPU seconds."""
     started = time.monotonic()
     with open(root / "out.txt", "wb") as sink:
         subprocess.run([str(agent)], stdout=sink, env=env, check=True)
-    elapsed = time.monotonic() - started
+    elapsed = time.monotonic() - started + (synced() if on_disk else 0.0)
     (root / "out.txt").unlink()
     return elapsed, float((root / "agent-cpu").read_text()), 0.0
 
