@@ -16,17 +16,15 @@ keep their patterns inside detector classes that cannot be joined into the one r
 from __future__ import annotations
 
 import functools
-import itertools
-import logging
-import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
 import msgspec
 
+from cub.records.secret_search import ShapeSearch, shape_search
+
 _Value = TypeVar("_Value")
-logger = logging.getLogger("cub.records")
 
 
 class RedactionSettings(Protocol):
@@ -124,7 +122,8 @@ DEFAULT_SECRET_PATTERNS: tuple[str, ...] = (
 # checked against the whole text, apart from the alternation (whose branches must all start with a
 # literal), and only when the defaults are in use.
 _KEY_BODY_CHARS = range(64, 129)  # 64 or 70, and room for indentation; cheap to check first
-_KEY_BODY_SHAPE = r"[ \t]*[A-Za-z0-9+/]{64}(?:[A-Za-z0-9+/]{6})?[ \t]*"
+_KEY_BODY_RUN = r"[A-Za-z0-9+/]{64}"
+_KEY_BODY_SHAPE = rf"[ \t]*{_KEY_BODY_RUN}(?:[A-Za-z0-9+/]{{6}})?[ \t]*"
 _KEY_BODY_LINE = re.compile(_KEY_BODY_SHAPE)
 
 
@@ -220,63 +219,19 @@ def _add_lines(found: set[int], text: str | bytes, spans: Iterable[tuple[int, in
 
 
 @functools.cache
-def _defaults_scan() -> Any:
-    """The default patterns as one RE2 search (a DFA: one pass, hundreds of MB/s whatever the
-    text, where Python's engine slows to tens of MB/s on text full of the patterns' first
-    letters). It finds a superset of the lines the defaults match: each pattern without its
-    word-start guard (a look-behind, which RE2 lacks), the PEM BEGIN line without the rest of
-    its block, and a key body line by its shape. RE2 folds case as Python does for the
-    case-insensitive parts (tests/records/test_redact_lines.py checks every code point)."""
-    try:
-        import re2  # about 7 ms to import: loaded only once an agent's output is read
-    except (ImportError, OSError) as exc:  # e.g. an image without libstdc++: slower, still right
-        logger.warning("google-re2 cannot be loaded (%s); redacting output line by line", exc)
-        return None
+def _defaults_scan() -> ShapeSearch | None:
+    """The default patterns as one search over many lines (`cub.records.secret_search`: hundreds
+    of MB/s to several GB/s whatever the text, where Python's engine slows to tens of MB/s on
+    text full of the patterns' first letters). It finds a superset of the lines the defaults
+    match: each pattern without its word-start guard (a look-behind, which RE2 lacks), the PEM
+    BEGIN line without the rest of its block, and a key body line by its shape. RE2 folds case
+    as Python does for the case-insensitive parts (tests/records/test_redact_lines.py checks
+    every code point). None without RE2."""
     shapes = [
         _WORD_START_GUARD.sub("", pattern).replace(_PEM_REST_OF_BLOCK, "")
         for pattern in DEFAULT_SECRET_PATTERNS
     ]
-    shapes.append(rf"(?m:^{_KEY_BODY_SHAPE}\r?$)")
-    return re2.compile("|".join(f"(?:{shape})" for shape in shapes))
-
-
-# Output read in large pieces is searched in parts this large (or larger), each on a core of its
-# own: RE2 lets go of the interpreter while it searches, and its search (a DFA, about 1.5 ns a
-# byte here) is most of what redacting costs.
-_SCAN_PART_BYTES = 256 << 10
-_SCAN_THREADS = max(1, min(4, (os.cpu_count() or 1) - 1))
-
-
-@functools.cache
-def _scan_pool() -> Any:
-    from concurrent.futures import ThreadPoolExecutor  # 5 ms to import: output in bulk only
-
-    return ThreadPoolExecutor(_SCAN_THREADS, thread_name_prefix="cub-redact")
-
-
-def _spans_in_parts(scan: Any, data: bytes) -> Iterator[tuple[int, int]]:
-    """The spans of ``scan``'s matches in ``data`` (whole lines), in order; a large ``data`` is
-    searched in parts cut after a newline (every match lies within one line), at once."""
-    parts = min(_SCAN_THREADS + 1, len(data) // _SCAN_PART_BYTES)
-    if parts < 2:
-        yield from (m.span() for m in scan.finditer(data))
-        return
-    cuts = [0]
-    for i in range(1, parts):
-        cut = data.find(b"\n", max(cuts[-1], i * len(data) // parts)) + 1
-        if cut > 0:
-            cuts.append(cut)
-    cuts.append(len(data))
-
-    def search(start: int, end: int) -> list[tuple[int, int]]:
-        return [m.span() for m in scan.finditer(data, start, end)]
-
-    pool = _scan_pool()
-    first, *rest = itertools.pairwise(cuts)
-    later = [pool.submit(search, start, end) for start, end in rest]
-    yield from search(*first)
-    for future in later:
-        yield from future.result()
+    return shape_search(shapes, _KEY_BODY_RUN, _KEY_BODY_SHAPE)
 
 
 def redact_each_line(
@@ -354,7 +309,7 @@ class Redactor:
             scan = _defaults_scan()
             if scan is None:
                 return None
-            _add_lines(found, data, _spans_in_parts(scan, data))
+            _add_lines(found, data, scan.spans(data))
         if self._line_scan is not None:
             # Searched in lines without their "\r", as each is redacted; the line count is the same.
             plain = text.replace("\r\n", "\n") if "\r" in text else text

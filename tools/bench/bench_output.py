@@ -2,10 +2,13 @@
 itself, then run by `cub run -H command`, then by `cub run -H claude` (a stand-in `claude` on
 PATH printing the same plain lines between two stream-json events), with cub's peak memory.
 
-    .venv/bin/python tools/bench/bench_output.py [--mib 256] [--line 99] [--repeat 3]
-                                                 [--no-redaction] [--on-disk] [--record]
+    .venv/bin/python tools/bench/bench_output.py [--mib 256] [--line 99 | --text log]
+                                [--repeat 3] [--no-redaction] [--on-disk] [--record]
 
 ``--line N`` prints lines of N bytes (newline included); ``--line 0`` prints no newline at all.
+``--text log`` prints what a test suite does instead (test results, log records, warnings,
+tracebacks): the text the secret search passes fastest, where lines of one letter hold runs of
+64 key characters that it leaves to RE2.
 Each way is run ``--repeat`` times, interleaved, after an ``os.sync()`` (so no run pays for the
 last one's writeback); cub's CPU is its own, the agent reporting its own CPU to be taken out.
 A way's wall ends when its process does, its output in the page cache; with ``--on-disk``, when
@@ -67,12 +70,28 @@ def line_literal(size: int) -> str:
     return repr(b"x" * 4096) if size == 0 else repr(b"x" * (size - 1) + b"\n")
 
 
-def write_agent(path: Path, mib: int, *, claude: bool, line: int = 99) -> None:
+def suite_output(lines: int = 1200) -> bytes:
+    """What a test suite prints (``--text log``): verbose test results, log records, compiler
+    warnings and tracebacks, about 90 bytes a line, no two lines alike."""
+    kinds = [
+        "tests/unit/test_module_{a}.py::TestCase{b}::test_behaviour_{i} PASSED [{p:3d}%]",
+        "2026-12-04T09:{m:02d}:{s:02d}.{i:03d}Z INFO worker-{b} request id={i:08x} took {a}.{b} ms",
+        "src/parser/module_{a}.c:{i}:{b}: warning: unused variable 'tmp_{b}' [-Wunused-variable]",
+        '  File "/home/dev/project/src/pkg/module_{a}.py", line {i}, in handle_{b}',
+        "    assert response.status_code == 200, f'unexpected {{response.status_code}}'  # {i}",
+    ]
+    return "".join(
+        kinds[i % len(kinds)].format(i=i, a=i % 97, b=i % 13, p=i % 101, m=i % 60, s=i % 59) + "\n"
+        for i in range(lines)
+    ).encode()
+
+
+def write_agent(path: Path, mib: int, *, claude: bool, line: int = 99, text: str = "x") -> None:
     path.write_text(
         PRINTER.format(
             python=sys.executable,
             mib=mib,
-            line=line_literal(line),
+            line=line_literal(line) if text == "x" else repr(suite_output()),
             head=CLAUDE_HEAD if claude else "",
             tail=CLAUDE_TAIL if claude else "",
         )
@@ -121,6 +140,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mib", type=int, default=256)
     parser.add_argument("--line", type=int, default=99, help="bytes per line; 0: no newline")
+    parser.add_argument(
+        "--text",
+        choices=["x", "log"],
+        default="x",
+        help="x: lines of one letter (--line bytes); log: what a test suite prints",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians shown")
     parser.add_argument(
         "--no-redaction", action="store_true", help="what cub costs without its secret search"
@@ -147,8 +172,8 @@ def main() -> int:
     runs: dict[str, list[tuple[float, float, float]]] = {name: [] for name in ways}
     try:
         claude_dir.mkdir()
-        write_agent(plain, args.mib, claude=False, line=args.line)
-        write_agent(claude_dir / "claude", args.mib, claude=True, line=args.line)
+        write_agent(plain, args.mib, claude=False, line=args.line, text=args.text)
+        write_agent(claude_dir / "claude", args.mib, claude=True, line=args.line, text=args.text)
         for attempt in range(args.repeat):  # interleaved, so a change of load hits all alike
             for name, way in ways.items():
                 os.sync()  # the last run's writeback is not this one's to pay
@@ -182,12 +207,19 @@ def main() -> int:
         append_section(
             REPO / "tools" / "bench" / "RESULTS.md",
             f"agent output: {args.mib} MiB of "
-            + (f"{args.line}-byte lines" if args.line else "text without a newline")
+            + (
+                "test-suite output"
+                if args.text == "log"
+                else f"{args.line}-byte lines"
+                if args.line
+                else "text without a newline"
+            )
             + (", redaction off" if args.no_redaction else "")
             + (", until on disk" if args.on_disk else ""),
             [
-                f"`tools/bench/bench_output.py --mib {args.mib} --line {args.line} --repeat "
-                f"{args.repeat}{' --no-redaction' if args.no_redaction else ''}"
+                f"`tools/bench/bench_output.py --mib {args.mib} "
+                + ("--text log" if args.text == "log" else f"--line {args.line}")
+                + f" --repeat {args.repeat}{' --no-redaction' if args.no_redaction else ''}"
                 f"{' --on-disk' if args.on_disk else ''}` on "
                 f"{machine_line()}, load {os.getloadavg()[0]:.1f}. Medians "
                 "(each run's wall in brackets); cub's CPU is its own, the agent's taken out.",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import io
+import json
 import re
 import sys
 import tarfile
@@ -183,7 +184,8 @@ def build_context(base: str | None, agent: str | None) -> bytes:
         else:
             for name, path in _package_files():
                 _add_file(tar, f"src/{name}", path)
-            dependencies = "[" + ", ".join(f'"{r}"' for r in _runtime_requirements()) + "]"
+            # A JSON string is a TOML string too: a marker's own quotes stay escaped.
+            dependencies = json.dumps(_runtime_requirements())
             pyproject = GENERATED_PYPROJECT.format(
                 version=cub.__version__, dependencies=dependencies
             )
