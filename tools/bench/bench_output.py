@@ -3,7 +3,8 @@ itself, then run by `cub run -H command`, then by `cub run -H claude` (a stand-i
 PATH printing the same plain lines between two stream-json events), with cub's peak memory.
 
     .venv/bin/python tools/bench/bench_output.py [--mib 256] [--line 99 | --text log]
-                                [--repeat 3] [--no-redaction] [--on-disk] [--record]
+                                [--repeat 3] [--no-redaction] [--on-disk] [--settle 0]
+                                [--record]
 
 ``--line N`` prints lines of N bytes (newline included); ``--line 0`` prints no newline at all.
 ``--text log`` prints what a test suite does instead (test results, log records, warnings,
@@ -13,6 +14,12 @@ Each way is run ``--repeat`` times, interleaved, after an ``os.sync()`` (so no r
 last one's writeback); cub's CPU is its own, the agent reporting its own CPU to be taken out.
 A way's wall ends when its process does, its output in the page cache; with ``--on-disk``, when
 an ``os.sync()`` after it returns: the agent's file, or cub's harness.log, on the disk.
+
+``--settle S`` waits S seconds before each way. On these virtual machines memory a process
+frees goes back to the host within about 20 s, and a gigabyte written into the page cache
+after that costs 2.6 s instead of 0.2 s (taking the memory back, in the kernel's copy): with
+``--settle 30`` every way starts as after a quiet spell, without it each reuses the memory the
+last one freed. The agent writing to a file pays this as cub's harness.log does.
 
 Targets (issue: output at disk speed): within 3x the agent writing to a file with `command`,
 5x with `claude`; cub's peak RSS under 150 MiB whatever the volume. The memory bound is tested
@@ -155,6 +162,12 @@ def main() -> int:
         action="store_true",
         help="each wall until the output is on disk (an os.sync() after each way ends)",
     )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds to wait before each way (30: memory freed earlier is back with the host)",
+    )
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="cub-bench-output-"))
@@ -176,13 +189,14 @@ def main() -> int:
         write_agent(claude_dir / "claude", args.mib, claude=True, line=args.line, text=args.text)
         for attempt in range(args.repeat):  # interleaved, so a change of load hits all alike
             for name, way in ways.items():
-                os.sync()  # the last run's writeback is not this one's to pay
                 if way is None:
+                    settle(args.settle)
                     runs[name].append(agent_to_file(plain, root, env, on_disk=args.on_disk))
                     continue
                 project = root / f"p{attempt}-{name.split()[-1]}"
                 make_project(project, [{"id": "t1", "title": "print"}], env)
                 (project / ".cub" / "config.json").write_text(config)
+                settle(args.settle)
                 cub = [sys.executable, "-m", "cub", "run", "--in-place", "--allow-dirty", *way[0]]
                 elapsed, cpu, peak = peak_rss_of(cub, project, {**env, **way[1]})
                 elapsed += synced() if args.on_disk else 0.0
@@ -215,12 +229,14 @@ def main() -> int:
                 else "text without a newline"
             )
             + (", redaction off" if args.no_redaction else "")
-            + (", until on disk" if args.on_disk else ""),
+            + (", until on disk" if args.on_disk else "")
+            + (f", {args.settle:g} s idle before each" if args.settle else ""),
             [
                 f"`tools/bench/bench_output.py --mib {args.mib} "
                 + ("--text log" if args.text == "log" else f"--line {args.line}")
                 + f" --repeat {args.repeat}{' --no-redaction' if args.no_redaction else ''}"
-                f"{' --on-disk' if args.on_disk else ''}` on "
+                f"{' --on-disk' if args.on_disk else ''}"
+                f"{f' --settle {args.settle:g}' if args.settle else ''}` on "
                 f"{machine_line()}, load {os.getloadavg()[0]:.1f}. Medians "
                 "(each run's wall in brackets); cub's CPU is its own, the agent's taken out.",
                 "",
@@ -231,6 +247,13 @@ def main() -> int:
             ],
         )
     return 0
+
+
+def settle(seconds: float) -> None:
+    """Before a way: the last run's writeback done (not this one's to pay), then ``seconds``
+    of quiet."""
+    os.sync()
+    time.sleep(seconds)
 
 
 def synced() -> float:
