@@ -99,7 +99,7 @@ def ordinary_output(size: int) -> bytes:
 
 
 def test_a_secret_in_any_part_of_a_large_read_is_masked() -> None:
-    # Larger than the parts searched at once: each secret lands in a different part.
+    # Several parts' worth: the read is searched in parts at once, the secret past the first.
     filler = ordinary_output(4 * secret_search.SCAN_PART_BYTES)
     for name, key in KEYS.items():
         data = filler + f"the key is {key}.\n".encode() + filler + filler
