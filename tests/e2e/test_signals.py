@@ -106,6 +106,15 @@ def project(tmp_path: Path) -> Path:
     return make_project(tmp_path / "proj", [task("t1"), task("t2")])
 
 
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether ``sig`` is still waiting to be delivered to process ``pid``."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    masks = [
+        line.split()[1] for line in status.splitlines() if line.startswith(("SigPnd", "ShdPnd"))
+    ]
+    return any(int(mask, 16) >> (sig - 1) & 1 for mask in masks)
+
+
 def set_config(project: Path, config: dict[str, Any]) -> None:
     (project / ".cub" / "config.json").write_text(json.dumps(config))
 
@@ -534,17 +543,24 @@ def test_signal_while_cub_recovers_old_runs(
     project: Path, cubs: Any, signals: tuple[int, ...], state: str, code: int
 ) -> None:
     """Before the run has a directory of its own: cub is still finalising runs whose runners
-    died. The signal is kept, the recovery finishes, and the new run records the signal."""
-    # Enough that the recovery outlasts the pause between two signals.
-    orphans = orphaned_runs(project, 60 if len(signals) == 1 else 200)
+    died. The signal is kept, the recovery finishes, and the new run records the signal.
+
+    Between signals cub is stopped (SIGSTOP), so the recovery cannot end in the pause however
+    fast this machine is, while cub's clock still sees a second request, not a copy."""
+    orphans = orphaned_runs(project, 100)
     cub = cubs(project, *command_harness("true"))
     done = [run / "run.json" for run in orphans]
     wait_until(lambda: any(p.exists() for p in done), what="recovery under way")
-    for i, sig in enumerate(signals):
-        if i:
-            time.sleep(SAME_REQUEST_WINDOW + 0.2)  # a second request, not one delivered twice
-        cub.send(sig)
-    assert not all(p.exists() for p in done), "recovery ended before the signals"
+    first, *second = signals
+    cub.send(first)
+    wait_until(lambda: not signal_pending(cub.proc.pid, first), what="signal taken")
+    time.sleep(0.1)  # Python runs its handler at the main thread's next bytecode
+    os.kill(cub.proc.pid, signal.SIGSTOP)
+    assert not all(p.exists() for p in done), "recovery ended before the signal"
+    if second:
+        time.sleep(SAME_REQUEST_WINDOW + 0.2)  # a second request, not one delivered twice
+        cub.send(second[0])
+    os.kill(cub.proc.pid, signal.SIGCONT)
 
     assert cub.wait() == code, cub.stderr
     cub.assert_clean_exit()
