@@ -44,8 +44,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cub.agents.harness import EventParser, Invocation, ProgramHarness, StreamState
+from cub.agents.harness import (
+    EVENT_PATTERN,
+    SIGNAL_PATTERNS,
+    EventParser,
+    Invocation,
+    ProgramHarness,
+    StreamState,
+)
 from cub.agents.pricing import cost_of, price_for
+from cub.agents.sieve import literal
 from cub.agents.stream import count, mapping, number, string
 
 if TYPE_CHECKING:
@@ -111,6 +119,8 @@ def _busiest_model(model_usage: Mapping[str, Any]) -> str | None:
 
 
 class ClaudeParser(EventParser):
+    looks_for: tuple[bytes, ...] | None = (EVENT_PATTERN, *SIGNAL_PATTERNS, literal(ROOT_REFUSAL))
+
     def __init__(
         self, *, model: str | None = None, prices: Mapping[str, ModelPrice] | None = None
     ) -> None:

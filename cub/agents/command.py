@@ -7,7 +7,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from cub.agents.harness import Invocation, StreamState, combined
+from cub.agents.harness import SIGNAL_PATTERNS, Invocation, StreamState, combined
+from cub.agents.sieve import literal
 from cub.agents.stream import MAX_COST_USD, MAX_TOKENS, decode_event, number, token_count
 from cub.records.schemas import Usage
 
@@ -45,6 +46,8 @@ def reported_usage(line: str) -> Usage | None:
 class CommandParser:
     """Any program's output: only its signals, and the lines that report usage, matter (found
     in the whole text first, so plain output is never split into lines)."""
+
+    looks_for: tuple[bytes, ...] | None = (literal('"cub_usage"'), *SIGNAL_PATTERNS)
 
     def __init__(self) -> None:
         self.state = StreamState()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from cub.agents.sieve import literal
 from cub.agents.stream import decode_event, event_lines
 from cub.records.schemas import Usage
 
@@ -25,6 +26,13 @@ PROMISE_COMPLETE = "<promise>COMPLETE</promise>"
 # stuck.
 _PLACEHOLDER_REASONS = {"REASON", "", "` + a one-sentence reason + `"}
 
+
+# What plain output must hold for `StreamState.scan_lines` to take anything from it (patterns
+# for `cub.agents.sieve`).
+SIGNAL_PATTERNS = (literal("<stuck>"), literal(PROMISE_COMPLETE))
+# What a line that decodes to a JSON object with something in it holds: "{", JSON's whitespace
+# (only these four), then a key or the object's end.
+EVENT_PATTERN = rb'\{[\t\n\r ]*["}]'
 
 _SIGNAL_TAGS = re.compile(r"<(/?)(stuck|promise)>")
 
@@ -80,6 +88,9 @@ class StreamState:
 
 class OutputParser(Protocol):
     state: StreamState
+    # Patterns (`cub.agents.sieve`) that every piece of output the parser takes anything from
+    # holds: a piece holding none of them may be passed over. None: every piece is parsed.
+    looks_for: tuple[bytes, ...] | None
 
     def feed_text(self, text: str) -> bool:
         """Take whole output lines (each ending in "\n"); return True when they changed the
@@ -93,6 +104,7 @@ class EventParser:
     plain lines, many at a time and never split unless they hold a signal, to ``plain``."""
 
     state: StreamState
+    looks_for: tuple[bytes, ...] | None = (EVENT_PATTERN, *SIGNAL_PATTERNS)
 
     def event(self, event: dict[str, Any]) -> bool:
         """Take one event; return True when it changed the usage totals."""
@@ -128,6 +140,7 @@ class LineParser:
     """A parser that reads its agent's output one line at a time (``feed``)."""
 
     state: StreamState
+    looks_for: tuple[bytes, ...] | None = None  # each line may count (an estimate of tokens)
 
     def feed(self, line: str) -> bool:
         raise NotImplementedError

@@ -14,6 +14,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import IO, Protocol, runtime_checkable
 
+import msgspec
+
+from cub.agents.sieve import Sieve, sieve_for
 from cub.records.redact import redact_each_line
 
 logger = logging.getLogger("cub.agents")
@@ -32,6 +35,25 @@ RECHECK_INTERVAL = 0.1
 # the caller (and the agent, once the pipe is full, for the reader), so an agent that prints
 # faster than its lines are parsed is slowed down rather than filling cub's memory.
 QUEUE_MAX_CHARS = 4 << 20
+# Pieces of output smaller than this are parsed without asking the parser's sieve: a few lines
+# cost less to parse than the sieve to build.
+SIEVE_FROM_BYTES = 64 << 10
+
+
+class Output(msgspec.Struct, frozen=True):
+    """Whole lines of an agent's output, each ending in "\n" (as one text)."""
+
+    text: str = ""
+    # False when the parser's sieve found nothing it looks for in them: it can pass them over.
+    to_parse: bool = True
+
+
+class Assembled(msgspec.Struct, frozen=True):
+    """What one chunk of output makes: complete lines for the caller, text for the log."""
+
+    lines: str = ""
+    log: str = ""
+    to_parse: bool = False  # whether the lines may hold what the parser looks for
 
 
 def _utf8_cut(buf: bytes | bytearray, end: int) -> int:
@@ -90,19 +112,27 @@ class LineAssembler:
     line is written again, redacted, on a new line rather than leak the rest of the secret.
     """
 
-    def __init__(self, redact: Callable[[str], str], partial_after: float) -> None:
+    def __init__(
+        self,
+        redact: Callable[[str], str],
+        partial_after: float,
+        looks_for: tuple[bytes, ...] | None = None,
+    ) -> None:
         self._redact_lines = (
             redact.lines if isinstance(redact, LinesRedactor) else _line_by_line(redact)
         )
         self._partial_after = partial_after
+        self._looks_for = looks_for  # the parser's patterns (`cub.agents.sieve`); None: all
+        self._sieve: Sieve | None = None
+        self._to_parse = False  # whether a line handed on since the last feed needs parsing
         self._buf = bytearray()  # the current incomplete line
         self._logged = 0  # bytes of _buf already written to the log...
         self._written = ""  # ...as this redacted text
         self._pending_since: float | None = None
         self._last_data = 0.0
 
-    def feed(self, chunk: bytes, now: float) -> tuple[str, str]:
-        """(the complete lines for the caller, the text for the log)."""
+    def feed(self, chunk: bytes, now: float) -> Assembled:
+        """The complete lines ``chunk`` ends, for the caller and for the log."""
         self._last_data = now
         lines: list[str] = []
         log: list[str] = []
@@ -118,6 +148,7 @@ class LineAssembler:
             data = bytes(self._buf) + chunk[start:end] if self._buf else chunk[start:end]
             self._buf.clear()
             self._pending_since = None
+            self._note_parse(data)
             text = self._redact_lines(data)
             log.append(text)
             lines.append(text.replace("\r\n", "\n") if "\r" in text else text)
@@ -126,7 +157,7 @@ class LineAssembler:
             self._end_line(lines, log, terminator="\n")
         if self._buf and self._pending_since is None:
             self._pending_since = now
-        return "".join(lines), "".join(log)
+        return self._assembled(lines, log)
 
     def tick(self, now: float) -> str:
         """Log text for a partial line that has waited long enough ("" if none)."""
@@ -143,15 +174,31 @@ class LineAssembler:
         self._logged, self._written, self._pending_since = cut, text, now
         return piece
 
-    def finish(self) -> tuple[str, str]:
+    def finish(self) -> Assembled:
         """At end of output: the final line without newline, if any, and its log text."""
         lines: list[str] = []
         log: list[str] = []
         if self._buf:
             self._end_line(lines, log, terminator="")
-        return "".join(lines), "".join(log)
+        return self._assembled(lines, log)
+
+    def _assembled(self, lines: list[str], log: list[str]) -> Assembled:
+        to_parse, self._to_parse = self._to_parse, False
+        return Assembled("".join(lines), "".join(log), to_parse)
+
+    def _note_parse(self, data: bytes | bytearray) -> None:
+        """Whether the lines in ``data`` go to the parser: all of them, unless its sieve
+        finds nothing it looks for."""
+        if self._to_parse:
+            return
+        if self._looks_for is not None and len(data) >= SIEVE_FROM_BYTES:
+            self._sieve = self._sieve or sieve_for(self._looks_for)
+            if self._sieve is not None and not self._sieve.may_hold(data):
+                return
+        self._to_parse = True
 
     def _end_line(self, lines: list[str], log: list[str], terminator: str) -> None:
+        self._note_parse(self._buf)
         line = self._redact_one(self._buf)
         if line.endswith("\r"):  # a CRLF line: the caller gets it without its line ending
             line, terminator = line[:-1], "\r" + terminator
@@ -263,6 +310,7 @@ class AgentOutput:
         *,
         pid: int,
         stopping: threading.Event,
+        looks_for: tuple[bytes, ...] | None = None,
     ) -> None:
         self.pipe = pipe
         with contextlib.suppress(OSError, ValueError):  # not a pipe, or over the limit: keep it
@@ -270,10 +318,11 @@ class AgentOutput:
         self.log = log
         self._pid = pid
         self._stopping = stopping  # set once the tree is dead and cub is closing
-        self._assembler = LineAssembler(redact, PARTIAL_LINE_AFTER)
+        self._assembler = LineAssembler(redact, PARTIAL_LINE_AFTER, looks_for)
         self._cond = threading.Condition()
         self._texts: deque[str] = deque()  # each: whole lines, each ending in "\n"
         self._queued = 0  # characters in _texts
+        self._to_parse = False  # whether any of _texts may hold what the parser looks for
         self.peak_queued = 0
         self.lines_dropped = 0
         self._waiting_allowed = True
@@ -281,7 +330,7 @@ class AgentOutput:
         self.reader_waiting = False  # the reader is idle, waiting for the pipe
         self.last_output_at = time.monotonic()
 
-    def wait_for_output(self, timeout: float, finished: Callable[[], bool]) -> str:
+    def wait_for_output(self, timeout: float, finished: Callable[[], bool]) -> Output:
         """The complete lines that have arrived, as one text (each line ending in "\n"); waits
         up to ``timeout`` for one, or for the end (the output closed, or ``finished()``)."""
         deadline = time.monotonic() + max(0.0, timeout)
@@ -289,11 +338,11 @@ class AgentOutput:
             while not self._texts:
                 remaining = deadline - time.monotonic()
                 if self.closed or remaining <= 0 or finished():
-                    return ""
+                    return Output()
                 self._cond.wait(min(remaining, RECHECK_INTERVAL))
             return self._take()
 
-    def remaining_output(self, timeout: float) -> str:
+    def remaining_output(self, timeout: float) -> Output:
         """Every line not taken yet, waiting up to ``timeout`` for the output to end."""
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
@@ -326,13 +375,14 @@ class AgentOutput:
             self._waiting_allowed = False
             self._cond.notify_all()
 
-    def _take(self) -> str:
+    def _take(self) -> Output:
         """Everything queued (the caller holds the condition); the reader may go on."""
-        text = "".join(self._texts)
+        output = Output("".join(self._texts), self._to_parse)
         self._texts.clear()
         self._queued = 0
+        self._to_parse = False
         self._cond.notify_all()
-        return text
+        return output
 
     def _read_until_closed(self, fd: int) -> None:
         poller = select.poll()
@@ -348,19 +398,20 @@ class AgentOutput:
                 if not chunk:
                     break
                 self.last_output_at = now
-                self._emit(*self._assembler.feed(chunk, now))
+                self._emit(self._assembler.feed(chunk, now))
             if self._stopping.is_set():
                 # The tree is dead; an unknown holder may keep the pipe open, so drain what is
                 # there and leave.
                 stop_seen = now if stop_seen is None else stop_seen
                 if not ready or now - stop_seen > 1.0:
                     break
-            self._emit("", self._assembler.tick(now))
-        self._emit(*self._assembler.finish())
+            self._emit(Assembled(log=self._assembler.tick(now)))
+        self._emit(self._assembler.finish())
 
-    def _emit(self, lines: str, log_text: str) -> None:
-        if log_text:
-            self.log.write(log_text)
+    def _emit(self, piece: Assembled) -> None:
+        if piece.log:
+            self.log.write(piece.log)
+        lines = piece.lines
         if not lines:
             return
         size = len(lines)
@@ -370,6 +421,7 @@ class AgentOutput:
                 self._cond.wait(RECHECK_INTERVAL)
             self._texts.append(lines)
             self._queued += size
+            self._to_parse = self._to_parse or piece.to_parse
             while not self._may_wait() and self._queued > QUEUE_MAX_CHARS and self._texts:
                 dropped = self._texts.popleft()
                 self._queued -= len(dropped)

@@ -25,7 +25,7 @@ from typing import IO
 
 import psutil
 
-from cub.agents.output import AgentOutput, HarnessLog, feed_stdin
+from cub.agents.output import AgentOutput, HarnessLog, Output, feed_stdin
 from cub.agents.stop_ladder import IGNORED_AFTER, KILL_DEADLINE, SentSignal, StopReport, climb
 from cub.processes import (
     RUNNER_MARKER_VAR,
@@ -61,6 +61,8 @@ class AgentRequest:
     redact: Callable[[str], str] = _no_redaction
     # harness.log stops growing at this many bytes (None: no cap); the output is still read.
     log_max_bytes: int | None = None
+    # What the parser of the output looks for (`cub.agents.sieve`); None: it reads every line.
+    looks_for: tuple[bytes, ...] | None = None
 
     def __repr__(self) -> str:
         # env holds API keys and the stdin is the prompt: show their size, never their content.
@@ -148,6 +150,7 @@ class AgentProcess:
             request.redact,
             pid=self.pid,
             stopping=self._stopping,
+            looks_for=request.looks_for,
         )
         self._closed = False
 
@@ -175,14 +178,18 @@ class AgentProcess:
     def returncode(self) -> int | None:
         return self._poll_exit()
 
-    def read_output(self, timeout: float) -> str:
-        """The complete lines that have arrived, as one text (each line ending in "\n"); waits
-        up to ``timeout`` for one (or for the end)."""
+    def read(self, timeout: float) -> Output:
+        """The complete lines that have arrived; waits up to ``timeout`` for one (or for the
+        end)."""
         if time.monotonic() - self.started_at >= _SAMPLE_INTERVAL / 2:
             # Not at once: an agent done within the first moments (a short command) then
             # costs one /proc sweep, the full one at close.
             self._refresh_if_stale()
         return self._output.wait_for_output(timeout, self.finished)
+
+    def read_output(self, timeout: float) -> str:
+        """``read`` as one text (each line ending in "\n")."""
+        return self.read(timeout).text
 
     def read_lines(self, timeout: float) -> list[str]:
         """``read_output`` as a list of lines, without their newlines."""
@@ -242,11 +249,15 @@ class AgentProcess:
             ignored_after=ignored_after,
         )
 
-    def remaining_output(self, timeout: float) -> str:
-        """Every line not read yet (as ``read_output``), waiting up to ``timeout`` for the
-        output to end: what an agent printed while it was being stopped (its final usage, a
-        last commit) still counts."""
+    def remaining(self, timeout: float) -> Output:
+        """Every line not read yet, waiting up to ``timeout`` for the output to end: what an
+        agent printed while it was being stopped (its final usage, a last commit) still
+        counts."""
         return self._output.remaining_output(timeout)
+
+    def remaining_output(self, timeout: float) -> str:
+        """``remaining`` as one text (as ``read_output``)."""
+        return self.remaining(timeout).text
 
     @property
     def root_reaped(self) -> bool:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from cub.agents.harness import Harness, OutputParser, combined
+from cub.agents.output import Output
 from cub.agents.run_marker import agent_env, kill_agents_of
 from cub.agents.supervisor import AgentProcess, AgentRequest
 from cub.lifecycle.budget import exhausted_while_running
@@ -93,6 +94,7 @@ def run_attempt(
     ctx.current_task = current
     watch: _Watch | None = None
     recorded = False
+    parser = harness.parser()
     try:
         agent = AgentProcess.start(
             AgentRequest(
@@ -103,6 +105,7 @@ def run_attempt(
                 log_path=store.harness_log_path(task.id),
                 redact=store.redact,
                 log_max_bytes=settings.log_max_bytes,
+                looks_for=parser.looks_for,
             )
         )
     except OSError as exc:
@@ -137,7 +140,7 @@ def run_attempt(
         # running: an agent already gone by then is not worth a rewrite (the journal has it).
         watch = _Watch(
             agent=agent,
-            parser=harness.parser(),
+            parser=parser,
             harness=harness,
             task_id=task.id,
             base_tokens=ctx.budget.tokens_used,
@@ -174,7 +177,7 @@ def run_attempt(
         if not recorded:
             usage = Usage()
             if watch is not None:
-                _take_output(run, watch, settings, agent.remaining_output(0))
+                _take_output(run, watch, settings, agent.remaining(0))
                 _journal_signals(run, watch)
                 _journal_log_cut(run, watch, settings)
                 _account(run, watch, settings)
@@ -207,7 +210,7 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
         if time.monotonic() - watch.status_written_at > _STATUS_EVERY_S:
             watch.status_written_at = time.monotonic()
             run.machine.write_status()
-        _take_output(run, watch, settings, agent.read_output(_POLL_S))
+        _take_output(run, watch, settings, agent.read(_POLL_S))
         now = time.monotonic()
         if state.result_seen and agent.returncode is None:
             # The agent reported its result; give it a moment to exit on its own.
@@ -241,7 +244,7 @@ def _supervise(run: Run, watch: _Watch, settings: LoopSettings) -> tuple[str | N
                 current.id, current.attempt, now - agent.started_at, use.tokens_used, use.cost_usd
             )
     # The agent is gone; what it printed last still counts (its usage, a <stuck> signal).
-    _take_output(run, watch, settings, agent.read_output(0))
+    _take_output(run, watch, settings, agent.read(0))
     return None, None
 
 
@@ -253,7 +256,7 @@ def _stop(run: Run, watch: _Watch, settings: LoopSettings, first: int, grace: fl
     leader_first = watch.harness.stop_leader_first and first == watch.harness.stop_signal
     agent.stop(first, grace=grace, leader_first=leader_first)
     _journal_signals(run, watch)
-    _take_output(run, watch, settings, agent.remaining_output(_DRAIN_AFTER_STOP_S))
+    _take_output(run, watch, settings, agent.remaining(_DRAIN_AFTER_STOP_S))
 
 
 def _journal_signals(run: Run, watch: _Watch) -> None:
@@ -295,12 +298,12 @@ def _note_model(run: Run, reported: str | None) -> None:
         run.ctx.harness = msgspec.structs.replace(harness, model=reported)
 
 
-def _take_output(run: Run, watch: _Watch, settings: LoopSettings, text: str) -> None:
-    """Whole lines of the agent's output (each ending in a newline), as they arrived."""
-    if not text:
+def _take_output(run: Run, watch: _Watch, settings: LoopSettings, output: Output) -> None:
+    """Whole lines of the agent's output, as they arrived."""
+    if not output.text:
         return
-    run.observer.agent_output(text)
-    if watch.parser.feed_text(text):
+    run.observer.agent_output(output.text)
+    if output.to_parse and watch.parser.feed_text(output.text):
         _account(run, watch, settings)
 
 

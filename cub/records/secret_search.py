@@ -186,12 +186,22 @@ def shape_search(shapes: Sequence[str], key_run: str, key_line: str) -> ShapeSea
 
 
 def _hyperscan_gate(shapes: Sequence[str], key_run: str) -> _Gate | None:
-    try:
-        import hyperscan  # about 5 ms to import
-    except (ImportError, OSError):  # no wheel for this platform: RE2 searches everything
+    hyperscan = load_hyperscan()
+    if hyperscan is None:
         return None
     try:
         return _Gate(hyperscan, shapes, key_run)
-    except Exception as exc:  # e.g. hyperscan.ArchitectureError: a CPU it cannot run on
+    except hyperscan.error as exc:  # e.g. ArchitectureError: a CPU it cannot run on
         logger.warning("hyperscan cannot be used (%s); searching output with RE2 alone", exc)
         return None
+
+
+@functools.cache
+def load_hyperscan() -> Any:
+    """The hyperscan module, or None where it has no wheel (the searches fall back on slower
+    engines, with the same results)."""
+    try:
+        import hyperscan  # about 5 ms to import: loaded only once an agent's output is read
+    except (ImportError, OSError):
+        return None
+    return hyperscan

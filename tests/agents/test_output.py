@@ -63,7 +63,7 @@ def test_a_slow_reader_slows_the_agent_and_loses_nothing(tmp_path: Path) -> None
     assert not rig.written.is_set(), "the writer was never held back"
     assert rig.output.peak_queued <= QUEUE_MAX_CHARS
     while True:
-        batch = rig.output.wait_for_output(0.2, lambda: rig.output.closed)
+        batch = rig.output.wait_for_output(0.2, lambda: rig.output.closed).text
         assert batch.endswith("\n") or not batch  # whole lines only
         taken += batch.split("\n")[:-1]
         if rig.output.closed and not batch:
@@ -82,7 +82,7 @@ def test_while_stopping_the_queue_drops_its_oldest_lines_and_never_blocks(tmp_pa
     rig.start()
     assert rig.written.wait(30), "the writer was held back although nobody is to read"
     rig.finish()
-    kept = rig.output.remaining_output(0).split("\n")[:-1]
+    kept = rig.output.remaining_output(0).text.split("\n")[:-1]
     assert rig.output.lines_dropped > 0
     assert sum(len(line) for line in kept) <= QUEUE_MAX_CHARS
     assert len(kept) + rig.output.lines_dropped == (LINES // 1000) * 1000
@@ -104,5 +104,5 @@ def test_a_secret_split_across_two_reads_is_masked(tmp_path: Path, at: int) -> N
     os.close(write_fd)
     reader.join(10)
     output.log.close()
-    assert output.remaining_output(0) == "token=[REDACTED] done\n"
+    assert output.remaining_output(0).text == "token=[REDACTED] done\n"
     assert log_path.read_text() == "token=[REDACTED] done\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cub.agents.output import LineAssembler
+from cub.agents.output import Assembled, LineAssembler
 from cub.agents.supervisor import AgentProcess, AgentRequest
 from cub.processes import become_subreaper, kill_process_tree, process_matches
 from cub.records.redact import Redactor
@@ -273,13 +273,18 @@ def test_the_log_cap_never_splits_a_character_and_no_cap_drops_nothing(tmp_path:
 # ------------------------------------------------ partial lines (pure logic, explicit clock)
 
 
+def texts(piece: Assembled) -> tuple[str, str]:
+    """(the lines for the caller, the text for the log) of one assembled chunk."""
+    return piece.lines, piece.log
+
+
 def test_partial_line_holds_back_the_token_being_written() -> None:
     lines = LineAssembler(Redactor(), partial_after=1.0)
-    assert lines.feed(b"progress sk-ABCDEFGHIJ", now=0.0) == ("", "")
+    assert texts(lines.feed(b"progress sk-ABCDEFGHIJ", now=0.0)) == ("", "")
     assert lines.tick(0.5) == ""
-    assert lines.feed(b"KLMN", now=0.9) == ("", "")
+    assert texts(lines.feed(b"KLMN", now=0.9)) == ("", "")
     assert lines.tick(1.2) == "progress "  # output still flowing: up to the last space only
-    assert lines.feed(b"OPQRSTUV\n", now=1.5) == ("progress [REDACTED]\n", "[REDACTED]\n")
+    assert texts(lines.feed(b"OPQRSTUV\n", now=1.5)) == ("progress [REDACTED]\n", "[REDACTED]\n")
 
 
 def test_partial_line_is_logged_whole_once_output_is_quiet() -> None:
@@ -290,7 +295,7 @@ def test_partial_line_is_logged_whole_once_output_is_quiet() -> None:
     assert lines.tick(1.5) == ""
     assert lines.tick(2.0) == "\r"
     assert lines.tick(3.1) == "60%"
-    assert lines.finish() == ("50%\r60%\n", "")
+    assert texts(lines.finish()) == ("50%\r60%\n", "")
 
 
 def test_partial_line_rewritten_when_more_context_reveals_a_secret() -> None:
@@ -298,7 +303,7 @@ def test_partial_line_rewritten_when_more_context_reveals_a_secret() -> None:
     lines.feed(b"Authorization: Bearer ", now=0.0)
     logged = lines.tick(1.0)
     assert logged == "Authorization: Bearer "
-    out, more = lines.feed(b"abcdefghijklmnopqrstuvwxyz0123\n", now=1.5)
+    out, more = texts(lines.feed(b"abcdefghijklmnopqrstuvwxyz0123\n", now=1.5))
     assert out == "Authorization: [REDACTED]\n"
     assert more == "\nAuthorization: [REDACTED]\n"
     assert "abcdefghij" not in logged + more
@@ -309,7 +314,7 @@ def test_partial_line_never_splits_a_utf8_character() -> None:
     data = "héllo\n".encode()
     lines.feed(data[:2], now=0.0)  # "h" and the first byte of "é"
     assert lines.tick(1.0) == "h"
-    assert lines.feed(data[2:], now=1.2) == ("héllo\n", "éllo\n")
+    assert texts(lines.feed(data[2:], now=1.2)) == ("héllo\n", "éllo\n")
 
 
 # ------------------------------------------------------------------------------ stopping

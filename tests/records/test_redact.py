@@ -204,9 +204,9 @@ def test_private_key_streamed_line_by_line_is_masked(kind: str) -> None:
     lines: list[str] = []
     log = ""
     for start in range(0, len(data), 97):
-        out, logged = assembler.feed(data[start : start + 97], now=0.0)
-        lines += out.split("\n")[:-1]
-        log += logged
+        piece = assembler.feed(data[start : start + 97], now=0.0)
+        lines += piece.lines.split("\n")[:-1]
+        log += piece.log
     assert lines[0] == "$ cat id_key" and lines[-1] == "$ echo done"
     assert "PRIVATE KEY" not in log
     full = _full_body_lines(pem)
