@@ -356,6 +356,24 @@ def test_claude_usage_cost_model_and_extra_args(
     assert seen["prompt"].startswith("## Task t2: task t2")  # the task prompt, on stdin
 
 
+def test_claude_events_amid_megabytes_of_plain_output_are_all_read(
+    tmp_path: Path, bin_dir: Path, path_env: dict[str, str]
+) -> None:
+    """Between its events, a tool's output on the merged stderr: pieces of it far larger than
+    the parser's sieve passes over (`cub.agents.sieve`), each event still in one of them."""
+    config = {"harness": {"env": {"IS_SANDBOX": "1"}}}
+    project = make_project(tmp_path / "p", [task("t1")], config=config)
+    bulk = "\n".join(f"tests/test_mod.py::test_case_{i} PASSED  {{ok}}" for i in range(30000))
+    lines = [part for event in CLAUDE_SUCCESS for part in (bulk, event)]
+    fake_agent(bin_dir, "claude", [*lines, f"done <promise>COMPLETE</promise>\n{bulk}"])
+
+    result = cub(project, path_env, "--harness", "claude")
+
+    expect(result, 0)
+    assert read_attempt(project, "t1").usage == CLAUDE_USAGE
+    assert read_run(project).harness.model == "claude-sonnet-4-5"  # type: ignore[union-attr]
+
+
 def test_claude_not_logged_in_fails_the_task(
     tmp_path: Path, bin_dir: Path, path_env: dict[str, str]
 ) -> None:
