@@ -3,8 +3,8 @@ itself, then run by `cub run -H command`, then by `cub run -H claude` (a stand-i
 PATH printing the same plain lines between two stream-json events), with cub's peak memory.
 
     .venv/bin/python tools/bench/bench_output.py [--mib 256] [--line 99 | --text log]
-                                [--repeat 3] [--no-redaction] [--on-disk] [--settle 0]
-                                [--record]
+                                [--repeat 3] [--no-redaction] [--log-cap] [--on-disk]
+                                [--settle 0] [--record]
 
 ``--line N`` prints lines of N bytes (newline included); ``--line 0`` prints no newline at all.
 ``--text log`` prints what a test suite does instead (test results, log records, warnings,
@@ -14,6 +14,10 @@ Each way is run ``--repeat`` times, interleaved, after an ``os.sync()`` (so no r
 last one's writeback); cub's CPU is its own, the agent reporting its own CPU to be taken out.
 A way's wall ends when its process does, its output in the page cache; with ``--on-disk``, when
 an ``os.sync()`` after it returns: the agent's file, or cub's harness.log, on the disk.
+
+harness.log keeps all of the output unless ``--log-cap`` is given: then cub's default cap
+(`loop.log_max_bytes`, 256 MiB) applies, as it does for a user who has not raised it, and
+what is beyond it is read, searched and parsed but not written.
 
 ``--settle S`` waits S seconds before each way. On these virtual machines memory a process
 frees goes back to the host within about 20 s, and a gigabyte written into the page cache
@@ -29,6 +33,7 @@ Targets (issue: output at disk speed): within 3x the agent writing to a file wit
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import shutil
@@ -158,6 +163,11 @@ def main() -> int:
         "--no-redaction", action="store_true", help="what cub costs without its secret search"
     )
     parser.add_argument(
+        "--log-cap",
+        action="store_true",
+        help="harness.log under cub's default cap (256 MiB) instead of keeping everything",
+    )
+    parser.add_argument(
         "--on-disk",
         action="store_true",
         help="each wall until the output is on disk (an os.sync() after each way ends)",
@@ -173,9 +183,11 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="cub-bench-output-"))
     env = environment(root / "home")
     env["BENCH_AGENT_CPU"] = str(root / "agent-cpu")
-    # harness.log keeps everything (its default cap is 256 MiB).
-    redaction = ', "redaction": {"use_defaults": false}' if args.no_redaction else ""
-    config = '{"loop": {"log_max_bytes": 4294967296}' + redaction + "}"
+    config: dict[str, object] = {}
+    if not args.log_cap:  # harness.log keeps everything (its default cap is 256 MiB)
+        config["loop"] = {"log_max_bytes": 4 << 30}
+    if args.no_redaction:
+        config["redaction"] = {"use_defaults": False}
     plain, claude_dir = root / "agent", root / "bin"
     ways = {
         "agent > file": None,
@@ -195,7 +207,7 @@ def main() -> int:
                     continue
                 project = root / f"p{attempt}-{name.split()[-1]}"
                 make_project(project, [{"id": "t1", "title": "print"}], env)
-                (project / ".cub" / "config.json").write_text(config)
+                (project / ".cub" / "config.json").write_text(json.dumps(config))
                 settle(args.settle)
                 cub = [sys.executable, "-m", "cub", "run", "--in-place", "--allow-dirty", *way[0]]
                 elapsed, cpu, peak = peak_rss_of(cub, project, {**env, **way[1]})
@@ -229,12 +241,14 @@ def main() -> int:
                 else "text without a newline"
             )
             + (", redaction off" if args.no_redaction else "")
+            + (", harness.log under its default cap" if args.log_cap else "")
             + (", until on disk" if args.on_disk else "")
             + (f", {args.settle:g} s idle before each" if args.settle else ""),
             [
                 f"`tools/bench/bench_output.py --mib {args.mib} "
                 + ("--text log" if args.text == "log" else f"--line {args.line}")
                 + f" --repeat {args.repeat}{' --no-redaction' if args.no_redaction else ''}"
+                f"{' --log-cap' if args.log_cap else ''}"
                 f"{' --on-disk' if args.on_disk else ''}"
                 f"{f' --settle {args.settle:g}' if args.settle else ''}` on "
                 f"{machine_line()}, load {os.getloadavg()[0]:.1f}. Medians "
