@@ -20,6 +20,7 @@ from cub.agents.gemini import GeminiParser
 from cub.agents.harness import OutputParser
 from cub.agents.opencode import OpenCodeParser
 from cub.agents.output import SIEVE_FROM_BYTES, AgentOutput, HarnessLog, LineAssembler
+from cub.agents.registry import KNOWN_HARNESSES
 from cub.agents.sieve import Sieve, literal, sieve_for
 from cub.records.redact import Redactor
 from tests.agents.test_output_text import PLAIN, STREAMS, state_of
@@ -123,6 +124,14 @@ def test_events_with_white_space_after_the_brace_are_not_passed_over() -> None:
 
 def test_a_parser_that_reads_every_line_gets_no_sieve() -> None:
     assert GeminiParser().looks_for is None  # it estimates tokens from all of the text
+
+
+def test_every_parser_with_a_sieve_is_checked_here() -> None:
+    """A new parser (or an old one that starts looking at plain text) gets a sieve only with
+    its place in `SIEVED`, and so in the property test above."""
+    for name, (make, _) in STREAMS.items():
+        assert (make().looks_for is not None) == (name in SIEVED), name
+    assert set(KNOWN_HARNESSES) == set(STREAMS), "a harness whose parser these tests do not know"
 
 
 def test_literal_matches_exactly_its_text() -> None:
