@@ -20,7 +20,7 @@ from cub.records.schemas import Usage
 if TYPE_CHECKING:
     from cub.config.schema import ModelPrice
 
-STUCK = re.compile(r"<stuck>(.*?)</stuck>", re.DOTALL)
+STUCK_OPEN, STUCK_CLOSE = "<stuck>", "</stuck>"
 PROMISE_COMPLETE = "<promise>COMPLETE</promise>"
 # The system prompt names the signal with this placeholder; an agent echoing its prompt is not
 # stuck.
@@ -29,7 +29,7 @@ _PLACEHOLDER_REASONS = {"REASON", "", "` + a one-sentence reason + `"}
 
 # What plain output must hold for `StreamState.scan_lines` to take anything from it (patterns
 # for `cub.agents.sieve`).
-SIGNAL_PATTERNS = (literal("<stuck>"), literal(PROMISE_COMPLETE))
+SIGNAL_PATTERNS = (literal(STUCK_OPEN), literal(PROMISE_COMPLETE))
 # What a line that decodes to a JSON object with something in it holds: "{", JSON's whitespace
 # (only these four), then a key or the object's end.
 EVENT_PATTERN = rb'\{[\t\n\r ]*["}]'
@@ -65,10 +65,10 @@ class StreamState:
     def scan_signals(self, text: str) -> None:
         """The `<stuck>` and `<promise>` signals in one piece of the agent's text (a message,
         a line), whatever the adapter's format: a `<stuck>` reason may span its lines."""
-        if "<stuck>" in text and self.stuck_reason is None:
-            match = STUCK.search(text)
-            if match and match.group(1).strip() not in _PLACEHOLDER_REASONS:
-                self.stuck_reason = match.group(1).strip()
+        if STUCK_OPEN in text and self.stuck_reason is None:
+            reason = stuck_reason_in(text)
+            if reason is not None and reason.strip() not in _PLACEHOLDER_REASONS:
+                self.stuck_reason = reason.strip()
         if PROMISE_COMPLETE in text:
             self.promise_complete = True
 
@@ -78,12 +78,26 @@ class StreamState:
         looked at one by one."""
         if "<" not in text:  # one memchr: most output holds neither tag
             return
-        if "<stuck>" in text and self.stuck_reason is None:
+        if STUCK_OPEN in text and self.stuck_reason is None:
             for line in text.split("\n"):
-                if "<stuck>" in line:
+                if STUCK_OPEN in line:
                     self.scan_signals(line)
         if PROMISE_COMPLETE in text:
             self.promise_complete = True
+
+
+def stuck_reason_in(text: str) -> str | None:
+    """What ``text`` says between its first `<stuck>` and the first `</stuck>` after it; None
+    without such a pair. Two finds, never a regex: with the search ``<stuck>(.*?)</stuck>`` a
+    line holding many tags and no end tag costs a pass to its end for each tag (a megabyte of
+    them, minutes of the main thread, deaf to Ctrl+C). A first tag with no end after it means
+    no later one has one either."""
+    start = text.find(STUCK_OPEN)
+    if start < 0:
+        return None
+    start += len(STUCK_OPEN)
+    end = text.find(STUCK_CLOSE, start)
+    return None if end < 0 else text[start:end]
 
 
 class OutputParser(Protocol):

@@ -5,9 +5,11 @@ into such texts, every parser ends in the same state as when it is given one lin
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,7 +17,7 @@ from cub.agents.claude import ROOT_REFUSAL, ClaudeParser
 from cub.agents.codex import CodexParser
 from cub.agents.command import CommandParser
 from cub.agents.gemini import GeminiParser
-from cub.agents.harness import OutputParser
+from cub.agents.harness import OutputParser, stuck_reason_in
 from cub.agents.opencode import OpenCodeParser
 from cub.agents.stream import event_lines
 from tests.agents.test_claude_adapter import FALLBACK_STREAM, INIT, STREAMED
@@ -129,3 +131,23 @@ def test_event_lines_are_the_lines_that_start_with_a_brace(lines: list[str]) -> 
     )
     events = [event for _, event in pieces if event is not None]
     assert events == [line for line in lines if line.strip().startswith("{")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(["<stuck>", "</stuck>", "<", "stuck>", "/", "a", " ", "\n"])))
+def test_a_stuck_reason_is_what_the_tags_enclose(pieces: list[str]) -> None:
+    """Between the first `<stuck>` and the first `</stuck>` after it: what the lazy search
+    ``<stuck>(.*?)</stuck>`` finds, without its cost."""
+    text = "".join(pieces)
+    match = re.search(r"<stuck>(.*?)</stuck>", text, re.DOTALL)
+    assert stuck_reason_in(text) == (match.group(1) if match else None)
+
+
+@pytest.mark.timeout(30)
+def test_a_megabyte_line_of_unclosed_tags_is_read_in_one_pass() -> None:
+    """A truncated tool result (Gemini's is cut at 1 MiB) full of `<stuck>` and no end tag:
+    with a lazy regex each tag cost a pass to the line's end, minutes of the main thread."""
+    line = "<stuck>x " * (1 << 17)
+    parser = CommandParser()
+    parser.feed_text(f"{line}\n{line}</stuck>\n")
+    assert parser.state.stuck_reason == line[len("<stuck>") :].strip()
