@@ -304,3 +304,22 @@ def test_a_stuck_signal_in_gemini_s_text_leaves_the_task_open(tmp_path: Path, ri
     assert attempt.outcome == "stuck"
     assert attempt.stuck_reason == "the task names a file that does not exist"
     assert attempt.usage.estimated is False
+
+
+def test_a_tool_result_of_megabytes_full_of_unclosed_stuck_tags(
+    tmp_path: Path, rig: CliRig
+) -> None:
+    """Gemini prints a tool's whole output as one JSON line, which cub cuts at 1 MiB: the
+    pieces are plain text, full of `<stuck>` with no end tag. The run goes on at once (the
+    signal was searched for with a regex that took minutes over such a line) and nobody is
+    taken to be stuck."""
+    shell = "seq 1 300000 | sed 's/$/ <stuck>x/'; true"
+    project = project_with(tmp_path, rig, {"shell": shell, "final": "Done."})
+
+    result = cub(project, rig)
+
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    attempt = read_attempt(project, "t1")
+    assert (attempt.outcome, attempt.stuck_reason) == ("succeeded", None)
+    assert read_run(project).state == "completed"
