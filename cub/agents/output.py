@@ -16,7 +16,7 @@ from typing import IO, Protocol, runtime_checkable
 
 import msgspec
 
-from cub.agents.sieve import Sieve, sieve_for
+from cub.agents.sieve import sieve_for
 from cub.records.redact import redact_each_line
 
 logger = logging.getLogger("cub.agents")
@@ -123,7 +123,6 @@ class LineAssembler:
         )
         self._partial_after = partial_after
         self._looks_for = looks_for  # the parser's patterns (`cub.agents.sieve`); None: all
-        self._sieve: Sieve | None = None
         self._to_parse = False  # whether a line handed on since the last feed needs parsing
         self._buf = bytearray()  # the current incomplete line
         self._logged = 0  # bytes of _buf already written to the log...
@@ -192,8 +191,8 @@ class LineAssembler:
         if self._to_parse:
             return
         if self._looks_for is not None and len(data) >= SIEVE_FROM_BYTES:
-            self._sieve = self._sieve or sieve_for(self._looks_for)
-            if self._sieve is not None and not self._sieve.may_hold(data):
+            sieve = sieve_for(self._looks_for)
+            if sieve is not None and not sieve.found_in(data):
                 return
         self._to_parse = True
 

@@ -16,13 +16,9 @@ there is no sieve, and every piece is parsed.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
-from collections.abc import Sequence
-from typing import Any
 
-from cub.records.secret_search import load_hyperscan
+from cub.records.secret_search import AnyMatch, load_hyperscan
 
 
 def literal(text: str) -> bytes:
@@ -33,42 +29,14 @@ def literal(text: str) -> bytes:
     )
 
 
-class Sieve:
-    """Whether a piece of output may hold a match of one of the patterns."""
-
-    def __init__(self, hyperscan: Any, patterns: Sequence[bytes]) -> None:
-        self._hs = hyperscan
-        self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        self._database.compile(
-            expressions=list(patterns),
-            ids=list(range(len(patterns))),
-            flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(patterns),
-        )
-        self._local = threading.local()  # a scan needs scratch space of its thread's own
-
-    def may_hold(self, data: bytes | bytearray | memoryview) -> bool:
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = self._hs.Scratch(self._database)
-        found = False
-
-        def stop(*_: object) -> bool:
-            nonlocal found
-            found = True
-            return True  # the first match is the answer: stop the scan
-
-        with contextlib.suppress(self._hs.ScanTerminated):
-            self._database.scan(data, match_event_handler=stop, scratch=scratch)
-        return found
-
-
 @functools.cache
-def sieve_for(patterns: tuple[bytes, ...]) -> Sieve | None:
-    """The sieve for ``patterns`` (built once per process); None without Hyperscan."""
+def sieve_for(patterns: tuple[bytes, ...]) -> AnyMatch | None:
+    """The sieve for ``patterns`` (built once per process): `AnyMatch.found_in` says whether a
+    piece may hold one of them. None without Hyperscan."""
     hyperscan = load_hyperscan()
     if hyperscan is None:
         return None
     try:
-        return Sieve(hyperscan, patterns)
+        return AnyMatch(hyperscan, patterns)
     except hyperscan.error:  # e.g. a CPU it cannot run on: every piece is parsed
         return None

@@ -255,10 +255,6 @@ class AgentProcess:
         counts."""
         return self._output.remaining_output(timeout)
 
-    def remaining_output(self, timeout: float) -> str:
-        """``remaining`` as one text (as ``read_output``)."""
-        return self.remaining(timeout).text
-
     @property
     def root_reaped(self) -> bool:
         """The agent itself has been reaped: its pid no longer names its tree."""

@@ -77,38 +77,24 @@ def gate_shape(shape: str) -> str:
     return "".join(out)
 
 
-class _Gate:
-    """Hyperscan's answer to "may this part hold anything?", at several GB/s on most text.
+class AnyMatch:
+    """Hyperscan's answer to "does this data hold a match of any of these patterns?", the scan
+    stopped at the first one. Shared by threads: each scans with scratch space of its own."""
 
-    Two questions, the cheaper first, each stopped at its first hit: is there a run of 64 key
-    characters (``key_run``), without which no line is a key body line; is there a match of a
-    shape (see `gate_shape`)? A part where either is found is left to RE2. The key body line
-    itself is not looked for here: Hyperscan takes longer over it than RE2 over everything."""
-
-    def __init__(self, hyperscan: Any, shapes: Sequence[str], key_run: str) -> None:
+    def __init__(self, hyperscan: Any, expressions: Sequence[bytes]) -> None:
         self._hs = hyperscan
-        self._runs = self._database([key_run])
-        self._shapes = self._database([gate_shape(shape) for shape in shapes])
-        self._local = threading.local()  # a scan needs scratch space of its thread's own
-
-    def holds_nothing(self, part: memoryview) -> bool:
-        """Whether ``part`` (whole lines) certainly holds no match of the shapes, no key line."""
-        runs, shapes = self._scratch()
-        return not self._found(self._runs, part, runs) and not self._found(
-            self._shapes, part, shapes
-        )
-
-    def _database(self, expressions: Sequence[str]) -> Any:
-        hs = self._hs
-        database = hs.Database(mode=hs.HS_MODE_BLOCK)
-        database.compile(
-            expressions=[expression.encode() for expression in expressions],
+        self._database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+        self._database.compile(
+            expressions=list(expressions),
             ids=list(range(len(expressions))),
-            flags=[hs.HS_FLAG_SINGLEMATCH] * len(expressions),
+            flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(expressions),
         )
-        return database
+        self._local = threading.local()
 
-    def _found(self, database: Any, part: memoryview, scratch: Any) -> bool:
+    def found_in(self, data: bytes | bytearray | memoryview) -> bool:
+        scratch = getattr(self._local, "scratch", None)
+        if scratch is None:
+            scratch = self._local.scratch = self._hs.Scratch(self._database)
         found = False
 
         def stop(*_: object) -> bool:
@@ -118,15 +104,25 @@ class _Gate:
 
         # A callback that says stop ends the scan with this error; what it saw is recorded.
         with contextlib.suppress(self._hs.ScanTerminated):
-            database.scan(part, match_event_handler=stop, scratch=scratch)
+            self._database.scan(data, match_event_handler=stop, scratch=scratch)
         return found
 
-    def _scratch(self) -> tuple[Any, Any]:
-        pair: tuple[Any, Any] | None = getattr(self._local, "scratch", None)
-        if pair is None:
-            pair = (self._hs.Scratch(self._runs), self._hs.Scratch(self._shapes))
-            self._local.scratch = pair
-        return pair
+
+class _Gate:
+    """Hyperscan's answer to "may this part hold anything?", at several GB/s on most text.
+
+    Two questions, the cheaper first, each stopped at its first hit: is there a run of 64 key
+    characters (``key_run``), without which no line is a key body line; is there a match of a
+    shape (see `gate_shape`)? A part where either is found is left to RE2. The key body line
+    itself is not looked for here: Hyperscan takes longer over it than RE2 over everything."""
+
+    def __init__(self, hyperscan: Any, shapes: Sequence[str], key_run: str) -> None:
+        self._runs = AnyMatch(hyperscan, [key_run.encode()])
+        self._shapes = AnyMatch(hyperscan, [gate_shape(shape).encode() for shape in shapes])
+
+    def holds_nothing(self, part: memoryview) -> bool:
+        """Whether ``part`` (whole lines) certainly holds no match of the shapes, no key line."""
+        return not self._runs.found_in(part) and not self._shapes.found_in(part)
 
 
 class ShapeSearch:

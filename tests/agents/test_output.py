@@ -17,8 +17,11 @@ LINE = "x" * 98  # 99 bytes with its newline
 LINES = (3 * QUEUE_MAX_CHARS) // len(LINE)  # three queues' worth
 
 
-def output_on_a_pipe(log_path: Path) -> tuple[AgentOutput, int]:
-    """An output reading a fresh pipe (and logging to ``log_path``); its write end."""
+def output_on_a_pipe(
+    log_path: Path, looks_for: tuple[bytes, ...] | None = None
+) -> tuple[AgentOutput, int]:
+    """An output reading a fresh pipe (and logging to ``log_path``) for a parser that looks for
+    ``looks_for``; its write end."""
     read_fd, write_fd = os.pipe()
     output = AgentOutput(
         open(read_fd, "rb", buffering=0),  # noqa: SIM115 - closed with the reader's end
@@ -26,6 +29,7 @@ def output_on_a_pipe(log_path: Path) -> tuple[AgentOutput, int]:
         lambda text: text.replace("s3cr3t", "[REDACTED]"),
         pid=0,
         stopping=threading.Event(),
+        looks_for=looks_for,
     )
     return output, write_fd
 

@@ -19,10 +19,12 @@ from cub.agents.command import CommandParser
 from cub.agents.gemini import GeminiParser
 from cub.agents.harness import OutputParser
 from cub.agents.opencode import OpenCodeParser
-from cub.agents.output import SIEVE_FROM_BYTES, AgentOutput, HarnessLog, LineAssembler
+from cub.agents.output import SIEVE_FROM_BYTES, LineAssembler, Output
 from cub.agents.registry import KNOWN_HARNESSES
-from cub.agents.sieve import Sieve, literal, sieve_for
+from cub.agents.sieve import literal, sieve_for
 from cub.records.redact import Redactor
+from cub.records.secret_search import AnyMatch
+from tests.agents.test_output import output_on_a_pipe
 from tests.agents.test_output_text import PLAIN, STREAMS, state_of
 from tests.helpers.agents import write_script
 from tests.helpers.cli import make_project, read_attempt, read_run, run_cub, task
@@ -62,7 +64,7 @@ PIECES = [
 ]
 
 
-def sieve_of(parser: OutputParser) -> Sieve:
+def sieve_of(parser: OutputParser) -> AnyMatch:
     assert parser.looks_for is not None
     sieve = sieve_for(parser.looks_for)
     assert sieve is not None, "hyperscan is a dependency on this platform"
@@ -71,7 +73,7 @@ def sieve_of(parser: OutputParser) -> Sieve:
 
 def sieved_out(parser: OutputParser, lines: list[str]) -> tuple[bool, str]:
     text = "".join(f"{line}\n" for line in lines)
-    return not sieve_of(parser).may_hold(text.encode()), text
+    return not sieve_of(parser).found_in(text.encode()), text
 
 
 @settings(max_examples=300, deadline=None)
@@ -136,10 +138,10 @@ def test_every_parser_with_a_sieve_is_checked_here() -> None:
 
 def test_literal_matches_exactly_its_text() -> None:
     text = 'a.b*c (d) [e] {f} "g" é\\'
-    sieve = Sieve(__import__("hyperscan"), (literal(text),))
-    assert sieve.may_hold(f"before {text} after".encode())
-    assert not sieve.may_hold(text.replace(".", "x").encode())
-    assert not sieve.may_hold(text[:-1].encode())
+    sieve = AnyMatch(__import__("hyperscan"), (literal(text),))
+    assert sieve.found_in(f"before {text} after".encode())
+    assert not sieve.found_in(text.replace(".", "x").encode())
+    assert not sieve.found_in(text[:-1].encode())
 
 
 # -------------------------------------------------------------------- the reader's side
@@ -178,16 +180,7 @@ def test_small_output_is_always_parsed() -> None:
 
 def test_the_flag_reaches_the_caller_with_the_text(tmp_path: Path) -> None:
     """Through the reader thread and its queue: a batch is to be parsed when any text in it is."""
-    read_fd, write_fd = os.pipe()
-    log = HarnessLog(open(tmp_path / "harness.log", "ab"), None, 0)  # noqa: SIM115
-    output = AgentOutput(
-        os.fdopen(read_fd, "rb"),
-        log,
-        Redactor(),
-        pid=0,
-        stopping=threading.Event(),
-        looks_for=CommandParser.looks_for,
-    )
+    output, write_fd = output_on_a_pipe(tmp_path / "harness.log", CommandParser.looks_for)
     reader = threading.Thread(target=output.drain, daemon=True)
     reader.start()
     bulk = FILLER * (4 * SIEVE_FROM_BYTES // len(FILLER))
@@ -195,12 +188,12 @@ def test_the_flag_reaches_the_caller_with_the_text(tmp_path: Path) -> None:
     first = output.wait_for_output(10, lambda: False)
     while len(first.text) < len(bulk):  # the reader may hand it on in more than one read
         more = output.wait_for_output(10, lambda: False)
-        first = type(first)(first.text + more.text, first.to_parse or more.to_parse)
+        first = Output(first.text + more.text, first.to_parse or more.to_parse)
     assert not first.to_parse
     os.write(write_fd, bulk + USAGE + bulk)
     os.close(write_fd)
     reader.join(10)
-    log.close()
+    output.log.close()
     rest = output.remaining_output(0)
     assert rest.to_parse and rest.text.count("cub_usage") == 1
 

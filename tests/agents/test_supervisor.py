@@ -636,6 +636,6 @@ def test_leader_first_signals_only_the_main_process_and_counts_its_last_words(
         report = agent.stop(signal.SIGINT, grace=10, leader_first=True)
         assert report.signals_sent == (signal.SIGINT,)
         assert [(s.name, s.scope) for s in agent.take_signals()] == [("SIGINT", "main")]
-        lines = agent.remaining_output(2.0).split("\n")
+        lines = agent.remaining(2.0).text.split("\n")
         assert "final usage; my tool was alive when I was asked: True" in lines
         assert not is_alive(int(tool_pid.read_text()))
